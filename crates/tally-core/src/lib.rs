@@ -1,0 +1,16 @@
+//! Domain types and rules of tally: tenants and principals, tracked events and their
+//! validation, ingest-time enrichment, activity summaries, and the auth primitives
+//! (password hashing, API keys, JWTs). Nothing here does I/O beyond reading an optional
+//! GeoIP database file at start-up.
+
+pub mod activity;
+pub mod auth;
+pub mod enrich;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod sensitive;
+pub mod time;
+
+pub use error::{FieldError, Violation};
+pub use ids::{AccountId, ApiKeyId, TenantId};
