@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod sensitive;
+pub mod tenancy;
 pub mod time;
 
 pub use error::{FieldError, Violation};

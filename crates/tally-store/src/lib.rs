@@ -1,1 +1,187 @@
-//! placeholder
+//! Storage for tally: small per-topic traits (`EventStore`, `IdentityStore`,
+//! `ProfileStore`) and their embedded SQLite backend. All SQL lives in this crate, with bind
+//! parameters only. Every call that touches tenant data takes the tenant explicitly: the
+//! caller passes the authenticated principal's tenant, never one read from a request body.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tally_core::activity::{ActivityFilter, Project, StoredEvent, UserHourCount, UserProfile};
+use tally_core::event::NewEvent;
+use tally_core::tenancy::{Account, ApiKey, Tenant};
+use tally_core::{ApiKeyId, TenantId};
+use uuid::Uuid;
+
+pub mod sqlite;
+
+pub use sqlite::{SqliteConfig, SqliteStore};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken; the message names what.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The disk is full.
+    #[error("storage is full")]
+    Full,
+    /// The writer has stopped (shutting down or failed).
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full,
+            Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What happened to one event of an insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted {
+        id: i64,
+        tracking_id: Uuid,
+    },
+    /// The client id (and timestamp) was seen before: the original is reported.
+    Duplicate {
+        id: i64,
+        tracking_id: Uuid,
+    },
+    /// The tenant's storage limit left no room for it.
+    OverLimit {
+        limit: u64,
+    },
+}
+
+/// How an activity is named in a URL: its numeric id or its tracking UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivityRef {
+    Id(i64),
+    Tracking(Uuid),
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Stores events durably: returns once the transaction holding them has committed.
+    /// `max_events` is the tenant's storage limit, enforced atomically with the insert.
+    async fn insert_events(
+        &self,
+        tenant: TenantId,
+        max_events: Option<u64>,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<Vec<InsertOutcome>>;
+
+    /// One page of activities, newest first, and the total number matching the filter.
+    async fn list_activities(
+        &self,
+        tenant: TenantId,
+        filter: &ActivityFilter,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<(u64, Vec<StoredEvent>)>;
+
+    async fn get_activity(
+        &self,
+        tenant: TenantId,
+        at: ActivityRef,
+    ) -> StoreResult<Option<StoredEvent>>;
+
+    /// Hourly rollup rows of one user, hours in `[from_hour, to_hour)`.
+    async fn user_activity(
+        &self,
+        tenant: TenantId,
+        user_id: &str,
+        from_hour: Option<i64>,
+        to_hour: Option<i64>,
+    ) -> StoreResult<Vec<UserHourCount>>;
+
+    /// Events stored for the tenant, from the rollups.
+    async fn event_count(&self, tenant: TenantId) -> StoreResult<u64>;
+}
+
+#[async_trait]
+pub trait IdentityStore: Send + Sync {
+    async fn create_tenant(&self, tenant: Tenant) -> StoreResult<()>;
+    async fn get_tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>>;
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+
+    async fn create_account(&self, account: Account) -> StoreResult<()>;
+    async fn find_account_by_email(&self, email: &str) -> StoreResult<Option<Account>>;
+    async fn count_accounts(&self) -> StoreResult<u64>;
+
+    async fn create_api_key(&self, key: ApiKey) -> StoreResult<()>;
+    async fn find_api_key(&self, prefix: &str) -> StoreResult<Option<ApiKey>>;
+    async fn list_api_keys(&self, tenant: TenantId) -> StoreResult<Vec<ApiKey>>;
+    /// Marks a key revoked; `false` if the tenant has no such active key.
+    async fn revoke_api_key(&self, tenant: TenantId, id: ApiKeyId, at: i64) -> StoreResult<bool>;
+
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Stores a setting unless one exists; returns the value in force.
+    async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String>;
+}
+
+#[async_trait]
+pub trait ProfileStore: Send + Sync {
+    /// Creates or updates; `None` fields keep their stored value. Returns the record and
+    /// whether it was created.
+    async fn upsert_user(
+        &self,
+        tenant: TenantId,
+        profile: UserProfile,
+    ) -> StoreResult<(UserProfile, bool)>;
+    async fn get_users(
+        &self,
+        tenant: TenantId,
+        ids: &[String],
+    ) -> StoreResult<HashMap<String, UserProfile>>;
+    async fn list_users(
+        &self,
+        tenant: TenantId,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<(u64, Vec<UserProfile>)>;
+
+    async fn upsert_project(
+        &self,
+        tenant: TenantId,
+        project: Project,
+    ) -> StoreResult<(Project, bool)>;
+    async fn get_projects(
+        &self,
+        tenant: TenantId,
+        ids: &[String],
+    ) -> StoreResult<HashMap<String, Project>>;
+    async fn list_projects(
+        &self,
+        tenant: TenantId,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<(u64, Vec<Project>)>;
+}
+
+/// The stores the server runs on, as trait objects so another backend slots in.
+#[derive(Clone)]
+pub struct Stores {
+    pub events: Arc<dyn EventStore>,
+    pub identity: Arc<dyn IdentityStore>,
+    pub profiles: Arc<dyn ProfileStore>,
+}
+
+impl Stores {
+    pub fn sqlite(store: Arc<SqliteStore>) -> Self {
+        Self {
+            events: store.clone(),
+            identity: store.clone(),
+            profiles: store,
+        }
+    }
+}

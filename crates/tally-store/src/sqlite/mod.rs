@@ -1,0 +1,176 @@
+//! The embedded backend: SQLite in WAL mode. One writer thread owns the only write
+//! connection and group-commits: every operation queued while a commit is in flight joins
+//! the next transaction, and each caller is answered only after that transaction has
+//! committed (`synchronous=FULL`). Reads run on a small pool of connections on blocking
+//! threads.
+
+mod events;
+mod identity;
+mod profiles;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
+
+use crate::{StoreError, StoreResult};
+use writer::Writer;
+
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    pub readers: usize,
+    /// Page cache per connection, MiB.
+    pub cache_mb: i64,
+    /// Most queued write operations before callers wait (back-pressure).
+    pub write_queue: usize,
+}
+
+impl SqliteConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            readers: 4,
+            cache_mb: 16,
+            write_queue: 8192,
+        }
+    }
+}
+
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Arc<ReaderPool>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_connection(path: &Path, cache_mb: i64, read_only: bool) -> StoreResult<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "cache_size", -(cache_mb * 1024))?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit has reached the disk before anyone is told it succeeded.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, applies migrations and starts the writer.
+    pub fn open(config: SqliteConfig) -> StoreResult<Self> {
+        if let Some(dir) = config.path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Internal(format!("failed to create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let mut conn = open_connection(&config.path, config.cache_mb.max(8) * 2, false)?;
+        schema::migrate(&mut conn)?;
+        let mut readers = Vec::with_capacity(config.readers.max(1));
+        for _ in 0..config.readers.max(1) {
+            readers.push(open_connection(&config.path, config.cache_mb, true)?);
+        }
+        Ok(Self {
+            writer: Writer::start(conn, config.write_queue)?,
+            readers: Arc::new(ReaderPool {
+                permits: Arc::new(Semaphore::new(readers.len())),
+                conns: Mutex::new(readers),
+            }),
+            path: config.path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting writes, commits everything queued, and waits for the writer.
+    pub fn shutdown(&self) {
+        self.writer.shutdown();
+    }
+
+    /// Runs `f` on a reader connection on a blocking thread.
+    async fn read<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        let permit = pool
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("reader pool closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = f(&conn);
+            pool.put(conn);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
+    }
+
+    /// Runs `f` inside the writer's next transaction; resolves after it commits.
+    async fn write<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        self.writer.job(f).await
+    }
+}
+
+struct ReaderPool {
+    permits: Arc<Semaphore>,
+    conns: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn take(&self) -> StoreResult<Connection> {
+        self.conns
+            .lock()
+            .map_err(|_| StoreError::Internal("reader pool poisoned".into()))?
+            .pop()
+            .ok_or_else(|| StoreError::Internal("reader pool empty despite permit".into()))
+    }
+
+    fn put(&self, conn: Connection) {
+        if let Ok(mut v) = self.conns.lock() {
+            v.push(conn);
+        }
+    }
+}
+
+/// Converts a stored 16-byte blob to a UUID.
+pub(crate) fn uuid_from(bytes: Vec<u8>) -> rusqlite::Result<uuid::Uuid> {
+    uuid::Uuid::from_slice(&bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(16, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}

@@ -1,0 +1,129 @@
+//! Embedded migrations, applied in order at open; `PRAGMA user_version` records progress.
+
+use rusqlite::Connection;
+
+use crate::StoreResult;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: tenancy, events and their rollups.
+    r#"
+    CREATE TABLE tenants (
+        id BLOB PRIMARY KEY,
+        name TEXT NOT NULL,
+        max_events INTEGER,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE accounts (
+        id BLOB PRIMARY KEY,
+        tenant_id BLOB NOT NULL REFERENCES tenants(id),
+        email TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE api_keys (
+        id BLOB PRIMARY KEY,
+        tenant_id BLOB NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        prefix TEXT NOT NULL UNIQUE,
+        key_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX api_keys_by_tenant ON api_keys(tenant_id, created_at);
+
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE tracked_users (
+        tenant_id BLOB NOT NULL,
+        user_id TEXT NOT NULL,
+        email TEXT,
+        full_name TEXT,
+        role TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, user_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE projects (
+        tenant_id BLOB NOT NULL,
+        project_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        organization_name TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, project_id)
+    ) WITHOUT ROWID;
+
+    -- Raw events. Indexes are chosen for append locality: each starts with the tenant and
+    -- ends with the event time, so a commit touches few pages per index.
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        tenant_id BLOB NOT NULL,
+        tracking_id BLOB NOT NULL,
+        client_id TEXT,
+        dedup_ts INTEGER NOT NULL DEFAULT 0,
+        event_type INTEGER NOT NULL,
+        event_name TEXT NOT NULL,
+        user_id TEXT,
+        project_id TEXT,
+        ts INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        properties TEXT NOT NULL,
+        context TEXT NOT NULL,
+        enriched TEXT NOT NULL
+    );
+    CREATE INDEX events_by_time ON events(tenant_id, ts);
+    CREATE INDEX events_by_user ON events(tenant_id, user_id, ts) WHERE user_id IS NOT NULL;
+    CREATE INDEX events_by_project ON events(tenant_id, project_id, ts) WHERE project_id IS NOT NULL;
+    CREATE INDEX events_by_type ON events(tenant_id, event_type, ts);
+    -- Tracking ids are UUIDv7 (time-ordered), so this index also appends.
+    CREATE UNIQUE INDEX events_by_tracking_id ON events(tracking_id);
+    -- Idempotency: a client id is unique per tenant and client timestamp (0 when the client
+    -- sent none). Keying on the timestamp keeps inserts local instead of random.
+    CREATE UNIQUE INDEX events_dedup ON events(tenant_id, dedup_ts, client_id) WHERE client_id IS NOT NULL;
+
+    -- Rollups, maintained in the same transaction as the raw rows.
+    CREATE TABLE activity_daily (
+        tenant_id BLOB NOT NULL,
+        day INTEGER NOT NULL,
+        project_id TEXT NOT NULL,
+        event_type INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, day, project_id, event_type)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE user_activity_hourly (
+        tenant_id BLOB NOT NULL,
+        user_id TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        project_id TEXT NOT NULL,
+        event_type INTEGER NOT NULL,
+        event_name TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, user_id, hour, project_id, event_type, event_name)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "applied storage migration");
+    }
+    Ok(())
+}

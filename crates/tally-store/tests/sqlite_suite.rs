@@ -1,0 +1,580 @@
+//! The store test suite, run against the SQLite backend. Each test talks only to the
+//! `Stores` traits, so a second backend runs the same functions.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use tally_core::activity::{ActivityFilter, Project, UserProfile};
+use tally_core::auth::{generate_api_key, Role, Scope};
+use tally_core::event::{EventType, NewEvent};
+use tally_core::tenancy::{Account, ApiKey, Tenant};
+use tally_core::time::{self, MICROS_PER_HOUR};
+use tally_core::{AccountId, ApiKeyId, TenantId};
+use tally_store::{ActivityRef, InsertOutcome, SqliteConfig, SqliteStore, StoreError, Stores};
+use uuid::Uuid;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    sqlite: Arc<SqliteStore>,
+    stores: Stores,
+}
+
+fn open() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.db");
+    let sqlite = Arc::new(SqliteStore::open(SqliteConfig::new(&path)).unwrap());
+    Fixture {
+        stores: Stores::sqlite(sqlite.clone()),
+        sqlite,
+        path,
+        _dir: dir,
+    }
+}
+
+const T0: i64 = 1_705_761_000_000_000; // 2024-01-20T14:30:00Z
+
+fn event(
+    ts: i64,
+    user: Option<&str>,
+    project: Option<&str>,
+    ty: EventType,
+    name: &str,
+) -> NewEvent {
+    NewEvent {
+        tracking_id: Uuid::now_v7(),
+        client_id: None,
+        dedup_ts: 0,
+        event_type: ty,
+        event_name: name.into(),
+        user_id: user.map(Into::into),
+        project_id: project.map(Into::into),
+        timestamp: ts,
+        received_at: ts,
+        properties: r#"{"a":1}"#.into(),
+        context: "{}".into(),
+        enriched: "{}".into(),
+    }
+}
+
+async fn tenant(stores: &Stores, max_events: Option<u64>) -> TenantId {
+    let t = Tenant {
+        id: TenantId::generate(),
+        name: "acme".into(),
+        max_events,
+        created_at: T0,
+    };
+    stores.identity.create_tenant(t.clone()).await.unwrap();
+    t.id
+}
+
+#[tokio::test]
+async fn listing_is_newest_first_with_exact_counts_and_filters() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    let mut batch = Vec::new();
+    for i in 0..30i64 {
+        let user = if i % 3 == 0 { Some("u1") } else { Some("u2") };
+        let project = if i % 2 == 0 { Some("p1") } else { None };
+        let ty = if i % 5 == 0 {
+            EventType::PageView
+        } else {
+            EventType::UserAction
+        };
+        batch.push(event(T0 + i * MICROS_PER_HOUR, user, project, ty, "e"));
+    }
+    let out = f.stores.events.insert_events(t, None, batch).await.unwrap();
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, InsertOutcome::Inserted { .. })));
+
+    let all = ActivityFilter::default();
+    let (count, page) = f
+        .stores
+        .events
+        .list_activities(t, &all, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(count, 30);
+    assert_eq!(page.len(), 10);
+    assert!(page.windows(2).all(|w| w[0].timestamp > w[1].timestamp));
+    assert_eq!(page[0].timestamp, T0 + 29 * MICROS_PER_HOUR);
+
+    let by_user = ActivityFilter {
+        user_id: Some("u1".into()),
+        ..Default::default()
+    };
+    let (count, page) = f
+        .stores
+        .events
+        .list_activities(t, &by_user, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!((count, page.len()), (10, 10));
+    assert!(page.iter().all(|e| e.user_id.as_deref() == Some("u1")));
+
+    let combo = ActivityFilter {
+        user_id: Some("u1".into()),
+        project_id: Some("p1".into()),
+        event_type: Some(EventType::PageView),
+        ..Default::default()
+    };
+    let (count, page) = f
+        .stores
+        .events
+        .list_activities(t, &combo, 0, 100)
+        .await
+        .unwrap();
+    // i % 3 == 0 && i % 2 == 0 && i % 5 == 0 → i in {0}
+    assert_eq!((count, page.len()), (1, 1));
+
+    let by_project = ActivityFilter {
+        project_id: Some("p1".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.stores
+            .events
+            .list_activities(t, &by_project, 0, 5)
+            .await
+            .unwrap()
+            .0,
+        15
+    );
+    let by_type = ActivityFilter {
+        event_type: Some(EventType::PageView),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.stores
+            .events
+            .list_activities(t, &by_type, 0, 5)
+            .await
+            .unwrap()
+            .0,
+        6
+    );
+
+    // 2024-01-20 14:30 + 29h spans the 20th (10 events: 14:30..23:30) and the 21st (20)
+    let day = ActivityFilter {
+        date_from: NaiveDate::from_ymd_opt(2024, 1, 21),
+        date_to: NaiveDate::from_ymd_opt(2024, 1, 21),
+        ..Default::default()
+    };
+    let (count, page) = f
+        .stores
+        .events
+        .list_activities(t, &day, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!((count, page.len()), (20, 20));
+    let (count, page) = f
+        .stores
+        .events
+        .list_activities(t, &all, 25, 10)
+        .await
+        .unwrap();
+    assert_eq!((count, page.len()), (30, 5));
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_others_events() {
+    let f = open();
+    let (a, b) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    let out = f
+        .stores
+        .events
+        .insert_events(
+            a,
+            None,
+            vec![event(T0, Some("u"), None, EventType::UserAction, "x")],
+        )
+        .await
+        .unwrap();
+    let InsertOutcome::Inserted { id, tracking_id } = out[0] else {
+        panic!("not inserted")
+    };
+    assert!(f
+        .stores
+        .events
+        .get_activity(a, ActivityRef::Id(id))
+        .await
+        .unwrap()
+        .is_some());
+    assert!(f
+        .stores
+        .events
+        .get_activity(b, ActivityRef::Id(id))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(f
+        .stores
+        .events
+        .get_activity(b, ActivityRef::Tracking(tracking_id))
+        .await
+        .unwrap()
+        .is_none());
+    let (count, rows) = f
+        .stores
+        .events
+        .list_activities(b, &ActivityFilter::default(), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!((count, rows.len()), (0, 0));
+    assert!(f
+        .stores
+        .events
+        .user_activity(b, "u", None, None)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn client_ids_make_retries_idempotent() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    let mut e = event(T0, Some("u"), None, EventType::UserAction, "x");
+    e.client_id = Some("evt-1".into());
+    e.dedup_ts = T0;
+    let first = f
+        .stores
+        .events
+        .insert_events(t, None, vec![e.clone()])
+        .await
+        .unwrap();
+    let InsertOutcome::Inserted { id, tracking_id } = first[0] else {
+        panic!()
+    };
+    let mut retry = e.clone();
+    retry.tracking_id = Uuid::now_v7();
+    // a retry, and a duplicate inside one batch
+    let again = f
+        .stores
+        .events
+        .insert_events(t, None, vec![retry.clone(), retry])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![InsertOutcome::Duplicate { id, tracking_id }; 2]);
+    assert_eq!(f.stores.events.event_count(t).await.unwrap(), 1);
+    // the same client id in another tenant is another event
+    let other = tenant(&f.stores, None).await;
+    let o = f
+        .stores
+        .events
+        .insert_events(other, None, vec![e])
+        .await
+        .unwrap();
+    assert!(matches!(o[0], InsertOutcome::Inserted { .. }));
+}
+
+#[tokio::test]
+async fn storage_limit_is_enforced_per_event() {
+    let f = open();
+    let t = tenant(&f.stores, Some(3)).await;
+    let batch: Vec<_> = (0..2)
+        .map(|i| event(T0 + i, None, None, EventType::SystemEvent, "x"))
+        .collect();
+    f.stores
+        .events
+        .insert_events(t, Some(3), batch.clone())
+        .await
+        .unwrap();
+    let out = f
+        .stores
+        .events
+        .insert_events(t, Some(3), batch)
+        .await
+        .unwrap();
+    assert!(matches!(out[0], InsertOutcome::Inserted { .. }));
+    assert_eq!(out[1], InsertOutcome::OverLimit { limit: 3 });
+    assert_eq!(f.stores.events.event_count(t).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn user_rollup_counts_by_hour_project_type_and_name() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    let batch = vec![
+        event(T0, Some("u"), Some("p"), EventType::UserAction, "a"),
+        event(T0 + 1, Some("u"), Some("p"), EventType::UserAction, "a"),
+        event(T0 + 2, Some("u"), None, EventType::PageView, "b"),
+        event(
+            T0 + MICROS_PER_HOUR,
+            Some("u"),
+            None,
+            EventType::PageView,
+            "b",
+        ),
+        event(T0, None, None, EventType::PageView, "anonymous"),
+    ];
+    f.stores.events.insert_events(t, None, batch).await.unwrap();
+    let mut rows = f
+        .stores
+        .events
+        .user_activity(t, "u", None, None)
+        .await
+        .unwrap();
+    rows.sort_by_key(|r| (r.hour, r.event_name.clone()));
+    let h = time::hour_of(T0);
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.hour - h,
+                r.project_id.as_deref(),
+                r.event_name.as_str(),
+                r.count,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, Some("p"), "a", 2), (0, None, "b", 1), (1, None, "b", 1)]
+    );
+    let window = f
+        .stores
+        .events
+        .user_activity(t, "u", Some(h + 1), None)
+        .await
+        .unwrap();
+    assert_eq!(window.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_commits_and_all_land() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    let mut tasks = Vec::new();
+    for i in 0..64i64 {
+        let s = f.stores.clone();
+        tasks.push(tokio::spawn(async move {
+            let batch = (0..50)
+                .map(|j| {
+                    event(
+                        T0 + i * 1000 + j,
+                        Some("u"),
+                        None,
+                        EventType::UserAction,
+                        "x",
+                    )
+                })
+                .collect();
+            s.events.insert_events(t, None, batch).await.unwrap()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().len(), 50);
+    }
+    assert_eq!(f.stores.events.event_count(t).await.unwrap(), 64 * 50);
+    let (count, _) = f
+        .stores
+        .events
+        .list_activities(t, &ActivityFilter::default(), 0, 1)
+        .await
+        .unwrap();
+    assert_eq!(count, 64 * 50);
+}
+
+#[tokio::test]
+async fn data_survives_shutdown_and_reopen() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    f.stores
+        .events
+        .insert_events(
+            t,
+            None,
+            vec![event(T0, None, None, EventType::UserAction, "x")],
+        )
+        .await
+        .unwrap();
+    let sqlite = f.sqlite.clone();
+    tokio::task::spawn_blocking(move || sqlite.shutdown())
+        .await
+        .unwrap();
+    let err = f
+        .stores
+        .events
+        .insert_events(
+            t,
+            None,
+            vec![event(T0, None, None, EventType::UserAction, "x")],
+        )
+        .await;
+    assert!(matches!(err, Err(StoreError::Unavailable(_))));
+    let reopened = Stores::sqlite(Arc::new(
+        SqliteStore::open(SqliteConfig::new(&f.path)).unwrap(),
+    ));
+    assert_eq!(reopened.events.event_count(t).await.unwrap(), 1);
+    assert!(reopened.identity.get_tenant(t).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn accounts_keys_and_settings() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    let acct = Account {
+        id: AccountId::generate(),
+        tenant_id: t,
+        email: "Ann@Example.com".into(),
+        password_hash: "h".into(),
+        role: Role::Owner,
+        created_at: T0,
+    };
+    f.stores
+        .identity
+        .create_account(acct.clone())
+        .await
+        .unwrap();
+    let dup = Account {
+        id: AccountId::generate(),
+        email: "ann@example.com".into(),
+        ..acct.clone()
+    };
+    assert!(matches!(
+        f.stores.identity.create_account(dup).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        f.stores
+            .identity
+            .find_account_by_email("ANN@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        acct.id
+    );
+    assert_eq!(f.stores.identity.count_accounts().await.unwrap(), 1);
+
+    let g = generate_api_key();
+    let key = ApiKey {
+        id: ApiKeyId::generate(),
+        tenant_id: t,
+        name: "ci".into(),
+        prefix: g.prefix.clone(),
+        key_hash: g.hash.clone(),
+        scopes: [Scope::Ingest, Scope::Read].into(),
+        created_at: T0,
+        revoked_at: None,
+    };
+    f.stores.identity.create_api_key(key.clone()).await.unwrap();
+    assert_eq!(
+        f.stores
+            .identity
+            .find_api_key(&g.prefix)
+            .await
+            .unwrap()
+            .unwrap(),
+        key
+    );
+    let other = tenant(&f.stores, None).await;
+    assert!(!f
+        .stores
+        .identity
+        .revoke_api_key(other, key.id, T0)
+        .await
+        .unwrap());
+    assert!(f
+        .stores
+        .identity
+        .revoke_api_key(t, key.id, T0 + 1)
+        .await
+        .unwrap());
+    assert!(!f
+        .stores
+        .identity
+        .revoke_api_key(t, key.id, T0 + 2)
+        .await
+        .unwrap());
+    assert_eq!(
+        f.stores.identity.list_api_keys(t).await.unwrap()[0].revoked_at,
+        Some(T0 + 1)
+    );
+    assert!(f
+        .stores
+        .identity
+        .list_api_keys(other)
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert_eq!(
+        f.stores.identity.init_setting("k", "v1").await.unwrap(),
+        "v1"
+    );
+    assert_eq!(
+        f.stores.identity.init_setting("k", "v2").await.unwrap(),
+        "v1"
+    );
+    assert_eq!(
+        f.stores.identity.get_setting("k").await.unwrap().as_deref(),
+        Some("v1")
+    );
+}
+
+#[tokio::test]
+async fn profiles_upsert_and_stay_in_their_tenant() {
+    let f = open();
+    let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    let p = UserProfile {
+        user_id: "123".into(),
+        email: Some("user@company.com".into()),
+        full_name: Some("John Doe".into()),
+        role: Some("MEMBER".into()),
+        created_at: T0,
+        updated_at: T0,
+    };
+    let (_, created) = f.stores.profiles.upsert_user(t, p.clone()).await.unwrap();
+    assert!(created);
+    let partial = UserProfile {
+        email: None,
+        full_name: Some("John D.".into()),
+        updated_at: T0 + 1,
+        ..p.clone()
+    };
+    let (stored, created) = f.stores.profiles.upsert_user(t, partial).await.unwrap();
+    assert!(!created);
+    assert_eq!(stored.email.as_deref(), Some("user@company.com"));
+    assert_eq!(stored.full_name.as_deref(), Some("John D."));
+    assert_eq!(stored.created_at, T0);
+    assert!(f
+        .stores
+        .profiles
+        .get_users(other, &["123".into()])
+        .await
+        .unwrap()
+        .is_empty());
+
+    let proj = Project {
+        project_id: "p".into(),
+        name: "Gestion Client".into(),
+        organization_name: Some("Tech".into()),
+        created_at: T0,
+        updated_at: T0,
+    };
+    f.stores.profiles.upsert_project(t, proj).await.unwrap();
+    let got = f
+        .stores
+        .profiles
+        .get_projects(t, &["p".into(), "missing".into()])
+        .await
+        .unwrap();
+    assert_eq!(got["p"].name, "Gestion Client");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        f.stores.profiles.list_projects(t, 0, 10).await.unwrap().0,
+        1
+    );
+    assert_eq!(
+        f.stores
+            .profiles
+            .list_projects(other, 0, 10)
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+}
