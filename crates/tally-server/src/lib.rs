@@ -1,1 +1,154 @@
-//! placeholder
+//! tally's HTTP server: the axum application (`api`), the domain operations it calls
+//! (`service`), configuration, and start-up/shutdown. Architecture invariant: only the
+//! `api` module knows axum.
+
+pub mod api;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tally_core::auth::TokenSigner;
+use tally_core::enrich::Enricher;
+use tally_store::{SqliteConfig, SqliteStore, Stores};
+
+pub use api::app;
+pub use config::Config;
+use service::auth::Authenticator;
+use service::insights::Insights;
+
+/// Settings handlers need at request time.
+#[derive(Debug, Clone)]
+pub struct RequestConfig {
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+    pub trust_forwarded_for: bool,
+}
+
+/// Shared state of every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<RequestConfig>,
+    pub stores: Stores,
+    pub auth: Arc<Authenticator>,
+    pub insights: Arc<Insights>,
+}
+
+impl AppState {
+    /// Wires services over the given stores.
+    pub async fn new(config: &Config, stores: Stores) -> anyhow::Result<Self> {
+        let secret = service::tenancy::signing_secret(&stores, config.auth.jwt_secret.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("failed to load the JWT signing secret")?;
+        if config.auth.token_ttl_secs <= 0 {
+            anyhow::bail!("auth.token_ttl_secs must be positive");
+        }
+        let signer = TokenSigner::new(secret.as_bytes(), config.auth.token_ttl_secs);
+        let enricher = match &config.geoip.database {
+            Some(path) => {
+                Enricher::with_geoip(path).context("failed to load the GeoIP database")?
+            }
+            None => Enricher::new(),
+        };
+        let auth =
+            Authenticator::new(stores.clone(), signer).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Self {
+            config: Arc::new(RequestConfig {
+                max_body_bytes: config.limits.max_body_bytes,
+                max_batch_events: config.limits.max_batch_events,
+                trust_forwarded_for: config.limits.trust_forwarded_for,
+            }),
+            auth: Arc::new(auth),
+            insights: Arc::new(Insights::new(
+                stores.clone(),
+                Arc::new(enricher),
+                config.events.clone(),
+            )),
+            stores,
+        })
+    }
+}
+
+/// Opens the embedded store in the data directory.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("failed to create data dir {}", config.data_dir.display()))?;
+    let mut sc = SqliteConfig::new(config.database_path());
+    sc.readers = config.storage.readers.max(1);
+    sc.cache_mb = config.storage.cache_mb.max(1);
+    let store = SqliteStore::open(sc)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| {
+            format!(
+                "failed to open database {}",
+                config.database_path().display()
+            )
+        })?;
+    Ok(Arc::new(store))
+}
+
+/// Runs the server until `shutdown` resolves, then drains in-flight requests and commits
+/// every pending write before returning.
+pub async fn serve(
+    config: Config,
+    demo: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let sqlite = open_store(&config)?;
+    let stores = Stores::sqlite(sqlite.clone());
+    if let Some((email, password)) = service::tenancy::bootstrap_admin(
+        &stores,
+        &config.auth.admin_email,
+        config.auth.admin_password.as_deref(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .context("failed to create the first admin account")?
+    {
+        // Printed, not logged: logs must never carry secrets.
+        if config.auth.admin_password.is_some() {
+            println!("created admin account {email} with the password from TALLY_ADMIN_PASSWORD");
+        } else {
+            println!("created admin account {email} with password: {password}");
+            println!("(shown once; change it by creating another admin with `tally admin account create`)");
+        }
+    }
+    let state = AppState::new(&config, stores.clone()).await?;
+    if demo {
+        let report = demo::seed(&state)
+            .await
+            .context("failed to load demo data")?;
+        println!("{report}");
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("failed to read the bound address")?;
+    println!("tally listening on http://{addr}");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "tally started");
+
+    let app = api::service(state);
+    let make_service =
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+            std::net::SocketAddr,
+        >(app);
+    axum::serve(listener, make_service)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server failed")?;
+
+    tracing::info!("draining pending writes");
+    tokio::task::spawn_blocking(move || sqlite.shutdown())
+        .await
+        .context("failed to stop the writer")?;
+    tracing::info!("tally stopped");
+    Ok(())
+}

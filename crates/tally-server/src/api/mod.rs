@@ -1,0 +1,105 @@
+//! The HTTP API (axum): routing, layers (request ids, tracing, body limits, trailing-slash
+//! normalisation) and the handlers. Handlers extract inputs, call `service`, and shape the
+//! JSON the seeds show.
+
+mod admin;
+mod auth;
+pub mod dto;
+pub mod extract;
+mod health;
+mod insights;
+pub mod openapi;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderName;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use tower::Layer;
+use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The application router. Routes are declared without trailing slashes; `service` adds
+/// the normalisation that also accepts the seeds' trailing-slash forms.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let api = Router::new()
+        .route("/auth/login", post(auth::login))
+        .route("/auth/me", get(auth::me))
+        .route(
+            "/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route("/accounts", post(admin::create_account))
+        .route("/api-keys", post(admin::create_key).get(admin::list_keys))
+        .route("/api-keys/{key_id}", delete(admin::revoke_key))
+        .route("/insights/track", post(insights::track))
+        .route("/insights/track/batch", post(insights::track_batch))
+        .route("/insights/track/test", post(insights::track_test))
+        .route("/insights/activities", get(insights::list_activities))
+        .route(
+            "/insights/activities/{activity_id}",
+            get(insights::get_activity),
+        )
+        .route(
+            "/insights/activities/users/{user_id}/summary",
+            get(insights::user_summary),
+        )
+        .route(
+            "/insights/users",
+            post(insights::identify).get(insights::list_users),
+        )
+        .route(
+            "/insights/users/{user_id}",
+            put(insights::put_user).get(insights::get_user),
+        )
+        .route(
+            "/insights/projects",
+            post(insights::create_project).get(insights::list_projects),
+        )
+        .route(
+            "/insights/projects/{project_id}",
+            put(insights::put_project).get(insights::get_project),
+        )
+        .route("/openapi.json", get(openapi::serve));
+
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// The router behind trailing-slash normalisation: `/insights/track/` and
+/// `/insights/track` are the same resource.
+pub fn service(state: AppState) -> NormalizePath<Router> {
+    NormalizePathLayer::trim_trailing_slash().layer(app(state))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

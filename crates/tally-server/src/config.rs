@@ -1,0 +1,112 @@
+//! Server configuration. Every field has a default that works with no file at all; the CLI
+//! layers a TOML file, `TALLY_*` variables and flags on top.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tally_core::event::EventLimits;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Where the database and other state live.
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub auth: AuthConfig,
+    pub geoip: GeoIpConfig,
+    pub events: EventLimits,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+    /// Use the first `X-Forwarded-For` hop as the client IP (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 signing secret (≥ 32 chars). Generated once and stored when absent.
+    pub jwt_secret: Option<String>,
+    /// Session token lifetime, seconds.
+    pub token_ttl_secs: i64,
+    /// E-mail of the admin account created on first start.
+    pub admin_email: String,
+    /// Its password; generated and printed once when absent.
+    pub admin_password: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoIpConfig {
+    /// A MaxMind-format City database (GeoLite2-City.mmdb or compatible). Optional.
+    pub database: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Reader connections.
+    pub readers: usize,
+    /// Page cache per connection, MiB.
+    pub cache_mb: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./tally-data"),
+            limits: Limits::default(),
+            auth: AuthConfig::default(),
+            geoip: GeoIpConfig::default(),
+            events: EventLimits::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 5 * 1024 * 1024,
+            max_batch_events: 1_000,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl_secs: 3_600,
+            admin_email: "admin@tally.local".into(),
+            admin_password: None,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            readers: 4,
+            cache_mb: 16,
+        }
+    }
+}
+
+impl Config {
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("tally.db")
+    }
+}

@@ -1,0 +1,176 @@
+//! The one place where errors become HTTP: status codes and the JSON envelope
+//! `{"error": {"code", "message", "details"}}`. 5xx bodies never carry internals; those are
+//! logged instead.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tally_core::error::codes;
+use tally_core::FieldError;
+use tally_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Field(FieldError),
+    /// A request-level error with a stable code.
+    #[error("{message}")]
+    BadRequest {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{1}")]
+    Unauthorized(&'static str, String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    TooManyItems(String),
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("storage limit of {0} events reached")]
+    StorageLimit(u64),
+    #[error("storage is full")]
+    StorageFull,
+    #[error("service unavailable")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `INSIGHTS_001`, `VALIDATION_ERROR`.
+    pub code: String,
+    pub message: String,
+    /// Extra context, e.g. `{"field": "event_type"}`.
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+impl ApiError {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Field(_) | ApiError::BadRequest { .. } | ApiError::InvalidJson(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Unauthorized(..) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::StorageLimit(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) | ApiError::TooManyItems(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Field(f) => f.code,
+            ApiError::BadRequest { code, .. } => code,
+            ApiError::InvalidJson(_) => "INVALID_JSON",
+            ApiError::Unauthorized(code, _) => code,
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::TooManyItems(_) => "BATCH_TOO_LARGE",
+            ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ApiError::StorageLimit(_) | ApiError::StorageFull => codes::STORAGE_LIMIT,
+            ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
+            ApiError::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    fn details(&self) -> Value {
+        match self {
+            ApiError::Field(f) => json!({ "field": f.field }),
+            ApiError::BadRequest { details, .. } => details.clone(),
+            ApiError::PayloadTooLarge(limit) => json!({ "max_body_bytes": limit }),
+            ApiError::StorageLimit(limit) => json!({ "max_events": limit }),
+            _ => json!({}),
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            // Never leak internals in 5xx bodies.
+            ApiError::Internal(_) => "internal error".into(),
+            ApiError::Unavailable(_) => "service temporarily unavailable".into(),
+            ApiError::Field(f) => format!("{}: {}", f.field, f.message),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::Field(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(msg) => ApiError::Conflict(msg),
+            StoreError::Full => ApiError::StorageFull,
+            StoreError::Unavailable(msg) => ApiError::Unavailable(msg),
+            StoreError::Internal(msg) => ApiError::Internal(msg),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(detail) | ApiError::Unavailable(detail) => {
+                tracing::error!(code = self.code(), error = %detail, "request failed");
+            }
+            _ => tracing::debug!(code = self.code(), error = %self, "request rejected"),
+        }
+        let body = ErrorEnvelope {
+            error: ErrorBody {
+                code: self.code().to_owned(),
+                message: self.public_message(),
+                details: self.details(),
+            },
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,172 @@
+//! Tenants, accounts and API keys: creation rules shared by the HTTP API and the CLI, and
+//! the first-start bootstrap.
+
+use std::collections::BTreeSet;
+
+use tally_core::auth::{self, Role, Scope};
+use tally_core::tenancy::{valid_email, Account, ApiKey, Tenant};
+use tally_core::time::now_micros;
+use tally_core::{AccountId, ApiKeyId, FieldError, TenantId};
+use tally_store::{StoreError, Stores};
+
+use crate::error::{ApiError, ApiResult};
+
+pub const MAX_NAME_LEN: usize = 200;
+
+fn check_name(field: &str, name: &str) -> Result<String, FieldError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(FieldError::invalid(field, "must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(FieldError::invalid(
+            field,
+            format!("must be at most {MAX_NAME_LEN} printable characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+pub async fn create_tenant(
+    stores: &Stores,
+    name: &str,
+    max_events: Option<u64>,
+) -> ApiResult<Tenant> {
+    let name = check_name("name", name)?;
+    if max_events == Some(0) {
+        return Err(FieldError::invalid("max_events", "must be at least 1").into());
+    }
+    let tenant = Tenant {
+        id: TenantId::generate(),
+        name,
+        max_events,
+        created_at: now_micros(),
+    };
+    stores.identity.create_tenant(tenant.clone()).await?;
+    Ok(tenant)
+}
+
+pub async fn require_tenant(stores: &Stores, id: TenantId) -> ApiResult<Tenant> {
+    stores
+        .identity
+        .get_tenant(id)
+        .await?
+        .ok_or(ApiError::NotFound("tenant"))
+}
+
+pub struct NewAccount<'a> {
+    pub tenant_id: TenantId,
+    pub email: &'a str,
+    pub password: &'a str,
+    pub role: Role,
+}
+
+pub async fn create_account(stores: &Stores, new: NewAccount<'_>) -> ApiResult<Account> {
+    let email = new.email.trim();
+    if !valid_email(email) {
+        return Err(FieldError::invalid("email", "must be a valid e-mail address").into());
+    }
+    if new.password.chars().count() < auth::MIN_PASSWORD_LEN {
+        return Err(FieldError::invalid(
+            "password",
+            format!("must be at least {} characters", auth::MIN_PASSWORD_LEN),
+        )
+        .into());
+    }
+    if new.password.len() > 1024 {
+        return Err(FieldError::invalid("password", "must be at most 1024 bytes").into());
+    }
+    require_tenant(stores, new.tenant_id).await?;
+    let password = new.password.to_owned();
+    let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let account = Account {
+        id: AccountId::generate(),
+        tenant_id: new.tenant_id,
+        email: email.to_owned(),
+        password_hash,
+        role: new.role,
+        created_at: now_micros(),
+    };
+    stores.identity.create_account(account.clone()).await?;
+    Ok(account)
+}
+
+/// A new key; the returned string is the only time the full key exists in clear.
+pub async fn create_api_key(
+    stores: &Stores,
+    tenant_id: TenantId,
+    name: &str,
+    scopes: BTreeSet<Scope>,
+) -> ApiResult<(ApiKey, String)> {
+    let name = check_name("name", name)?;
+    if scopes.is_empty() {
+        return Err(FieldError::invalid("scopes", "at least one scope is required").into());
+    }
+    require_tenant(stores, tenant_id).await?;
+    // A prefix collision (1 in 36^8 per pair) is retried with a fresh key.
+    for _ in 0..3 {
+        let generated = auth::generate_api_key();
+        let key = ApiKey {
+            id: ApiKeyId::generate(),
+            tenant_id,
+            name: name.clone(),
+            prefix: generated.prefix,
+            key_hash: generated.hash,
+            scopes: scopes.clone(),
+            created_at: now_micros(),
+            revoked_at: None,
+        };
+        match stores.identity.create_api_key(key.clone()).await {
+            Ok(()) => return Ok((key, generated.key)),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Internal(
+        "could not allocate a unique API key prefix".into(),
+    ))
+}
+
+/// Creates the first platform admin on an empty data dir. Returns the e-mail and the
+/// password (generated unless given) to show once, or `None` when accounts exist.
+pub async fn bootstrap_admin(
+    stores: &Stores,
+    email: &str,
+    password: Option<&str>,
+) -> ApiResult<Option<(String, String)>> {
+    if stores.identity.count_accounts().await? > 0 {
+        return Ok(None);
+    }
+    let tenant = create_tenant(stores, "system", None).await?;
+    let password = password.map_or_else(auth::generate_password, str::to_owned);
+    create_account(
+        stores,
+        NewAccount {
+            tenant_id: tenant.id,
+            email,
+            password: &password,
+            role: Role::Admin,
+        },
+    )
+    .await?;
+    Ok(Some((email.to_owned(), password)))
+}
+
+/// The JWT signing secret: from configuration, or generated once and persisted.
+pub async fn signing_secret(stores: &Stores, configured: Option<&str>) -> ApiResult<String> {
+    if let Some(s) = configured {
+        if s.len() < 32 {
+            return Err(
+                FieldError::invalid("auth.jwt_secret", "must be at least 32 characters").into(),
+            );
+        }
+        return Ok(s.to_owned());
+    }
+    Ok(stores
+        .identity
+        .init_setting("auth.jwt_secret", &auth::generate_secret())
+        .await?)
+}

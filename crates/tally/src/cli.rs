@@ -1,0 +1,355 @@
+//! Command line: `tally serve`, `tally demo` and `tally admin …`. Configuration comes from
+//! an optional TOML file, then `TALLY_*` environment variables and flags, over defaults that
+//! need no file at all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use tally_core::auth::{Role, Scope};
+use tally_core::TenantId;
+use tally_server::service::tenancy::{self, NewAccount};
+use tally_server::Config;
+use tally_store::{SqliteStore, Stores};
+
+#[derive(Parser)]
+#[command(
+    name = "tally",
+    version,
+    about = "AI and API observability and governance in one binary"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "TALLY_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Run the server with a demo tenant and 30 days of events (same as `serve --demo`).
+    Demo(ServeArgs),
+    /// Operator commands on the data directory (the server may be running).
+    Admin(AdminArgs),
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "TALLY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (default ./tally-data).
+    #[arg(long, env = "TALLY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Listen address (default 127.0.0.1:8080; port 0 picks a free port).
+    #[arg(long, env = "TALLY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Load the demo tenant on start (once).
+    #[arg(long, env = "TALLY_DEMO")]
+    demo: bool,
+    /// MaxMind-format City database for geo enrichment.
+    #[arg(long, env = "TALLY_GEOIP_DATABASE")]
+    geoip_database: Option<PathBuf>,
+    /// JWT signing secret (≥ 32 chars); generated and stored when absent.
+    #[arg(long, env = "TALLY_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Session token lifetime in seconds.
+    #[arg(long, env = "TALLY_TOKEN_TTL_SECS")]
+    token_ttl_secs: Option<i64>,
+    /// Password of the admin account created on first start (generated when absent).
+    #[arg(long, env = "TALLY_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+    /// E-mail of the admin account created on first start.
+    #[arg(long, env = "TALLY_ADMIN_EMAIL")]
+    admin_email: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Most events per batch.
+    #[arg(long, env = "TALLY_MAX_BATCH_EVENTS")]
+    max_batch_events: Option<usize>,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Accounts (people who log in).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// API keys (machines).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; prints its id.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Storage limit in events (unlimited when absent).
+        #[arg(long)]
+        max_events: Option<u64>,
+    },
+    /// List tenants: id, name.
+    List,
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account; prints its id (and a generated password on stderr).
+    Create {
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        email: String,
+        /// admin, owner, member or viewer.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Password; generated when absent.
+        #[arg(long, env = "TALLY_ACCOUNT_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create an API key; prints the key (shown once).
+    Create {
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: ingest, read, gateway, predict, admin.
+        #[arg(long, default_value = "ingest")]
+        scopes: String,
+    },
+    /// List a tenant's keys: id, prefix, scopes, state, name.
+    List {
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Revoke a key.
+    Revoke {
+        #[arg(long)]
+        tenant: TenantId,
+        key_id: tally_core::ApiKeyId,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s)
+        .ok_or_else(|| format!("unknown role '{s}'; expected admin, owner, member or viewer"))
+}
+
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read config file {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+fn serve_config(a: &ServeArgs) -> anyhow::Result<Config> {
+    let mut c = load_config(&a.config)?;
+    if let Some(v) = a.listen {
+        c.listen = v;
+    }
+    if let Some(v) = &a.geoip_database {
+        c.geoip.database = Some(v.clone());
+    }
+    if let Some(v) = &a.jwt_secret {
+        c.auth.jwt_secret = Some(v.clone());
+    }
+    if let Some(v) = a.token_ttl_secs {
+        c.auth.token_ttl_secs = v;
+    }
+    if let Some(v) = &a.admin_password {
+        c.auth.admin_password = Some(v.clone());
+    }
+    if let Some(v) = &a.admin_email {
+        c.auth.admin_email = v.clone();
+    }
+    if let Some(v) = a.max_body_bytes {
+        c.limits.max_body_bytes = v;
+    }
+    if let Some(v) = a.max_batch_events {
+        c.limits.max_batch_events = v;
+    }
+    Ok(c)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "failed to listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "failed to listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => {
+            tally_server::serve(serve_config(&a)?, a.demo, shutdown_signal()).await
+        }
+        Command::Demo(a) => tally_server::serve(serve_config(&a)?, true, shutdown_signal()).await,
+        Command::Admin(a) => {
+            let config = load_config(&a.config)?;
+            let sqlite = tally_server::open_store(&config)?;
+            let stores = Stores::sqlite(sqlite.clone());
+            let result = admin(&stores, a.command).await;
+            close(sqlite).await?;
+            result
+        }
+    }
+}
+
+async fn close(sqlite: Arc<SqliteStore>) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || sqlite.shutdown())
+        .await
+        .context("failed to close the database")
+}
+
+fn api(e: tally_server::error::ApiError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+async fn admin(stores: &Stores, command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Tenant(TenantCommand::Create { name, max_events }) => {
+            let t = tenancy::create_tenant(stores, &name, max_events)
+                .await
+                .map_err(api)?;
+            println!("{}", t.id);
+        }
+        AdminCommand::Tenant(TenantCommand::List) => {
+            for t in stores.identity.list_tenants().await? {
+                println!("{}\t{}", t.id, t.name);
+            }
+        }
+        AdminCommand::Account(AccountCommand::Create {
+            tenant,
+            email,
+            role,
+            password,
+        }) => {
+            let generated = password.is_none();
+            let password = password.unwrap_or_else(tally_core::auth::generate_password);
+            let a = tenancy::create_account(
+                stores,
+                NewAccount {
+                    tenant_id: tenant,
+                    email: &email,
+                    password: &password,
+                    role,
+                },
+            )
+            .await
+            .map_err(api)?;
+            println!("{}", a.id);
+            if generated {
+                eprintln!("generated password: {password}");
+            }
+        }
+        AdminCommand::Key(KeyCommand::Create {
+            tenant,
+            name,
+            scopes,
+        }) => {
+            let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg)?;
+            let (_, key) = tenancy::create_api_key(stores, tenant, &name, scopes)
+                .await
+                .map_err(api)?;
+            println!("{key}");
+        }
+        AdminCommand::Key(KeyCommand::List { tenant }) => {
+            tenancy::require_tenant(stores, tenant).await.map_err(api)?;
+            for k in stores.identity.list_api_keys(tenant).await? {
+                let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.display_prefix(),
+                    scopes.join(","),
+                    state,
+                    k.name
+                );
+            }
+        }
+        AdminCommand::Key(KeyCommand::Revoke { tenant, key_id }) => {
+            let now = tally_core::time::now_micros();
+            if !stores.identity.revoke_api_key(tenant, key_id, now).await? {
+                bail!("no active key {key_id} in tenant {tenant}");
+            }
+            eprintln!("revoked {key_id}");
+        }
+    }
+    Ok(())
+}
