@@ -64,6 +64,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             let path = err.path().to_string();
             let inner = err.into_inner();
             use serde_json::error::Category;
+            if inner.to_string().starts_with("recursion limit exceeded") {
+                return Err(ApiError::InvalidJson(inner.to_string()));
+            }
             match inner.classify() {
                 Category::Data => Err(FieldError::invalid(
                     if path == "." { "body".to_owned() } else { path },

@@ -1,0 +1,222 @@
+//! A tally app on a temporary data dir, with helpers to call it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tally_core::auth::{Role, Scope};
+use tally_core::TenantId;
+use tally_server::service::tenancy::{self, NewAccount};
+use tally_server::{AppState, Config};
+use tally_store::{SqliteStore, Stores};
+use tower::ServiceExt;
+
+pub struct TestApp {
+    pub state: AppState,
+    pub stores: Stores,
+    pub sqlite: Arc<SqliteStore>,
+    pub dir: tempfile::TempDir,
+    /// A tenant with an owner key holding every scope.
+    pub tenant: TenantId,
+    pub key: String,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    /// The error code of an envelope body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<none>")
+    }
+    pub fn field(&self) -> &str {
+        self.body["error"]["details"]["field"]
+            .as_str()
+            .unwrap_or("<none>")
+    }
+}
+
+pub async fn app() -> TestApp {
+    app_with(|_| {}).await
+}
+
+pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.data_dir = dir.path().to_path_buf();
+    tweak(&mut config);
+    let sqlite = tally_server::open_store(&config).unwrap();
+    let stores = Stores::sqlite(sqlite.clone());
+    let state = AppState::new(&config, stores.clone()).await.unwrap();
+    let tenant = tenancy::create_tenant(&stores, "acme", None)
+        .await
+        .unwrap()
+        .id;
+    let (_, key) =
+        tenancy::create_api_key(&stores, tenant, "all", Scope::ALL.into_iter().collect())
+            .await
+            .unwrap();
+    TestApp {
+        state,
+        stores,
+        sqlite,
+        dir,
+        tenant,
+        key,
+    }
+}
+
+impl TestApp {
+    pub async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Resp {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Body::from(serde_json::to_vec(b).unwrap())
+            }
+            None => Body::empty(),
+        };
+        self.send(req.body(body).unwrap()).await
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Resp {
+        let svc = tally_server::api::service(self.state.clone());
+        let resp = svc.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, uri: &str) -> Resp {
+        self.call("GET", uri, Some(&self.key), None).await
+    }
+
+    pub async fn post(&self, uri: &str, body: Value) -> Resp {
+        self.call("POST", uri, Some(&self.key), Some(&body)).await
+    }
+
+    /// A key of this app's tenant with the given scopes.
+    pub async fn key_with(&self, scopes: &[Scope]) -> String {
+        tenancy::create_api_key(
+            &self.stores,
+            self.tenant,
+            "scoped",
+            scopes.iter().copied().collect(),
+        )
+        .await
+        .unwrap()
+        .1
+    }
+
+    /// Creates another tenant with an all-scope key.
+    pub async fn other_tenant(&self) -> (TenantId, String) {
+        let t = tenancy::create_tenant(&self.stores, "other", None)
+            .await
+            .unwrap()
+            .id;
+        let (_, key) =
+            tenancy::create_api_key(&self.stores, t, "k", Scope::ALL.into_iter().collect())
+                .await
+                .unwrap();
+        (t, key)
+    }
+
+    /// Creates an account and logs it in; returns its JWT.
+    pub async fn login_as(&self, tenant: TenantId, role: Role) -> String {
+        let email = format!(
+            "{}-{}@example.com",
+            role.as_str(),
+            uuid::Uuid::new_v4().simple()
+        );
+        tenancy::create_account(
+            &self.stores,
+            NewAccount {
+                tenant_id: tenant,
+                email: &email,
+                password: "long enough password",
+                role,
+            },
+        )
+        .await
+        .unwrap();
+        let r = self
+            .call(
+                "POST",
+                "/api/v1/auth/login",
+                None,
+                Some(&serde_json::json!({"email": email, "password": "long enough password"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        r.body["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Writes a City database covering 81.2.69.0/24 (Paris, France).
+pub fn write_geoip(path: &Path) {
+    #[derive(serde::Serialize)]
+    struct Names {
+        names: BTreeMap<String, String>,
+    }
+    #[derive(serde::Serialize)]
+    struct Country {
+        iso_code: String,
+        names: BTreeMap<String, String>,
+    }
+    #[derive(serde::Serialize)]
+    struct Loc {
+        latitude: f64,
+        longitude: f64,
+    }
+    #[derive(serde::Serialize)]
+    struct City {
+        city: Names,
+        country: Country,
+        location: Loc,
+    }
+    let en = |s: &str| BTreeMap::from([("en".to_owned(), s.to_owned())]);
+    let mut w = mmdb_writer::Writer::new("GeoIP2-City");
+    w.insert(
+        "81.2.69.0/24".parse::<ipnet::IpNet>().unwrap(),
+        &City {
+            city: Names { names: en("Paris") },
+            country: Country {
+                iso_code: "FR".into(),
+                names: en("France"),
+            },
+            location: Loc {
+                latitude: 48.8566,
+                longitude: 2.3522,
+            },
+        },
+    )
+    .unwrap();
+    std::fs::write(path, w.to_bytes().unwrap()).unwrap();
+}
