@@ -1,0 +1,168 @@
+//! The binary as operators and scripts use it: admin commands print what they create alone
+//! on stdout, `serve` bootstraps an admin without a fixed password, drains on SIGTERM, and
+//! `--demo` loads data once.
+
+mod common;
+
+use common::{admin, Server, BIN};
+use serde_json::json;
+
+#[test]
+fn admin_commands_print_ids_and_keys_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = admin(
+        dir.path(),
+        &["tenant", "create", "--name", "Acme", "--max-events", "100"],
+    );
+    assert!(uuid::Uuid::parse_str(&tenant).is_ok(), "{tenant}");
+    let account = admin(
+        dir.path(),
+        &[
+            "account",
+            "create",
+            "--tenant",
+            &tenant,
+            "--email",
+            "ops@acme.io",
+            "--role",
+            "owner",
+            "--password",
+            "long enough password",
+        ],
+    );
+    assert!(uuid::Uuid::parse_str(&account).is_ok(), "{account}");
+    let key = admin(
+        dir.path(),
+        &[
+            "key",
+            "create",
+            "--tenant",
+            &tenant,
+            "--name",
+            "ci",
+            "--scopes",
+            "ingest,read",
+        ],
+    );
+    assert!(
+        key.starts_with("tly_") && !key.contains(char::is_whitespace),
+        "{key}"
+    );
+    let list = admin(dir.path(), &["key", "list", "--tenant", &tenant]);
+    let row: Vec<&str> = list.lines().next().unwrap().split('\t').collect();
+    assert_eq!(row[2], "ingest,read");
+    assert_eq!(row[3], "active");
+    assert!(key.starts_with(row[1]));
+    assert!(!list.contains(&key), "listing never shows the key");
+    admin(dir.path(), &["key", "revoke", "--tenant", &tenant, row[0]]);
+    assert!(admin(dir.path(), &["key", "list", "--tenant", &tenant]).contains("revoked"));
+    assert!(admin(dir.path(), &["tenant", "list"]).contains("Acme"));
+
+    let bad = std::process::Command::new(BIN)
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "key", "create", "--tenant", &tenant, "--name", "x", "--scopes", "root",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope"));
+}
+
+#[test]
+fn first_start_generates_the_admin_password_and_prints_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd_env: Vec<(&str, &str)> = Vec::new();
+    cmd_env.push(("TALLY_ADMIN_EMAIL", "root@example.com"));
+    let mut server = Server::start_with_generated_password(dir.path(), &cmd_env);
+    let line = server
+        .stdout_lines
+        .iter()
+        .find(|l| l.contains("with password:"))
+        .expect("password line")
+        .clone();
+    let password = line.rsplit(": ").next().unwrap().to_owned();
+    assert!(password.len() >= 20);
+    let client = reqwest::blocking::Client::new();
+    let r = client
+        .post(format!("{}/api/v1/auth/login", server.base))
+        .json(&json!({"email": "root@example.com", "password": password}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status = server.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    // Second start: no new password.
+    let server = Server::start_with_generated_password(dir.path(), &cmd_env);
+    assert!(!server.stdout_lines.iter().any(|l| l.contains("password")));
+}
+
+#[test]
+fn demo_loads_once_and_is_queryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(dir.path(), &["--demo"], &[]);
+    let loaded = server
+        .stdout_lines
+        .iter()
+        .find(|l| l.starts_with("loaded demo tenant"))
+        .expect("demo line");
+    assert!(loaded.contains("12000 events"), "{loaded}");
+    let key_line = server
+        .stdout_lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("API key:"))
+        .unwrap();
+    let key = key_line.rsplit(' ').next().unwrap().to_owned();
+    let client = reqwest::blocking::Client::new();
+    let r: serde_json::Value = client
+        .get(format!(
+            "{}/api/v1/insights/activities/?event_type=page_view&page_size=5",
+            server.base
+        ))
+        .bearer_auth(&key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(r["count"].as_u64().unwrap() > 1000);
+    assert_eq!(r["results"][0]["event_type"], "page_view");
+    assert!(r["results"][0]["user"]["email"]
+        .as_str()
+        .unwrap()
+        .ends_with("@demo.example"));
+    server.terminate();
+    let again = Server::start_with(dir.path(), &["--demo"], &[]);
+    assert!(again
+        .stdout_lines
+        .iter()
+        .any(|l| l.starts_with("demo data already loaded")));
+}
+
+#[test]
+fn bad_configuration_fails_fast_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tally.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nunknown_key = 1\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid config file"));
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--geoip-database",
+            "/nonexistent.mmdb",
+        ])
+        .env("TALLY_ADMIN_PASSWORD", "x long password")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GeoIP"));
+}
