@@ -1,1 +1,75 @@
-fn main() {}
+//! Benchmarks of DESIGN.md's budgets against the real server: this binary starts the
+//! release `tally` binary on a fresh data dir, drives it over loopback HTTP, and prints
+//! medians and tails next to a baseline measured in the same run.
+//!
+//! ```text
+//! cargo build --release -p tally -p tally-bench
+//! target/release/tally-bench ingest        # durable batch ingestion throughput
+//! target/release/tally-bench track         # single-event latency at a fixed 1,000 req/s
+//! target/release/tally-bench activities    # activity listing p95 over 10M stored events
+//! target/release/tally-bench all
+//! ```
+
+mod load;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "tally benchmarks (real server, loopback HTTP)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Durable batch ingestion: batches of 100 realistic events, N concurrent clients.
+    Ingest {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
+    /// Single-event track latency at a fixed request rate (open loop).
+    Track {
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Activity listing latency with many stored events.
+    Activities {
+        #[arg(long, default_value_t = 10_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+    },
+    /// Everything above with defaults.
+    All,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match cli.command {
+            Bench::Ingest {
+                seconds,
+                connections,
+                batch,
+            } => load::ingest(seconds, connections, batch).await,
+            Bench::Track { rate, seconds } => load::track(rate, seconds).await,
+            Bench::Activities { events, queries } => load::activities(events, queries).await,
+            Bench::All => {
+                load::ingest(20, 8, 100).await?;
+                load::track(1000, 20).await?;
+                load::activities(10_000_000, 2000).await
+            }
+        }
+    })
+}

@@ -260,6 +260,7 @@ async fn client_ids_make_retries_idempotent() {
     assert_eq!(f.stores.events.event_count(t).await.unwrap(), 1);
     // the same client id in another tenant is another event
     let other = tenant(&f.stores, None).await;
+    e.tracking_id = Uuid::now_v7();
     let o = f
         .stores
         .events
@@ -273,18 +274,20 @@ async fn client_ids_make_retries_idempotent() {
 async fn storage_limit_is_enforced_per_event() {
     let f = open();
     let t = tenant(&f.stores, Some(3)).await;
-    let batch: Vec<_> = (0..2)
-        .map(|i| event(T0 + i, None, None, EventType::SystemEvent, "x"))
-        .collect();
+    let batch = || -> Vec<_> {
+        (0..2)
+            .map(|i| event(T0 + i, None, None, EventType::SystemEvent, "x"))
+            .collect()
+    };
     f.stores
         .events
-        .insert_events(t, Some(3), batch.clone())
+        .insert_events(t, Some(3), batch())
         .await
         .unwrap();
     let out = f
         .stores
         .events
-        .insert_events(t, Some(3), batch)
+        .insert_events(t, Some(3), batch())
         .await
         .unwrap();
     assert!(matches!(out[0], InsertOutcome::Inserted { .. }));
@@ -576,5 +579,86 @@ async fn profiles_upsert_and_stay_in_their_tenant() {
             .unwrap()
             .0,
         0
+    );
+}
+
+#[tokio::test]
+async fn user_listing_is_exact_across_the_user_index_fold_and_a_restart() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    let batch = |base: i64| {
+        (0..20)
+            .map(|i| event(base + i, Some("u"), Some("p"), EventType::UserAction, "a"))
+            .collect::<Vec<_>>()
+    };
+    f.stores
+        .events
+        .insert_events(t, None, batch(T0))
+        .await
+        .unwrap();
+    let by_user = ActivityFilter {
+        user_id: Some("u".into()),
+        ..Default::default()
+    };
+    // Staged in memory only: still listed and counted.
+    let (count, rows) = f
+        .stores
+        .events
+        .list_activities(t, &by_user, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!((count, rows.len()), (20, 20));
+    // Wait for the periodic fold, then add more: half folded, half staged.
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    f.stores
+        .events
+        .insert_events(t, None, batch(T0 + 1_000))
+        .await
+        .unwrap();
+    let (count, rows) = f
+        .stores
+        .events
+        .list_activities(t, &by_user, 5, 10)
+        .await
+        .unwrap();
+    assert_eq!(count, 40);
+    let ts: Vec<i64> = rows.iter().map(|r| r.timestamp - T0).collect();
+    assert_eq!(ts, (1005..1015).rev().collect::<Vec<_>>());
+    let hours = f
+        .stores
+        .events
+        .user_activity(t, "u", None, None)
+        .await
+        .unwrap();
+    assert_eq!(hours.iter().map(|h| h.count).sum::<u64>(), 40);
+    assert_eq!(
+        hours.len(),
+        1,
+        "staged and folded counts merge into one row"
+    );
+
+    // Simulated crash: the staged part is lost from memory but re-derived from `events`.
+    let sqlite = f.sqlite.clone();
+    tokio::task::spawn_blocking(move || sqlite.shutdown())
+        .await
+        .unwrap();
+    let reopened = Stores::sqlite(Arc::new(
+        SqliteStore::open(SqliteConfig::new(&f.path)).unwrap(),
+    ));
+    let (count, rows) = reopened
+        .events
+        .list_activities(t, &by_user, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!((count, rows.len()), (40, 40));
+    let hours = reopened
+        .events
+        .user_activity(t, "u", None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        hours.iter().map(|h| h.count).sum::<u64>(),
+        40,
+        "nothing folded twice"
     );
 }

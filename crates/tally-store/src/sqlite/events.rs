@@ -6,22 +6,21 @@ use async_trait::async_trait;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use tally_core::activity::{ActivityFilter, StoredEvent, UserHourCount};
-use tally_core::event::{EventType, NewEvent};
+use tally_core::event::NewEvent;
 use tally_core::time;
 use tally_core::TenantId;
 
+use super::user_index::{self, StagedEvent};
 use super::writer::WriterState;
 use super::{uuid_from, SqliteStore};
-use crate::{ActivityRef, EventStore, InsertOutcome, StoreResult};
+use crate::{ActivityRef, EventStore, InsertOutcome, StoreError, StoreResult};
 
 type DailyKey = (TenantId, i64, String, i64);
-type UserHourKey = (TenantId, String, i64, String, i64, String);
 
-/// Rollup changes accumulated in memory during one transaction.
+/// Daily rollup changes accumulated in memory during one transaction.
 #[derive(Default)]
 pub(crate) struct RollupDelta {
     daily: HashMap<DailyKey, u64>,
-    user_hourly: HashMap<UserHourKey, u64>,
     per_tenant: HashMap<TenantId, u64>,
 }
 
@@ -33,32 +32,16 @@ impl RollupDelta {
             .entry((
                 tenant,
                 time::day_of(e.timestamp),
-                project.clone(),
+                project,
                 e.event_type.code(),
             ))
             .or_default() += 1;
-        if let Some(user) = &e.user_id {
-            *self
-                .user_hourly
-                .entry((
-                    tenant,
-                    user.clone(),
-                    time::hour_of(e.timestamp),
-                    project,
-                    e.event_type.code(),
-                    e.event_name.clone(),
-                ))
-                .or_default() += 1;
-        }
         *self.per_tenant.entry(tenant).or_default() += 1;
     }
 
     fn merge(&mut self, other: RollupDelta) {
         for (k, n) in other.daily {
             *self.daily.entry(k).or_default() += n;
-        }
-        for (k, n) in other.user_hourly {
-            *self.user_hourly.entry(k).or_default() += n;
         }
         for (k, n) in other.per_tenant {
             *self.per_tenant.entry(k).or_default() += n;
@@ -71,7 +54,6 @@ impl RollupDelta {
 
     pub(crate) fn clear(&mut self) {
         self.daily.clear();
-        self.user_hourly.clear();
         self.per_tenant.clear();
     }
 
@@ -84,24 +66,6 @@ impl RollupDelta {
             )?;
             for ((tenant, day, project, ty), n) in self.daily.drain() {
                 stmt.execute(params![tenant.0.as_bytes(), day, project, ty, n as i64])?;
-            }
-        }
-        if !self.user_hourly.is_empty() {
-            let mut stmt = conn.prepare_cached(
-                "INSERT INTO user_activity_hourly (tenant_id, user_id, hour, project_id, event_type, event_name, n)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (tenant_id, user_id, hour, project_id, event_type, event_name) DO UPDATE SET n = n + excluded.n",
-            )?;
-            for ((tenant, user, hour, project, ty, name), n) in self.user_hourly.drain() {
-                stmt.execute(params![
-                    tenant.0.as_bytes(),
-                    user,
-                    hour,
-                    project,
-                    ty,
-                    name,
-                    n as i64
-                ])?;
             }
         }
         Ok(())
@@ -154,22 +118,22 @@ fn insert_events_tx(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
     let mut delta = RollupDelta::default();
+    let mut staged = Vec::new();
     let mut out = Vec::with_capacity(events.len());
     let tenant_bytes = tenant.0.as_bytes();
     for e in events {
-        if let Some(client_id) = &e.client_id {
-            if let Some(existing) = find_duplicate(conn, tenant, e.dedup_ts, client_id)? {
-                out.push(existing);
-                continue;
-            }
-        }
         if room == 0 {
-            out.push(InsertOutcome::OverLimit {
+            // Out of room: a retry of a stored event is still a duplicate, not a refusal.
+            let existing = match &e.client_id {
+                Some(client_id) => find_duplicate(conn, tenant, e.dedup_ts, client_id)?,
+                None => None,
+            };
+            out.push(existing.unwrap_or(InsertOutcome::OverLimit {
                 limit: max_events.unwrap_or_default(),
-            });
+            }));
             continue;
         }
-        insert.execute(params![
+        let inserted = insert.execute(params![
             tenant_bytes,
             e.tracking_id.as_bytes(),
             e.client_id,
@@ -184,14 +148,39 @@ fn insert_events_tx(
             e.context,
             e.enriched,
         ])?;
+        if inserted == 0 {
+            // Ignored: only the idempotency index can conflict (tracking ids are fresh
+            // UUIDv7s), so this is a retry of an event already stored.
+            let client_id = e.client_id.as_deref().unwrap_or_default();
+            let existing =
+                find_duplicate(conn, tenant, e.dedup_ts, client_id)?.ok_or_else(|| {
+                    StoreError::Internal("insert ignored without an idempotency conflict".into())
+                })?;
+            out.push(existing);
+            continue;
+        }
         room -= 1;
+        let id = conn.last_insert_rowid();
         delta.add(tenant, &e);
+        if let Some(user) = e.user_id {
+            staged.push((
+                (tenant, user),
+                StagedEvent {
+                    id,
+                    ts: e.timestamp,
+                    project: e.project_id.unwrap_or_default(),
+                    event_type: e.event_type.code(),
+                    event_name: e.event_name,
+                },
+            ));
+        }
         out.push(InsertOutcome::Inserted {
-            id: conn.last_insert_rowid(),
+            id,
             tracking_id: e.tracking_id,
         });
     }
     state.rollups.merge(delta);
+    state.staged.extend(staged);
     Ok(out)
 }
 
@@ -218,12 +207,10 @@ const EVENT_COLUMNS: &str =
     "id, tracking_id, event_type, event_name, user_id, project_id, ts, received_at, properties, context, enriched";
 
 fn event_from_row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let code: i64 = r.get(2)?;
     Ok(StoredEvent {
         id: r.get(0)?,
         tracking_id: uuid_from(r.get(1)?)?,
-        event_type: EventType::from_code(code)
-            .ok_or_else(|| rusqlite::Error::IntegralValueOutOfRange(2, code))?,
+        event_type: user_index::event_type_of(r.get(2)?)?,
         event_name: r.get(3)?,
         user_id: r.get(4)?,
         project_id: r.get(5)?,
@@ -235,31 +222,13 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
     })
 }
 
-/// Builds the listing query. The index is chosen by the most selective filter present so
-/// that the plan never depends on statistics: each index ends with `ts`, which also gives
-/// the newest-first order without sorting.
-fn listing_query(
-    tenant: TenantId,
+/// `AND col = ?` clauses for the project, type and time filters, appended to `sql`.
+fn push_common_filters(
+    sql: &mut String,
+    args: &mut Vec<SqlValue>,
     f: &ActivityFilter,
-    offset: u64,
-    limit: u32,
-) -> (String, Vec<SqlValue>) {
-    let index = if f.user_id.is_some() {
-        "events_by_user"
-    } else if f.project_id.is_some() {
-        "events_by_project"
-    } else if f.event_type.is_some() {
-        "events_by_type"
-    } else {
-        "events_by_time"
-    };
-    let mut sql =
-        format!("SELECT {EVENT_COLUMNS} FROM events INDEXED BY {index} WHERE tenant_id = ?");
-    let mut args: Vec<SqlValue> = vec![SqlValue::Blob(tenant.0.as_bytes().to_vec())];
-    if let Some(u) = &f.user_id {
-        sql.push_str(" AND user_id = ?");
-        args.push(SqlValue::Text(u.clone()));
-    }
+    ts_col: &str,
+) {
     if let Some(p) = &f.project_id {
         sql.push_str(" AND project_id = ?");
         args.push(SqlValue::Text(p.clone()));
@@ -270,56 +239,171 @@ fn listing_query(
     }
     let (from, to) = f.time_range();
     if let Some(from) = from {
-        sql.push_str(" AND ts >= ?");
+        sql.push_str(&format!(" AND {ts_col} >= ?"));
         args.push(SqlValue::Integer(from));
     }
     if let Some(to) = to {
-        sql.push_str(" AND ts < ?");
+        sql.push_str(&format!(" AND {ts_col} < ?"));
         args.push(SqlValue::Integer(to));
     }
+}
+
+/// Listing without a user filter: straight from `events`. The index is chosen by the
+/// most selective filter present so that the plan never depends on statistics; each index
+/// ends with `ts`, which also gives the newest-first order without sorting.
+fn list_from_events(
+    conn: &Connection,
+    tenant: TenantId,
+    f: &ActivityFilter,
+    offset: u64,
+    limit: u32,
+) -> StoreResult<(u64, Vec<StoredEvent>)> {
+    let index = if f.project_id.is_some() {
+        "events_by_project"
+    } else if f.event_type.is_some() {
+        "events_by_type"
+    } else {
+        "events_by_time"
+    };
+    let mut sql =
+        format!("SELECT {EVENT_COLUMNS} FROM events INDEXED BY {index} WHERE tenant_id = ?");
+    let mut args: Vec<SqlValue> = vec![SqlValue::Blob(tenant.0.as_bytes().to_vec())];
+    push_common_filters(&mut sql, &mut args, f, "ts");
     sql.push_str(" ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?");
     args.push(SqlValue::Integer(i64::from(limit)));
     args.push(SqlValue::Integer(offset.min(i64::MAX as u64) as i64));
-    (sql, args)
-}
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(args), event_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
 
-/// Counts matching events from the rollups: the user rollup when a user is named, the
-/// daily rollup otherwise. Exact, because rollups commit with the raw rows.
-fn count_query(tenant: TenantId, f: &ActivityFilter) -> (String, Vec<SqlValue>) {
+    // The count comes from the daily rollup: exact, because it commits with the rows.
+    let mut sql =
+        String::from("SELECT COALESCE(SUM(n), 0) FROM activity_daily WHERE tenant_id = ?");
     let mut args: Vec<SqlValue> = vec![SqlValue::Blob(tenant.0.as_bytes().to_vec())];
     let (from, to) = f.time_range();
-    let mut sql;
-    if let Some(u) = &f.user_id {
-        sql = String::from("SELECT COALESCE(SUM(n), 0) FROM user_activity_hourly WHERE tenant_id = ? AND user_id = ?");
-        args.push(SqlValue::Text(u.clone()));
-        if let Some(from) = from {
-            sql.push_str(" AND hour >= ?");
-            args.push(SqlValue::Integer(time::hour_of(from)));
-        }
-        if let Some(to) = to {
-            sql.push_str(" AND hour < ?");
-            args.push(SqlValue::Integer(time::hour_of(to)));
-        }
-    } else {
-        sql = String::from("SELECT COALESCE(SUM(n), 0) FROM activity_daily WHERE tenant_id = ?");
-        if let Some(from) = from {
-            sql.push_str(" AND day >= ?");
-            args.push(SqlValue::Integer(time::day_of(from)));
-        }
-        if let Some(to) = to {
-            sql.push_str(" AND day < ?");
-            args.push(SqlValue::Integer(time::day_of(to)));
-        }
+    let day_filter = ActivityFilter {
+        date_from: None,
+        date_to: None,
+        ..f.clone()
+    };
+    push_common_filters(&mut sql, &mut args, &day_filter, "day");
+    if let Some(from) = from {
+        sql.push_str(" AND day >= ?");
+        args.push(SqlValue::Integer(time::day_of(from)));
     }
-    if let Some(p) = &f.project_id {
-        sql.push_str(" AND project_id = ?");
-        args.push(SqlValue::Text(p.clone()));
+    if let Some(to) = to {
+        sql.push_str(" AND day < ?");
+        args.push(SqlValue::Integer(time::day_of(to)));
     }
-    if let Some(t) = f.event_type {
-        sql.push_str(" AND event_type = ?");
-        args.push(SqlValue::Integer(t.code()));
+    let count: i64 = conn
+        .prepare_cached(&sql)?
+        .query_row(params_from_iter(args), |r| r.get(0))?;
+    Ok((count.max(0) as u64, rows))
+}
+
+fn staged_matches(e: &StagedEvent, f: &ActivityFilter, from: Option<i64>, to: Option<i64>) -> bool {
+    f.project_id.as_ref().is_none_or(|p| &e.project == p)
+        && f.event_type.is_none_or(|t| t.code() == e.event_type)
+        && from.is_none_or(|from| e.ts >= from)
+        && to.is_none_or(|to| e.ts < to)
+}
+
+/// Listing for one user: the `user_events` table merged with the entries staged in
+/// memory, all read in one snapshot together with the watermark that separates them.
+fn list_for_user(
+    conn: &Connection,
+    tenant: TenantId,
+    user: &str,
+    f: &ActivityFilter,
+    staged: Vec<StagedEvent>,
+    offset: u64,
+    limit: u32,
+) -> StoreResult<(u64, Vec<StoredEvent>)> {
+    let (from, to) = f.time_range();
+    let watermark = user_index::watermark(conn)?;
+    let mut recent: Vec<(i64, i64)> = user_index::unfolded(staged, watermark)
+        .filter(|e| staged_matches(e, f, from, to))
+        .map(|e| (e.ts, e.id))
+        .collect();
+
+    let mut sql = String::from(
+        "SELECT COALESCE(SUM(n), 0) FROM user_activity_hourly WHERE tenant_id = ? AND user_id = ?",
+    );
+    let mut args = vec![
+        SqlValue::Blob(tenant.0.as_bytes().to_vec()),
+        SqlValue::Text(user.to_owned()),
+    ];
+    let hour_filter = ActivityFilter {
+        date_from: None,
+        date_to: None,
+        ..f.clone()
+    };
+    push_common_filters(&mut sql, &mut args, &hour_filter, "hour");
+    if let Some(from) = from {
+        sql.push_str(" AND hour >= ?");
+        args.push(SqlValue::Integer(time::hour_of(from)));
     }
-    (sql, args)
+    if let Some(to) = to {
+        sql.push_str(" AND hour < ?");
+        args.push(SqlValue::Integer(time::hour_of(to)));
+    }
+    let folded: i64 = conn
+        .prepare_cached(&sql)?
+        .query_row(params_from_iter(args), |r| r.get(0))?;
+    let count = folded.max(0) as u64 + recent.len() as u64;
+
+    let wanted = offset.saturating_add(u64::from(limit));
+    let mut sql =
+        String::from("SELECT ts, event_id FROM user_events WHERE tenant_id = ? AND user_id = ?");
+    let mut args = vec![
+        SqlValue::Blob(tenant.0.as_bytes().to_vec()),
+        SqlValue::Text(user.to_owned()),
+    ];
+    push_common_filters(&mut sql, &mut args, f, "ts");
+    sql.push_str(" ORDER BY ts DESC, event_id DESC LIMIT ?");
+    args.push(SqlValue::Integer(wanted.min(i64::MAX as u64) as i64));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let folded_ids = stmt.query_map(params_from_iter(args), |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for item in folded_ids {
+        recent.push(item?);
+    }
+    recent.sort_unstable_by(|a, b| b.cmp(a));
+    recent.dedup();
+    let page: Vec<i64> = recent
+        .into_iter()
+        .skip(offset.min(usize::MAX as u64) as usize)
+        .take(limit as usize)
+        .map(|(_, id)| id)
+        .collect();
+    Ok((count, fetch_events(conn, tenant, &page)?))
+}
+
+/// Rows by id, in the order given.
+fn fetch_events(conn: &Connection, tenant: TenantId, ids: &[i64]) -> StoreResult<Vec<StoredEvent>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = vec!["?"; ids.len()].join(",");
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND id IN ({marks})");
+    let mut args = vec![SqlValue::Blob(tenant.0.as_bytes().to_vec())];
+    args.extend(ids.iter().map(|id| SqlValue::Integer(*id)));
+    let mut by_id: HashMap<i64, StoredEvent> = conn
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(args), event_from_row)?
+        .map(|r| r.map(|e| (e.id, e)))
+        .collect::<Result<_, _>>()?;
+    Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
+/// Runs `f` in one read transaction, so that every query sees the same snapshot.
+fn snapshot<R>(conn: &Connection, f: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
+    conn.execute_batch("BEGIN")?;
+    let result = f(conn);
+    let _ = conn.execute_batch("COMMIT");
+    result
 }
 
 #[async_trait]
@@ -347,19 +431,23 @@ impl EventStore for SqliteStore {
         offset: u64,
         limit: u32,
     ) -> StoreResult<(u64, Vec<StoredEvent>)> {
-        let (list_sql, list_args) = listing_query(tenant, filter, offset, limit);
-        let (count_sql, count_args) = count_query(tenant, filter);
-        self.read(move |conn| {
-            let count: i64 = conn
-                .prepare_cached(&count_sql)?
-                .query_row(params_from_iter(count_args), |r| r.get(0))?;
-            let mut stmt = conn.prepare_cached(&list_sql)?;
-            let rows = stmt
-                .query_map(params_from_iter(list_args), event_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((count.max(0) as u64, rows))
-        })
-        .await
+        let filter = filter.clone();
+        match filter.user_id.clone() {
+            None => {
+                self.read(move |conn| list_from_events(conn, tenant, &filter, offset, limit))
+                    .await
+            }
+            Some(user) => {
+                // Staged entries first, then the snapshot: see `user_index`.
+                let staged = self.user_index.staged_for(tenant, &user);
+                self.read(move |conn| {
+                    snapshot(conn, |conn| {
+                        list_for_user(conn, tenant, &user, &filter, staged, offset, limit)
+                    })
+                })
+                .await
+            }
+        }
     }
 
     async fn get_activity(
@@ -394,35 +482,56 @@ impl EventStore for SqliteStore {
         to_hour: Option<i64>,
     ) -> StoreResult<Vec<UserHourCount>> {
         let user = user_id.to_owned();
+        let staged = self.user_index.staged_for(tenant, &user);
+        let (lo, hi) = (from_hour.unwrap_or(i64::MIN), to_hour.unwrap_or(i64::MAX));
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT hour, project_id, event_type, event_name, n FROM user_activity_hourly
-                 WHERE tenant_id = ?1 AND user_id = ?2 AND hour >= ?3 AND hour < ?4",
-            )?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        tenant.0.as_bytes(),
-                        user,
-                        from_hour.unwrap_or(i64::MIN),
-                        to_hour.unwrap_or(i64::MAX)
-                    ],
-                    |r| {
+            snapshot(conn, |conn| {
+                let watermark = user_index::watermark(conn)?;
+                let mut stmt = conn.prepare_cached(
+                    "SELECT hour, project_id, event_type, event_name, n FROM user_activity_hourly
+                     WHERE tenant_id = ?1 AND user_id = ?2 AND hour >= ?3 AND hour < ?4",
+                )?;
+                let mut rows = stmt
+                    .query_map(params![tenant.0.as_bytes(), user, lo, hi], |r| {
                         let project: String = r.get(1)?;
-                        let code: i64 = r.get(2)?;
                         let n: i64 = r.get(4)?;
                         Ok(UserHourCount {
                             hour: r.get(0)?,
                             project_id: (!project.is_empty()).then_some(project),
-                            event_type: EventType::from_code(code)
-                                .ok_or(rusqlite::Error::IntegralValueOutOfRange(2, code))?,
+                            event_type: user_index::event_type_of(r.get(2)?)?,
                             event_name: r.get(3)?,
                             count: n.max(0) as u64,
                         })
-                    },
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut recent: HashMap<(i64, String, i64, String), u64> = HashMap::new();
+                for e in user_index::unfolded(staged, watermark) {
+                    let hour = time::hour_of(e.ts);
+                    if hour >= lo && hour < hi {
+                        *recent
+                            .entry((hour, e.project, e.event_type, e.event_name))
+                            .or_default() += 1;
+                    }
+                }
+                for ((hour, project, ty, name), count) in recent {
+                    match rows.iter_mut().find(|r| {
+                        r.hour == hour
+                            && r.project_id.as_deref().unwrap_or_default() == project
+                            && r.event_type.code() == ty
+                            && r.event_name == name
+                    }) {
+                        Some(row) => row.count += count,
+                        None => rows.push(UserHourCount {
+                            hour,
+                            project_id: (!project.is_empty()).then_some(project),
+                            event_type: user_index::event_type_of(ty)?,
+                            event_name: name,
+                            count,
+                        }),
+                    }
+                }
+                Ok(rows)
+            })
         })
         .await
     }

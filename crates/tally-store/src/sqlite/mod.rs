@@ -4,10 +4,12 @@
 //! committed (`synchronous=FULL`). Reads run on a small pool of connections on blocking
 //! threads.
 
+mod checkpoint;
 mod events;
 mod identity;
 mod profiles;
 mod schema;
+mod user_index;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +44,8 @@ impl SqliteConfig {
 
 pub struct SqliteStore {
     writer: Writer,
+    user_index: Arc<user_index::UserIndex>,
+    checkpointer: checkpoint::Checkpointer,
     readers: Arc<ReaderPool>,
     path: PathBuf,
 }
@@ -74,6 +78,8 @@ fn open_connection(path: &Path, cache_mb: i64, read_only: bool) -> StoreResult<C
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit has reached the disk before anyone is told it succeeded.
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Checkpoints run on their own thread (`checkpoint.rs`), not inside commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
     Ok(conn)
 }
@@ -94,8 +100,14 @@ impl SqliteStore {
         for _ in 0..config.readers.max(1) {
             readers.push(open_connection(&config.path, config.cache_mb, true)?);
         }
+        let user_index = Arc::new(user_index::UserIndex::default());
+        user_index.recover(&conn)?;
+        let checkpointer =
+            checkpoint::Checkpointer::start(open_connection(&config.path, 2, false)?)?;
         Ok(Self {
-            writer: Writer::start(conn, config.write_queue)?,
+            writer: Writer::start(conn, config.write_queue, user_index.clone())?,
+            user_index,
+            checkpointer,
             readers: Arc::new(ReaderPool {
                 permits: Arc::new(Semaphore::new(readers.len())),
                 conns: Mutex::new(readers),
@@ -110,6 +122,7 @@ impl SqliteStore {
 
     /// Stops accepting writes, commits everything queued, and waits for the writer.
     pub fn shutdown(&self) {
+        self.checkpointer.stop();
         self.writer.shutdown();
     }
 

@@ -80,7 +80,6 @@ const MIGRATIONS: &[&str] = &[
         enriched TEXT NOT NULL
     );
     CREATE INDEX events_by_time ON events(tenant_id, ts);
-    CREATE INDEX events_by_user ON events(tenant_id, user_id, ts) WHERE user_id IS NOT NULL;
     CREATE INDEX events_by_project ON events(tenant_id, project_id, ts) WHERE project_id IS NOT NULL;
     CREATE INDEX events_by_type ON events(tenant_id, event_type, ts);
     -- Tracking ids are UUIDv7 (time-ordered), so this index also appends.
@@ -89,7 +88,20 @@ const MIGRATIONS: &[&str] = &[
     -- sent none). Keying on the timestamp keeps inserts local instead of random.
     CREATE UNIQUE INDEX events_dedup ON events(tenant_id, dedup_ts, client_id) WHERE client_id IS NOT NULL;
 
-    -- Rollups, maintained in the same transaction as the raw rows.
+    -- Events by tracked user: a manual index kept by the writer in sorted bulk flushes
+    -- (`user_index.rs`). Maintaining it on every commit would dirty one page per active
+    -- user per commit. Covering: listing filters by project and type without the row.
+    CREATE TABLE user_events (
+        tenant_id BLOB NOT NULL,
+        user_id TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        event_id INTEGER NOT NULL,
+        project_id TEXT NOT NULL,
+        event_type INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, user_id, ts, event_id)
+    ) WITHOUT ROWID;
+
+    -- Daily rollup, maintained in the same transaction as the raw rows.
     CREATE TABLE activity_daily (
         tenant_id BLOB NOT NULL,
         day INTEGER NOT NULL,
@@ -99,6 +111,7 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, day, project_id, event_type)
     ) WITHOUT ROWID;
 
+    -- Hourly rollup per tracked user, flushed with `user_events`.
     CREATE TABLE user_activity_hourly (
         tenant_id BLOB NOT NULL,
         user_id TEXT NOT NULL,

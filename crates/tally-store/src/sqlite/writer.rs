@@ -6,7 +6,8 @@
 //! is rolled back alone; a failed commit fails every caller of that transaction.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
@@ -14,6 +15,7 @@ use tally_core::TenantId;
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::RollupDelta;
+use super::user_index::{StagedEvent, UserIndex, UserKey};
 use crate::{StoreError, StoreResult};
 
 /// Stop adding operations to a transaction past this many rows…
@@ -27,9 +29,16 @@ type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 type JobFn = Box<dyn FnOnce(Option<(&Connection, &mut WriterState)>) -> (bool, Completion) + Send>;
 
 enum Msg {
-    Op { weight: usize, run: JobFn },
+    Op {
+        weight: usize,
+        run: JobFn,
+    },
+    /// Periodic wake-up, so staged user-index entries are folded even when idle.
+    Tick,
     Shutdown,
 }
+
+const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// State that lives across transactions on the writer thread.
 #[derive(Default)]
@@ -38,23 +47,44 @@ pub(crate) struct WriterState {
     pub rollups: RollupDelta,
     /// Stored event count per tenant, for storage limits; loaded lazily.
     pub tenant_events: HashMap<TenantId, u64>,
+    /// User-index entries of the current transaction, published after commit.
+    pub staged: Vec<(UserKey, StagedEvent)>,
 }
 
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
     handle: Mutex<Option<JoinHandle<()>>>,
+    ticking: Arc<AtomicBool>,
 }
 
 impl Writer {
-    pub(crate) fn start(conn: Connection, queue: usize) -> StoreResult<Self> {
+    pub(crate) fn start(
+        conn: Connection,
+        queue: usize,
+        user_index: Arc<UserIndex>,
+    ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = std::thread::Builder::new()
             .name("tally-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, user_index))
             .map_err(|e| StoreError::Internal(format!("failed to start writer thread: {e}")))?;
+        let ticking = Arc::new(AtomicBool::new(true));
+        let (ticker, running) = (tx.clone(), ticking.clone());
+        std::thread::Builder::new()
+            .name("tally-writer-tick".into())
+            .spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = ticker.try_send(Msg::Tick) {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Internal(format!("failed to start writer ticker: {e}")))?;
         Ok(Self {
             tx,
             handle: Mutex::new(Some(handle)),
+            ticking,
         })
     }
 
@@ -104,6 +134,7 @@ impl Writer {
             Err(_) => None,
         };
         let Some(handle) = handle else { return };
+        self.ticking.store(false, Ordering::Relaxed);
         let mut msg = Msg::Shutdown;
         loop {
             match self.tx.try_send(msg) {
@@ -121,7 +152,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, user_index: Arc<UserIndex>) {
     let mut state = WriterState::default();
     let mut batch: Vec<(usize, JobFn)> = Vec::new();
     loop {
@@ -137,6 +168,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
                     rows += weight;
                     batch.push((weight, run));
                 }
+                Msg::Tick => {}
                 Msg::Shutdown => {
                     stop = true;
                     break;
@@ -147,7 +179,12 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         if !batch.is_empty() {
-            commit_batch(&mut conn, &mut state, &mut batch);
+            commit_batch(&mut conn, &mut state, &mut batch, &user_index);
+        }
+        if stop || user_index.flush_due() {
+            if let Err(e) = user_index.flush(&conn) {
+                tracing::error!(error = %e, "failed to fold the user index; will retry");
+            }
         }
         if stop {
             break;
@@ -160,7 +197,12 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
     tracing::info!("writer stopped");
 }
 
-fn commit_batch(conn: &mut Connection, state: &mut WriterState, batch: &mut Vec<(usize, JobFn)>) {
+fn commit_batch(
+    conn: &mut Connection,
+    state: &mut WriterState,
+    batch: &mut Vec<(usize, JobFn)>,
+    user_index: &UserIndex,
+) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = StoreError::from(e);
         tracing::error!(error = %err, "failed to begin write transaction");
@@ -169,6 +211,7 @@ fn commit_batch(conn: &mut Connection, state: &mut WriterState, batch: &mut Vec<
             done(Some(&err));
         }
         state.rollups.clear();
+        state.staged.clear();
         return;
     }
     let mut completions = Vec::with_capacity(batch.len());
@@ -197,6 +240,7 @@ fn commit_batch(conn: &mut Connection, state: &mut WriterState, batch: &mut Vec<
     match outcome {
         Ok(()) => {
             state.rollups.apply_counts(&mut state.tenant_events);
+            user_index.publish(std::mem::take(&mut state.staged));
             for done in completions {
                 done(None);
             }
@@ -206,6 +250,7 @@ fn commit_batch(conn: &mut Connection, state: &mut WriterState, batch: &mut Vec<
             let _ = conn.execute_batch("ROLLBACK");
             state.tenant_events.clear();
             state.rollups.clear();
+            state.staged.clear();
             for done in completions {
                 done(Some(&err));
             }
