@@ -348,10 +348,14 @@ pub async fn activities(n: usize, queries: usize) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(p as u64);
                 let mut i = p * chunk;
+                // In time order, as events arrive, spread evenly over 30 days.
+                let start = now - 30 * MICROS_PER_DAY;
+                let step = (30 * MICROS_PER_DAY) / n.max(1) as i64;
                 while i < n {
                     let len = chunk.min(n - i);
-                    let events: Vec<NewEvent> =
-                        (0..len).map(|_| stored_event(&mut rng, now)).collect();
+                    let events: Vec<NewEvent> = (0..len)
+                        .map(|k| stored_event(&mut rng, start + (i + k) as i64 * step))
+                        .collect();
                     store
                         .insert_events(tenant, None, events)
                         .await
@@ -471,8 +475,7 @@ pub async fn activities(n: usize, queries: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stored_event(rng: &mut StdRng, now: i64) -> NewEvent {
-    let ts = now - rng.gen_range(0..30 * MICROS_PER_DAY);
+fn stored_event(rng: &mut StdRng, ts: i64) -> NewEvent {
     // Skewed: low user ids are the most active.
     let user = (rng.gen_range(0.0f64..1.0).powi(3) * 1000.0) as u32 + 1;
     let ty = match rng.gen_range(0..100) {

@@ -662,3 +662,63 @@ async fn user_listing_is_exact_across_the_user_index_fold_and_a_restart() {
         "nothing folded twice"
     );
 }
+
+#[tokio::test]
+async fn user_pages_across_days_match_the_full_list() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    // 3 events every 5 hours over ~4 days, with another user interleaved.
+    let mut batch = Vec::new();
+    for i in 0..20i64 {
+        for j in 0..3 {
+            batch.push(event(
+                T0 + i * 5 * MICROS_PER_HOUR + j,
+                Some("u"),
+                None,
+                EventType::UserAction,
+                "a",
+            ));
+        }
+        batch.push(event(
+            T0 + i * 5 * MICROS_PER_HOUR,
+            Some("other"),
+            None,
+            EventType::UserAction,
+            "a",
+        ));
+    }
+    f.stores.events.insert_events(t, None, batch).await.unwrap();
+    let by_user = ActivityFilter {
+        user_id: Some("u".into()),
+        ..Default::default()
+    };
+    let (count, all) = f
+        .stores
+        .events
+        .list_activities(t, &by_user, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!((count, all.len()), (60, 60));
+    assert!(all
+        .windows(2)
+        .all(|w| (w[0].timestamp, w[0].id) > (w[1].timestamp, w[1].id)));
+    for (offset, limit) in [(0, 7), (7, 7), (13, 20), (40, 30), (59, 5), (60, 5)] {
+        let (_, page) = f
+            .stores
+            .events
+            .list_activities(t, &by_user, offset, limit)
+            .await
+            .unwrap();
+        let want: Vec<i64> = all
+            .iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            page.iter().map(|e| e.id).collect::<Vec<_>>(),
+            want,
+            "offset {offset}"
+        );
+    }
+}

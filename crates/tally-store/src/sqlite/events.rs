@@ -309,8 +309,35 @@ fn staged_matches(e: &StagedEvent, f: &ActivityFilter, from: Option<i64>, to: Op
         && to.is_none_or(|to| e.ts < to)
 }
 
-/// Listing for one user: the `user_events` table merged with the entries staged in
-/// memory, all read in one snapshot together with the watermark that separates them.
+/// The days a tenant has events on, within `[from, to)` days: the key prefixes to seek in
+/// the day-first user tables. Bounded by the tenant's first and last event days.
+fn day_span(
+    conn: &Connection,
+    tenant: TenantId,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> StoreResult<Vec<i64>> {
+    let (lo, hi): (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT MIN(day), MAX(day) FROM activity_daily WHERE tenant_id = ?1")?
+        .query_row([tenant.0.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(Vec::new());
+    };
+    let start = from.map_or(lo, |f| f.max(lo));
+    let end = to.map_or(hi + 1, |t| t.min(hi + 1));
+    Ok((start..end).collect())
+}
+
+fn in_list(sql: &mut String, args: &mut Vec<SqlValue>, days: &[i64]) {
+    sql.push_str(" AND day IN (");
+    sql.push_str(&vec!["?"; days.len()].join(","));
+    sql.push(')');
+    args.extend(days.iter().map(|d| SqlValue::Integer(*d)));
+}
+
+/// Listing for one user: per-day counts (rollup plus staged entries) locate the page, then
+/// only the days that hold it are read from `user_events` and merged with the staged
+/// entries. Everything is read in one snapshot with the watermark that separates the two.
 fn list_for_user(
     conn: &Connection,
     tenant: TenantId,
@@ -322,62 +349,97 @@ fn list_for_user(
 ) -> StoreResult<(u64, Vec<StoredEvent>)> {
     let (from, to) = f.time_range();
     let watermark = user_index::watermark(conn)?;
-    let mut recent: Vec<(i64, i64)> = user_index::unfolded(staged, watermark)
+    let recent: Vec<StagedEvent> = user_index::unfolded(staged, watermark)
         .filter(|e| staged_matches(e, f, from, to))
-        .map(|e| (e.ts, e.id))
         .collect();
-
+    let mut days = day_span(conn, tenant, from.map(time::day_of), to.map(time::day_of))?;
+    for e in &recent {
+        let d = time::day_of(e.ts);
+        if !days.contains(&d) {
+            days.push(d);
+        }
+    }
+    if days.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let mut per_day: HashMap<i64, u64> = HashMap::new();
+    for e in &recent {
+        *per_day.entry(time::day_of(e.ts)).or_default() += 1;
+    }
     let mut sql = String::from(
-        "SELECT COALESCE(SUM(n), 0) FROM user_activity_hourly WHERE tenant_id = ? AND user_id = ?",
+        "SELECT day, SUM(n) FROM user_activity_hourly WHERE tenant_id = ? AND user_id = ?",
     );
     let mut args = vec![
         SqlValue::Blob(tenant.0.as_bytes().to_vec()),
         SqlValue::Text(user.to_owned()),
     ];
-    let hour_filter = ActivityFilter {
+    let undated = ActivityFilter {
         date_from: None,
         date_to: None,
         ..f.clone()
     };
-    push_common_filters(&mut sql, &mut args, &hour_filter, "hour");
-    if let Some(from) = from {
-        sql.push_str(" AND hour >= ?");
-        args.push(SqlValue::Integer(time::hour_of(from)));
-    }
-    if let Some(to) = to {
-        sql.push_str(" AND hour < ?");
-        args.push(SqlValue::Integer(time::hour_of(to)));
-    }
-    let folded: i64 = conn
-        .prepare_cached(&sql)?
-        .query_row(params_from_iter(args), |r| r.get(0))?;
-    let count = folded.max(0) as u64 + recent.len() as u64;
-
-    let wanted = offset.saturating_add(u64::from(limit));
-    let mut sql =
-        String::from("SELECT ts, event_id FROM user_events WHERE tenant_id = ? AND user_id = ?");
-    let mut args = vec![
-        SqlValue::Blob(tenant.0.as_bytes().to_vec()),
-        SqlValue::Text(user.to_owned()),
-    ];
-    push_common_filters(&mut sql, &mut args, f, "ts");
-    sql.push_str(" ORDER BY ts DESC, event_id DESC LIMIT ?");
-    args.push(SqlValue::Integer(wanted.min(i64::MAX as u64) as i64));
+    push_common_filters(&mut sql, &mut args, &undated, "hour");
+    in_list(&mut sql, &mut args, &days);
+    sql.push_str(" GROUP BY day");
     let mut stmt = conn.prepare_cached(&sql)?;
-    let folded_ids = stmt.query_map(params_from_iter(args), |r| {
+    for row in stmt.query_map(params_from_iter(args), |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-    })?;
-    for item in folded_ids {
-        recent.push(item?);
+    })? {
+        let (day, n) = row?;
+        *per_day.entry(day).or_default() += n.max(0) as u64;
     }
-    recent.sort_unstable_by(|a, b| b.cmp(a));
-    recent.dedup();
-    let page: Vec<i64> = recent
-        .into_iter()
-        .skip(offset.min(usize::MAX as u64) as usize)
-        .take(limit as usize)
-        .map(|(_, id)| id)
-        .collect();
+    let count: u64 = per_day.values().sum();
+
+    let mut newest_first: Vec<(i64, u64)> = per_day.into_iter().filter(|(_, n)| *n > 0).collect();
+    newest_first.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    let mut skip = offset;
+    let mut need = limit as usize;
+    let mut page: Vec<i64> = Vec::with_capacity(need);
+    let mut sql = String::from(
+        "SELECT ts, event_id FROM user_events WHERE tenant_id = ? AND day = ? AND user_id = ?",
+    );
+    let mut filter_args = Vec::new();
+    push_common_filters(&mut sql, &mut filter_args, &undated, "ts");
+    sql.push_str(" ORDER BY ts DESC, event_id DESC LIMIT ?");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    for (day, n) in newest_first {
+        if need == 0 {
+            break;
+        }
+        if skip >= n {
+            skip -= n;
+            continue;
+        }
+        let mut args = vec![
+            SqlValue::Blob(tenant.0.as_bytes().to_vec()),
+            SqlValue::Integer(day),
+            SqlValue::Text(user.to_owned()),
+        ];
+        args.extend(filter_args.iter().cloned());
+        args.push(SqlValue::Integer(
+            (skip + need as u64).min(i64::MAX as u64) as i64
+        ));
+        let mut rows: Vec<(i64, i64)> = stmt
+            .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.extend(
+            recent
+                .iter()
+                .filter(|e| time::day_of(e.ts) == day)
+                .map(|e| (e.ts, e.id)),
+        );
+        rows.sort_unstable_by(|a, b| b.cmp(a));
+        rows.dedup();
+        let taken: Vec<i64> = rows
+            .into_iter()
+            .skip(skip as usize)
+            .take(need)
+            .map(|(_, id)| id)
+            .collect();
+        skip = 0;
+        need -= taken.len();
+        page.extend(taken);
+    }
     Ok((count, fetch_events(conn, tenant, &page)?))
 }
 
@@ -487,12 +549,26 @@ impl EventStore for SqliteStore {
         self.read(move |conn| {
             snapshot(conn, |conn| {
                 let watermark = user_index::watermark(conn)?;
-                let mut stmt = conn.prepare_cached(
-                    "SELECT hour, project_id, event_type, event_name, n FROM user_activity_hourly
-                     WHERE tenant_id = ?1 AND user_id = ?2 AND hour >= ?3 AND hour < ?4",
+                let days = day_span(
+                    conn,
+                    tenant,
+                    from_hour.map(|h| h.div_euclid(24)),
+                    to_hour.map(|h| (h + 23).div_euclid(24)),
                 )?;
+                let mut sql = String::from(
+                    "SELECT hour, project_id, event_type, event_name, n FROM user_activity_hourly
+                     WHERE tenant_id = ? AND user_id = ? AND hour >= ? AND hour < ?",
+                );
+                let mut args = vec![
+                    SqlValue::Blob(tenant.0.as_bytes().to_vec()),
+                    SqlValue::Text(user.clone()),
+                    SqlValue::Integer(lo),
+                    SqlValue::Integer(hi),
+                ];
+                in_list(&mut sql, &mut args, &days);
+                let mut stmt = conn.prepare_cached(&sql)?;
                 let mut rows = stmt
-                    .query_map(params![tenant.0.as_bytes(), user, lo, hi], |r| {
+                    .query_map(params_from_iter(args), |r| {
                         let project: String = r.get(1)?;
                         let n: i64 = r.get(4)?;
                         Ok(UserHourCount {

@@ -45,7 +45,6 @@ impl SqliteConfig {
 pub struct SqliteStore {
     writer: Writer,
     user_index: Arc<user_index::UserIndex>,
-    checkpointer: checkpoint::Checkpointer,
     readers: Arc<ReaderPool>,
     path: PathBuf,
 }
@@ -70,7 +69,9 @@ fn open_connection(path: &Path, cache_mb: i64, read_only: bool) -> StoreResult<C
             | OpenFlags::SQLITE_OPEN_URI
     };
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Lock conflicts (e.g. with `tally admin` in another process) last microseconds; SQLite's
+    // default busy handler sleeps up to 100 ms per retry.
+    conn.busy_handler(Some(retry_briefly))?;
     conn.pragma_update(None, "cache_size", -(cache_mb * 1024))?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -78,10 +79,22 @@ fn open_connection(path: &Path, cache_mb: i64, read_only: bool) -> StoreResult<C
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit has reached the disk before anyone is told it succeeded.
         conn.pragma_update(None, "synchronous", "FULL")?;
-        // Checkpoints run on their own thread (`checkpoint.rs`), not inside commits.
+        // Checkpoints run on the writer's tick (`checkpoint.rs`), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
     Ok(conn)
+}
+
+/// Busy handler: retry every 50 µs for the first 10 ms, then every millisecond, and give
+/// up (SQLITE_BUSY) after about 10 s.
+fn retry_briefly(attempt: i32) -> bool {
+    let pause = if attempt < 200 {
+        std::time::Duration::from_micros(50)
+    } else {
+        std::time::Duration::from_millis(1)
+    };
+    std::thread::sleep(pause);
+    attempt < 10_200
 }
 
 impl SqliteStore {
@@ -102,12 +115,9 @@ impl SqliteStore {
         }
         let user_index = Arc::new(user_index::UserIndex::default());
         user_index.recover(&conn)?;
-        let checkpointer =
-            checkpoint::Checkpointer::start(open_connection(&config.path, 2, false)?)?;
         Ok(Self {
             writer: Writer::start(conn, config.write_queue, user_index.clone())?,
             user_index,
-            checkpointer,
             readers: Arc::new(ReaderPool {
                 permits: Arc::new(Semaphore::new(readers.len())),
                 conns: Mutex::new(readers),
@@ -122,7 +132,6 @@ impl SqliteStore {
 
     /// Stops accepting writes, commits everything queued, and waits for the writer.
     pub fn shutdown(&self) {
-        self.checkpointer.stop();
         self.writer.shutdown();
     }
 

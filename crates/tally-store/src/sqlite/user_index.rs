@@ -8,7 +8,7 @@
 //! entries at or below the watermark they read in the same snapshot. After a crash, `open`
 //! re-stages every event above the watermark from the durable `events` table.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -95,8 +95,7 @@ impl UserIndex {
             if s.rows == 0 {
                 return Ok(());
             }
-            let mut keys: Vec<&UserKey> = s.by_user.keys().collect();
-            keys.sort();
+            let keys: Vec<&UserKey> = s.by_user.keys().collect();
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let result = write_sorted(conn, &s.by_user, &keys);
             match result {
@@ -159,46 +158,59 @@ fn write_sorted(
     keys: &[&UserKey],
 ) -> StoreResult<i64> {
     let mut index = conn.prepare_cached(
-        "INSERT OR IGNORE INTO user_events (tenant_id, user_id, ts, event_id, project_id, event_type)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT OR IGNORE INTO user_events (tenant_id, day, user_id, ts, event_id, project_id, event_type)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let mut rollup = conn.prepare_cached(
-        "INSERT INTO user_activity_hourly (tenant_id, user_id, hour, project_id, event_type, event_name, n)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (tenant_id, user_id, hour, project_id, event_type, event_name) DO UPDATE SET n = n + excluded.n",
+        "INSERT INTO user_activity_hourly (tenant_id, day, user_id, hour, project_id, event_type, event_name, n)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (tenant_id, day, user_id, hour, project_id, event_type, event_name) DO UPDATE SET n = n + excluded.n",
     )?;
-    let mut max_id = 0;
+    // Everything in the tables' key order, so each leaf page is visited once.
+    let mut entries: Vec<(&TenantId, i64, &str, &StagedEvent)> = Vec::new();
     for key in keys {
         let (tenant, user) = key;
-        let entries = &by_user[*key];
-        let tenant_bytes = tenant.0.as_bytes();
-        let mut sorted: Vec<&StagedEvent> = entries.iter().collect();
-        sorted.sort_by_key(|e| (e.ts, e.id));
-        let mut hours: HashMap<(i64, &str, i64, &str), i64> = HashMap::new();
-        for e in sorted {
-            index.execute(params![
-                tenant_bytes,
-                user,
-                e.ts,
-                e.id,
-                e.project,
-                e.event_type
-            ])?;
-            *hours
-                .entry((
-                    time::hour_of(e.ts),
-                    e.project.as_str(),
-                    e.event_type,
-                    e.event_name.as_str(),
-                ))
-                .or_default() += 1;
-            max_id = max_id.max(e.id);
+        for e in &by_user[*key] {
+            entries.push((tenant, time::day_of(e.ts), user.as_str(), e));
         }
-        let mut hours: Vec<_> = hours.into_iter().collect();
-        hours.sort();
-        for ((hour, project, ty, name), n) in hours {
-            rollup.execute(params![tenant_bytes, user, hour, project, ty, name, n])?;
-        }
+    }
+    entries.sort_by(|a, b| (a.0, a.1, a.2, a.3.ts, a.3.id).cmp(&(b.0, b.1, b.2, b.3.ts, b.3.id)));
+    let mut max_id = 0;
+    type HourKey<'a> = (&'a TenantId, i64, &'a str, i64, &'a str, i64, &'a str);
+    let mut hours: BTreeMap<HourKey<'_>, i64> = BTreeMap::new();
+    for (tenant, day, user, e) in &entries {
+        index.execute(params![
+            tenant.0.as_bytes(),
+            day,
+            user,
+            e.ts,
+            e.id,
+            e.project,
+            e.event_type
+        ])?;
+        let key = (
+            *tenant,
+            *day,
+            *user,
+            time::hour_of(e.ts),
+            e.project.as_str(),
+            e.event_type,
+            e.event_name.as_str(),
+        );
+        *hours.entry(key).or_default() += 1;
+        max_id = max_id.max(e.id);
+    }
+    for ((tenant, day, user, hour, project, ty, name), n) in hours {
+        rollup.execute(params![
+            tenant.0.as_bytes(),
+            day,
+            user,
+            hour,
+            project,
+            ty,
+            name,
+            n
+        ])?;
     }
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2)

@@ -39,6 +39,8 @@ enum Msg {
 }
 
 const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+/// Ticks a checkpoint may be put off while writes are queued (5 s).
+const CHECKPOINT_DEFER_TICKS: u32 = 20;
 
 /// State that lives across transactions on the writer thread.
 #[derive(Default)]
@@ -155,11 +157,14 @@ impl Writer {
 fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, user_index: Arc<UserIndex>) {
     let mut state = WriterState::default();
     let mut batch: Vec<(usize, JobFn)> = Vec::new();
+    let mut uncheckpointed = false;
+    let mut deferred_ticks = 0;
     loop {
         let Some(first) = rx.blocking_recv() else {
             break;
         };
         let mut stop = false;
+        let mut tick = false;
         let mut rows = 0;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -168,7 +173,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, user_index: Arc<UserIn
                     rows += weight;
                     batch.push((weight, run));
                 }
-                Msg::Tick => {}
+                Msg::Tick => tick = true,
                 Msg::Shutdown => {
                     stop = true;
                     break;
@@ -180,10 +185,22 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, user_index: Arc<UserIn
         }
         if !batch.is_empty() {
             commit_batch(&mut conn, &mut state, &mut batch, &user_index);
+            uncheckpointed = true;
         }
         if stop || user_index.flush_due() {
             if let Err(e) = user_index.flush(&conn) {
                 tracing::error!(error = %e, "failed to fold the user index; will retry");
+            }
+        }
+        // Checkpoint when nobody is waiting on the writer; under sustained load, at least
+        // every few seconds so the log stays short.
+        if tick && uncheckpointed {
+            if rx.is_empty() || deferred_ticks >= CHECKPOINT_DEFER_TICKS {
+                super::checkpoint::checkpoint(&conn);
+                uncheckpointed = false;
+                deferred_ticks = 0;
+            } else {
+                deferred_ticks += 1;
             }
         }
         if stop {
