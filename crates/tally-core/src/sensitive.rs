@@ -149,7 +149,7 @@ pub fn luhn_valid(digits: &str) -> bool {
         let Some(mut d) = c.to_digit(10) else {
             return false;
         };
-        if i % 2 == 1 {
+        if !i.is_multiple_of(2) {
             d *= 2;
             if d > 9 {
                 d -= 9;
@@ -157,7 +157,7 @@ pub fn luhn_valid(digits: &str) -> bool {
         }
         sum += d;
     }
-    !digits.is_empty() && sum % 10 == 0
+    !digits.is_empty() && sum.is_multiple_of(10)
 }
 
 #[cfg(test)]

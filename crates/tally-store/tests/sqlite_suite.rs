@@ -1,6 +1,8 @@
 //! The store test suite, run against the SQLite backend. Each test talks only to the
 //! `Stores` traits, so a second backend runs the same functions.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
+
 use std::sync::Arc;
 
 use chrono::NaiveDate;

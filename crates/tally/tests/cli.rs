@@ -2,6 +2,8 @@
 //! on stdout, `serve` bootstraps an admin without a fixed password, drains on SIGTERM, and
 //! `--demo` loads data once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
+
 mod common;
 
 use common::{admin, Server, BIN};
@@ -73,8 +75,7 @@ fn admin_commands_print_ids_and_keys_alone() {
 #[test]
 fn first_start_generates_the_admin_password_and_prints_it_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd_env: Vec<(&str, &str)> = Vec::new();
-    cmd_env.push(("TALLY_ADMIN_EMAIL", "root@example.com"));
+    let cmd_env = [("TALLY_ADMIN_EMAIL", "root@example.com")];
     let mut server = Server::start_with_generated_password(dir.path(), &cmd_env);
     let line = server
         .stdout_lines

@@ -2,6 +2,8 @@
 //! and check that every event that received a 2xx is stored exactly once, and that retries
 //! of everything sent are deduplicated.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

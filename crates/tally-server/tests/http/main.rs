@@ -1,6 +1,8 @@
 //! Tests through the whole HTTP stack (routing, layers, extractors, services, SQLite),
 //! driven in-process with `tower::ServiceExt::oneshot`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
+
 mod activities;
 mod auth;
 mod edges;

@@ -49,8 +49,10 @@ pub async fn app() -> TestApp {
 
 pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.data_dir = dir.path().to_path_buf();
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
     tweak(&mut config);
     let sqlite = tally_server::open_store(&config).unwrap();
     let stores = Stores::sqlite(sqlite.clone());

@@ -391,7 +391,7 @@ fn list_for_user(
     let count: u64 = per_day.values().sum();
 
     let mut newest_first: Vec<(i64, u64)> = per_day.into_iter().filter(|(_, n)| *n > 0).collect();
-    newest_first.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    newest_first.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));
     let mut skip = offset;
     let mut need = limit as usize;
     let mut page: Vec<i64> = Vec::with_capacity(need);

@@ -1,6 +1,11 @@
 //! Runs the real `tally` binary.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::zombie_processes
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
