@@ -247,48 +247,6 @@ mod tests {
         validate(input, &EventLimits::default(), 1_705_761_000_000_000).unwrap()
     }
 
-    /// Writes a tiny City database with one network, as the tests' GeoIP fixture.
-    pub(crate) fn write_test_mmdb(path: &Path) {
-        #[derive(serde::Serialize)]
-        struct Names {
-            names: BTreeMap<String, String>,
-        }
-        #[derive(serde::Serialize)]
-        struct Country {
-            iso_code: String,
-            names: BTreeMap<String, String>,
-        }
-        #[derive(serde::Serialize)]
-        struct Loc {
-            latitude: f64,
-            longitude: f64,
-        }
-        #[derive(serde::Serialize)]
-        struct City {
-            city: Names,
-            country: Country,
-            location: Loc,
-        }
-        let en = |s: &str| BTreeMap::from([("en".to_owned(), s.to_owned())]);
-        let mut w = mmdb_writer::Writer::new("GeoIP2-City");
-        w.insert(
-            "81.2.69.0/24".parse::<ipnet::IpNet>().unwrap(),
-            &City {
-                city: Names { names: en("Paris") },
-                country: Country {
-                    iso_code: "FR".into(),
-                    names: en("France"),
-                },
-                location: Loc {
-                    latitude: 48.8566,
-                    longitude: 2.3522,
-                },
-            },
-        )
-        .unwrap();
-        std::fs::write(path, w.to_bytes().unwrap()).unwrap();
-    }
-
     #[test]
     fn user_agent_gives_browser_os_device() {
         let enricher = Enricher::new();
@@ -322,7 +280,7 @@ mod tests {
     fn geoip_database_resolves_city_and_absent_database_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("city.mmdb");
-        write_test_mmdb(&path);
+        crate::test_support::write_geoip_database(&path);
         let enricher = Enricher::with_geoip(&path).unwrap();
         let mut e = event(json!({"ip_address": "81.2.69.160"}));
         let enriched = enricher.enrich(b"t", &mut e, None);

@@ -11,6 +11,8 @@ pub mod event;
 pub mod ids;
 pub mod sensitive;
 pub mod tenancy;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod time;
 
 pub use error::{FieldError, Violation};

@@ -1,7 +1,5 @@
 //! A tally app on a temporary data dir, with helpers to call it.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -179,46 +177,4 @@ impl TestApp {
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         r.body["access_token"].as_str().unwrap().to_owned()
     }
-}
-
-/// Writes a City database covering 81.2.69.0/24 (Paris, France).
-pub fn write_geoip(path: &Path) {
-    #[derive(serde::Serialize)]
-    struct Names {
-        names: BTreeMap<String, String>,
-    }
-    #[derive(serde::Serialize)]
-    struct Country {
-        iso_code: String,
-        names: BTreeMap<String, String>,
-    }
-    #[derive(serde::Serialize)]
-    struct Loc {
-        latitude: f64,
-        longitude: f64,
-    }
-    #[derive(serde::Serialize)]
-    struct City {
-        city: Names,
-        country: Country,
-        location: Loc,
-    }
-    let en = |s: &str| BTreeMap::from([("en".to_owned(), s.to_owned())]);
-    let mut w = mmdb_writer::Writer::new("GeoIP2-City");
-    w.insert(
-        "81.2.69.0/24".parse::<ipnet::IpNet>().unwrap(),
-        &City {
-            city: Names { names: en("Paris") },
-            country: Country {
-                iso_code: "FR".into(),
-                names: en("France"),
-            },
-            location: Loc {
-                latitude: 48.8566,
-                longitude: 2.3522,
-            },
-        },
-    )
-    .unwrap();
-    std::fs::write(path, w.to_bytes().unwrap()).unwrap();
 }

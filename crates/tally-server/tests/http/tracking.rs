@@ -332,7 +332,7 @@ async fn dry_run_validates_detects_sensitive_data_and_stores_nothing() {
 async fn enrichment_fills_context_and_geo() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("city.mmdb");
-    crate::support::write_geoip(&db);
+    tally_core::test_support::write_geoip_database(&db);
     let t = app_with(|c| c.geoip.database = Some(db.clone())).await;
     let mut ev = seed_event();
     ev["context"]["ip_address"] = json!("81.2.69.160");
