@@ -443,15 +443,30 @@ fn list_for_user(
     Ok((count, fetch_events(conn, tenant, &page)?))
 }
 
+// Lookups by id name the tenant as `+tenant_id`: the unary plus keeps the filter but stops
+// the planner (which has no statistics) from scanning the tenant's whole index instead of
+// seeking the rowid: measured 1 s against 0.2 ms on 10M events.
+fn fetch_by_ids_sql(marks: &str) -> String {
+    format!("SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks}) AND +tenant_id = ?")
+}
+
+fn by_id_sql() -> String {
+    format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1 AND +tenant_id = ?2")
+}
+
+fn by_tracking_id_sql() -> String {
+    format!("SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = ?1 AND +tenant_id = ?2")
+}
+
 /// Rows by id, in the order given.
 fn fetch_events(conn: &Connection, tenant: TenantId, ids: &[i64]) -> StoreResult<Vec<StoredEvent>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let marks = vec!["?"; ids.len()].join(",");
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND id IN ({marks})");
-    let mut args = vec![SqlValue::Blob(tenant.0.as_bytes().to_vec())];
-    args.extend(ids.iter().map(|id| SqlValue::Integer(*id)));
+    let sql = fetch_by_ids_sql(&marks);
+    let mut args: Vec<SqlValue> = ids.iter().map(|id| SqlValue::Integer(*id)).collect();
+    args.push(SqlValue::Blob(tenant.0.as_bytes().to_vec()));
     let mut by_id: HashMap<i64, StoredEvent> = conn
         .prepare_cached(&sql)?
         .query_map(params_from_iter(args), event_from_row)?
@@ -521,14 +536,15 @@ impl EventStore for SqliteStore {
             let tenant_bytes = tenant.0.as_bytes().to_vec();
             let row = match at {
                 ActivityRef::Id(id) => conn
-                    .prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1 AND tenant_id = ?2"))?
+                    .prepare_cached(&by_id_sql())?
                     .query_row(params![id, tenant_bytes], event_from_row)
                     .optional()?,
                 ActivityRef::Tracking(uuid) => conn
-                    .prepare_cached(&format!(
-                        "SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = ?1 AND tenant_id = ?2"
-                    ))?
-                    .query_row(params![uuid.as_bytes().to_vec(), tenant_bytes], event_from_row)
+                    .prepare_cached(&by_tracking_id_sql())?
+                    .query_row(
+                        params![uuid.as_bytes().to_vec(), tenant_bytes],
+                        event_from_row,
+                    )
                     .optional()?,
             };
             Ok(row)
@@ -615,5 +631,47 @@ impl EventStore for SqliteStore {
     async fn event_count(&self, tenant: TenantId) -> StoreResult<u64> {
         self.read(move |conn| tenant_event_count(conn, tenant))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    /// The planner has no statistics; these lookups must seek, not scan the tenant.
+    #[test]
+    fn lookups_by_id_seek_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = Connection::open(&path).unwrap();
+        crate::sqlite::schema::migrate(&mut conn).unwrap();
+        let sql = fetch_by_ids_sql("1,2,3").replace("+tenant_id = ?", "+tenant_id = x'00'");
+        assert!(
+            plan(&conn, &sql).contains("INTEGER PRIMARY KEY"),
+            "{}",
+            plan(&conn, &sql)
+        );
+        let sql = by_id_sql().replace("?1", "1").replace("?2", "x'00'");
+        assert!(
+            plan(&conn, &sql).contains("INTEGER PRIMARY KEY"),
+            "{}",
+            plan(&conn, &sql)
+        );
+        let sql = by_tracking_id_sql()
+            .replace("?1", "x'00'")
+            .replace("?2", "x'00'");
+        assert!(
+            plan(&conn, &sql).contains("events_by_tracking_id"),
+            "{}",
+            plan(&conn, &sql)
+        );
+        let listing = "SELECT ts, event_id FROM user_events WHERE tenant_id = x'00' AND day = 1 AND user_id = 'u' ORDER BY ts DESC, event_id DESC LIMIT 20";
+        assert!(plan(&conn, listing).contains("PRIMARY KEY (tenant_id=? AND day=? AND user_id=?)"));
     }
 }
