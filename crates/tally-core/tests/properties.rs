@@ -1,0 +1,124 @@
+//! Property tests for the parsers of untrusted input: whatever JSON arrives, validation
+//! returns a result (never panics) and every refusal names a field with a stable code.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
+
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
+use tally_core::event::{validate, EventInput, EventLimits};
+use tally_core::sensitive::{luhn_valid, scan};
+
+const NOW: i64 = 1_705_761_000_000_000;
+const CODES: [&str; 4] = [
+    "INSIGHTS_001",
+    "INSIGHTS_002",
+    "VALIDATION_ERROR",
+    "INVALID_TIMESTAMP",
+];
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        prop_oneof![
+            Just("user_action"),
+            Just("page_view"),
+            Just("api_call"),
+            Just("error_occurred")
+        ]
+        .prop_map(Value::from),
+        Just(Value::from("2024-01-20T14:30:00Z")),
+        Just(Value::from("81.2.69.160")),
+    ];
+    leaf.prop_recursive(6, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z_]{1,12}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
+fn arb_event() -> impl Strategy<Value = Value> {
+    let field = |name: &'static str| {
+        prop_oneof![Just(None), arb_json().prop_map(Some)].prop_map(move |v| (name, v))
+    };
+    (
+        field("id"),
+        field("event_type"),
+        field("event_name"),
+        field("properties"),
+        field("timestamp"),
+        field("context"),
+        field("user_id"),
+        field("project_id"),
+    )
+        .prop_map(|fields| {
+            let (a, b, c, d, e, f, g, h) = fields;
+            let mut m = Map::new();
+            for (k, v) in [a, b, c, d, e, f, g, h] {
+                if let Some(v) = v {
+                    m.insert(k.to_owned(), v);
+                }
+            }
+            Value::Object(m)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn validation_never_panics_and_refusals_name_a_field(raw in arb_event()) {
+        let input: EventInput = serde_json::from_value(raw).unwrap();
+        match validate(input, &EventLimits::default(), NOW) {
+            Ok(e) => {
+                prop_assert!(!e.event_name.is_empty());
+                prop_assert!(!e.properties.contains_key("user_id"));
+                prop_assert!(!e.properties.contains_key("project_id"));
+            }
+            Err(err) => {
+                prop_assert!(CODES.contains(&err.code), "unexpected code {}", err.code);
+                prop_assert!(!err.field.is_empty());
+                prop_assert!(!err.message.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn valid_core_fields_always_pass(name in "[a-zA-Z_]{1,50}", user in any::<u32>(), props in prop::collection::btree_map("[a-z]{1,8}", any::<i32>(), 0..10)) {
+        let mut properties: Map<String, Value> = props.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        properties.insert("user_id".into(), json!(user));
+        let input: EventInput = serde_json::from_value(json!({
+            "event_type": "user_action", "event_name": name, "properties": properties
+        })).unwrap();
+        let e = validate(input, &EventLimits::default(), NOW).unwrap();
+        prop_assert_eq!(e.user_id, Some(user.to_string()));
+        prop_assert_eq!(e.timestamp, NOW);
+    }
+
+    #[test]
+    fn luhn_detects_every_single_digit_change(digits in "[0-9]{12,18}") {
+        // Append the check digit that makes the number valid, then corrupt one digit.
+        let check = (0..10u32).find(|d| luhn_valid(&format!("{digits}{d}"))).unwrap();
+        let valid = format!("{digits}{check}");
+        prop_assert!(luhn_valid(&valid));
+        let mut bytes = valid.into_bytes();
+        bytes[0] = b'0' + ((bytes[0] - b'0' + 1) % 10);
+        prop_assert!(!luhn_valid(std::str::from_utf8(&bytes).unwrap()));
+    }
+
+    #[test]
+    fn scanning_never_panics_and_never_echoes_values(raw in arb_json()) {
+        if let Value::Object(m) = raw {
+            for f in scan("properties", &m) {
+                prop_assert!(f.field.starts_with("properties."));
+            }
+        }
+    }
+}
