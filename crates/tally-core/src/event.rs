@@ -439,6 +439,8 @@ fn check_text(field: &str, s: &str, max: usize) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Checks limits over a JSON tree. Field paths are only built when a rule is broken: this
+/// runs for every key of every event.
 fn check_tree(
     path: &str,
     map: &Map<String, Value>,
@@ -458,32 +460,74 @@ fn check_tree(
                 format!("key is longer than {} bytes", limits.max_key_len),
             ));
         }
-        check_value(&format!("{path}.{k}"), v, limits, depth)?;
+        check_value(v, limits, depth).map_err(|e| e.under(&format!("{path}.{k}")))?;
     }
     Ok(())
 }
 
-fn check_value(
-    path: &str,
-    v: &Value,
-    limits: &EventLimits,
-    depth: usize,
-) -> Result<(), FieldError> {
+/// A broken limit below some value, with the path from that value down (built on the way
+/// back up, so only when there is an error).
+struct Breach {
+    suffix: Vec<String>,
+    message: String,
+}
+
+impl Breach {
+    fn new(message: String) -> Self {
+        Self {
+            suffix: Vec::new(),
+            message,
+        }
+    }
+
+    fn under(self, path: &str) -> FieldError {
+        let mut field = path.to_owned();
+        for part in self.suffix.iter().rev() {
+            field.push_str(part);
+        }
+        FieldError::invalid(field, self.message)
+    }
+}
+
+fn check_value(v: &Value, limits: &EventLimits, depth: usize) -> Result<(), Breach> {
     match v {
-        Value::String(s) if s.len() > limits.max_string_len => Err(FieldError::invalid(
-            path,
-            format!("string is longer than {} bytes", limits.max_string_len),
-        )),
-        Value::Object(m) => check_tree(path, m, limits, depth + 1),
+        Value::String(s) if s.len() > limits.max_string_len => Err(Breach::new(format!(
+            "string is longer than {} bytes",
+            limits.max_string_len
+        ))),
+        Value::Object(m) => {
+            if depth + 1 > limits.max_depth {
+                return Err(Breach::new(format!(
+                    "nests deeper than {} levels",
+                    limits.max_depth
+                )));
+            }
+            for (k, item) in m {
+                if k.len() > limits.max_key_len {
+                    let mut b =
+                        Breach::new(format!("key is longer than {} bytes", limits.max_key_len));
+                    b.suffix.push(format!(".{}", truncate(k, 32)));
+                    return Err(b);
+                }
+                check_value(item, limits, depth + 1).map_err(|mut b| {
+                    b.suffix.push(format!(".{k}"));
+                    b
+                })?;
+            }
+            Ok(())
+        }
         Value::Array(items) => {
             if depth + 1 > limits.max_depth {
-                return Err(FieldError::invalid(
-                    path,
-                    format!("nests deeper than {} levels", limits.max_depth),
-                ));
+                return Err(Breach::new(format!(
+                    "nests deeper than {} levels",
+                    limits.max_depth
+                )));
             }
             for (i, item) in items.iter().enumerate() {
-                check_value(&format!("{path}[{i}]"), item, limits, depth + 1)?;
+                check_value(item, limits, depth + 1).map_err(|mut b| {
+                    b.suffix.push(format!("[{i}]"));
+                    b
+                })?;
             }
             Ok(())
         }

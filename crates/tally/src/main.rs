@@ -4,6 +4,11 @@ mod cli;
 
 use clap::Parser;
 
+/// Requests allocate many small values across threads; glibc's allocator showed up as
+/// ~13 % of the request threads' time under ingestion load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     cli::init_tracing(&cli.log_format);
