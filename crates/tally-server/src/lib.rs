@@ -115,7 +115,7 @@ pub async fn serve(
             println!("created admin account {email} with the password from TALLY_ADMIN_PASSWORD");
         } else {
             println!("created admin account {email} with password: {password}");
-            println!("(shown once; change it by creating another admin with `tally admin account create`)");
+            println!("(shown once: store it now; `tally admin account create` adds more accounts)");
         }
     }
     let state = AppState::new(&config, stores.clone()).await?;
