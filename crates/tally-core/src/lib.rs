@@ -9,6 +9,7 @@ pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod pricing;
 pub mod sensitive;
 pub mod tenancy;
 #[cfg(feature = "test-support")]

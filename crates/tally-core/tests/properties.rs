@@ -122,3 +122,49 @@ proptest! {
         }
     }
 }
+
+mod money {
+    use proptest::prelude::*;
+    use tally_core::pricing::{default_catalog, Nanos, TokenUsage};
+
+    fn usage() -> impl Strategy<Value = TokenUsage> {
+        (0u64..5_000_000, 0u64..5_000_000, 0u64..6_000_000).prop_map(|(input, output, cached)| {
+            TokenUsage {
+                input,
+                output,
+                cached_input: cached,
+                reasoning: 0,
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn dollar_text_round_trips_exactly(n in -10i64.pow(15)..10i64.pow(15)) {
+            let text = Nanos(n).to_string();
+            prop_assert_eq!(Nanos::parse_usd(&text).unwrap(), Nanos(n));
+        }
+
+        /// Splitting a call's tokens in two changes the total by at most one rounding step
+        /// per part, and cost never decreases with more tokens.
+        #[test]
+        fn cost_is_additive_within_rounding_and_monotonic(a in usage(), b in usage()) {
+            let catalog = default_catalog();
+            let day = chrono::NaiveDate::from_ymd_opt(2025, 8, 1).unwrap();
+            for (provider, model) in [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4"), ("google", "gemini-1.5-flash")] {
+                let p = catalog.lookup(provider, model, day).unwrap();
+                let a = TokenUsage { cached_input: a.cached_input.min(a.input), ..a };
+                let b = TokenUsage { cached_input: b.cached_input.min(b.input), ..b };
+                let sum = TokenUsage {
+                    input: a.input + b.input,
+                    output: a.output + b.output,
+                    cached_input: a.cached_input + b.cached_input,
+                    reasoning: 0,
+                };
+                let split = p.cost(&a).0 + p.cost(&b).0;
+                prop_assert!((p.cost(&sum).0 - split).abs() <= 1);
+                prop_assert!(p.cost(&sum) >= p.cost(&a));
+            }
+        }
+    }
+}
