@@ -15,6 +15,7 @@ pub mod tenancy;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub mod time;
+pub mod usage;
 
 pub use error::{FieldError, Violation};
 pub use ids::{AccountId, ApiKeyId, TenantId};

@@ -168,3 +168,50 @@ mod money {
         }
     }
 }
+
+mod usage_records {
+    use super::arb_json;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+    use tally_core::pricing::{default_catalog, Nanos};
+    use tally_core::usage::{validate_usage, UsageInput};
+
+    const FIELDS: [&str; 12] = [
+        "provider",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+        "latency_ms",
+        "time_to_first_token_ms",
+        "status",
+        "cost_usd",
+        "timestamp",
+        "user_id",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn usage_validation_never_panics_and_costs_are_non_negative(values in prop::collection::vec(arb_json(), FIELDS.len())) {
+            let mut m = Map::new();
+            m.insert("provider".into(), Value::from("openai"));
+            m.insert("model".into(), Value::from("gpt-4o"));
+            for (k, v) in FIELDS.iter().zip(values) {
+                if !v.is_null() {
+                    m.insert((*k).into(), v);
+                }
+            }
+            let input: UsageInput = serde_json::from_value(Value::Object(m)).unwrap();
+            match validate_usage(input, &default_catalog(), 1_754_006_400_000_000, 300) {
+                Ok(r) => {
+                    prop_assert!(r.cost >= Nanos::ZERO);
+                    prop_assert!(r.tokens.cached_input <= r.tokens.input);
+                }
+                Err(e) => prop_assert!(!e.field.is_empty() && !e.message.is_empty()),
+            }
+        }
+    }
+}
