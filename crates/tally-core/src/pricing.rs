@@ -246,164 +246,34 @@ fn price(
 
 /// Shipped list prices (USD per million tokens, standard tier, shortest context band),
 /// with the date each applies from. Tenants override them through the API.
+#[rustfmt::skip]
 pub fn default_catalog() -> PriceCatalog {
     PriceCatalog::new(vec![
-        // OpenAI
-        price(
-            "openai",
-            "gpt-4o",
-            (2024, 8, 6),
-            "2.50",
-            "10.00",
-            Some("1.25"),
-        ),
-        price(
-            "openai",
-            "gpt-4o-mini",
-            (2024, 7, 18),
-            "0.15",
-            "0.60",
-            Some("0.075"),
-        ),
-        price(
-            "openai",
-            "gpt-4.1",
-            (2025, 4, 14),
-            "2.00",
-            "8.00",
-            Some("0.50"),
-        ),
-        price(
-            "openai",
-            "gpt-4.1-mini",
-            (2025, 4, 14),
-            "0.40",
-            "1.60",
-            Some("0.10"),
-        ),
-        price(
-            "openai",
-            "gpt-4.1-nano",
-            (2025, 4, 14),
-            "0.10",
-            "0.40",
-            Some("0.025"),
-        ),
-        price(
-            "openai",
-            "o1",
-            (2024, 12, 17),
-            "15.00",
-            "60.00",
-            Some("7.50"),
-        ),
-        price(
-            "openai",
-            "o3",
-            (2025, 4, 16),
-            "10.00",
-            "40.00",
-            Some("2.50"),
-        ),
-        price("openai", "o3", (2025, 6, 10), "2.00", "8.00", Some("0.50")),
-        price(
-            "openai",
-            "o3-mini",
-            (2025, 1, 31),
-            "1.10",
-            "4.40",
-            Some("0.55"),
-        ),
-        price(
-            "openai",
-            "o4-mini",
-            (2025, 4, 16),
-            "1.10",
-            "4.40",
-            Some("0.275"),
-        ),
+        // OpenAI. gpt-4o: launch price, then the alias moved to the cheaper 2024-08-06
+        // snapshot. Snapshots are priced as their family.
+        price("openai", "gpt-4o",            (2024, 5, 13),  "5.00",  "15.00", None),
+        price("openai", "gpt-4o",            (2024, 10, 2),  "2.50",  "10.00", Some("1.25")),
+        price("openai", "gpt-4o-mini",       (2024, 7, 18),  "0.15",  "0.60",  Some("0.075")),
+        price("openai", "gpt-4.1",           (2025, 4, 14),  "2.00",  "8.00",  Some("0.50")),
+        price("openai", "gpt-4.1-mini",      (2025, 4, 14),  "0.40",  "1.60",  Some("0.10")),
+        price("openai", "gpt-4.1-nano",      (2025, 4, 14),  "0.10",  "0.40",  Some("0.025")),
+        price("openai", "o1",                (2024, 12, 17), "15.00", "60.00", Some("7.50")),
+        price("openai", "o3",                (2025, 4, 16),  "10.00", "40.00", Some("2.50")),
+        price("openai", "o3",                (2025, 6, 10),  "2.00",  "8.00",  Some("0.50")),
+        price("openai", "o3-mini",           (2025, 1, 31),  "1.10",  "4.40",  Some("0.55")),
+        price("openai", "o4-mini",           (2025, 4, 16),  "1.10",  "4.40",  Some("0.275")),
         // Anthropic (cached = cache reads)
-        price(
-            "anthropic",
-            "claude-3-5-sonnet",
-            (2024, 6, 20),
-            "3.00",
-            "15.00",
-            Some("0.30"),
-        ),
-        price(
-            "anthropic",
-            "claude-3-5-haiku",
-            (2024, 11, 4),
-            "0.80",
-            "4.00",
-            Some("0.08"),
-        ),
-        price(
-            "anthropic",
-            "claude-3-7-sonnet",
-            (2025, 2, 24),
-            "3.00",
-            "15.00",
-            Some("0.30"),
-        ),
-        price(
-            "anthropic",
-            "claude-sonnet-4",
-            (2025, 5, 22),
-            "3.00",
-            "15.00",
-            Some("0.30"),
-        ),
-        price(
-            "anthropic",
-            "claude-opus-4",
-            (2025, 5, 22),
-            "15.00",
-            "75.00",
-            Some("1.50"),
-        ),
+        price("anthropic", "claude-3-5-sonnet", (2024, 6, 20),  "3.00",  "15.00", Some("0.30")),
+        price("anthropic", "claude-3-5-haiku",  (2024, 11, 4),  "0.80",  "4.00",  Some("0.08")),
+        price("anthropic", "claude-3-7-sonnet", (2025, 2, 24),  "3.00",  "15.00", Some("0.30")),
+        price("anthropic", "claude-sonnet-4",   (2025, 5, 22),  "3.00",  "15.00", Some("0.30")),
+        price("anthropic", "claude-opus-4",     (2025, 5, 22),  "15.00", "75.00", Some("1.50")),
         // Google (prompts up to 128k/200k tokens)
-        price(
-            "google",
-            "gemini-1.5-pro",
-            (2024, 10, 1),
-            "1.25",
-            "5.00",
-            Some("0.3125"),
-        ),
-        price(
-            "google",
-            "gemini-1.5-flash",
-            (2024, 8, 12),
-            "0.075",
-            "0.30",
-            Some("0.01875"),
-        ),
-        price(
-            "google",
-            "gemini-2.0-flash",
-            (2025, 2, 5),
-            "0.10",
-            "0.40",
-            Some("0.025"),
-        ),
-        price(
-            "google",
-            "gemini-2.5-pro",
-            (2025, 6, 17),
-            "1.25",
-            "10.00",
-            Some("0.31"),
-        ),
-        price(
-            "google",
-            "gemini-2.5-flash",
-            (2025, 6, 17),
-            "0.30",
-            "2.50",
-            Some("0.075"),
-        ),
+        price("google", "gemini-1.5-pro",    (2024, 10, 1),  "1.25",  "5.00",  Some("0.3125")),
+        price("google", "gemini-1.5-flash",  (2024, 8, 12),  "0.075", "0.30",  Some("0.01875")),
+        price("google", "gemini-2.0-flash",  (2025, 2, 5),   "0.10",  "0.40",  Some("0.025")),
+        price("google", "gemini-2.5-pro",    (2025, 6, 17),  "1.25",  "10.00", Some("0.31")),
+        price("google", "gemini-2.5-flash",  (2025, 6, 17),  "0.30",  "2.50",  Some("0.075")),
     ])
 }
 
@@ -418,7 +288,7 @@ mod tests {
     #[test]
     fn every_shipped_price_parsed() {
         let c = default_catalog();
-        assert!(c.defaults().len() >= 20);
+        assert!(c.defaults().len() >= 21);
         for p in c.defaults() {
             assert!(
                 p.input_per_mtok > Nanos::ZERO && p.output_per_mtok > p.input_per_mtok,

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tally_core::activity::{ActivityFilter, Project, StoredEvent, UserHourCount, UserProfile};
 use tally_core::event::NewEvent;
+use tally_core::pricing::ModelPrice;
 use tally_core::tenancy::{Account, ApiKey, Tenant};
+use tally_core::usage::UsageRecord;
 use tally_core::{ApiKeyId, TenantId};
 use uuid::Uuid;
 
@@ -168,12 +170,41 @@ pub trait ProfileStore: Send + Sync {
     ) -> StoreResult<(u64, Vec<Project>)>;
 }
 
+/// What happened to one usage record of an insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageOutcome {
+    Inserted {
+        id: i64,
+    },
+    /// The client id (and timestamp) was seen before: the original is reported.
+    Duplicate {
+        id: i64,
+    },
+}
+
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Stores records durably (answers after commit), once per client id and timestamp.
+    async fn insert_usage(
+        &self,
+        tenant: TenantId,
+        records: Vec<UsageRecord>,
+    ) -> StoreResult<Vec<UsageOutcome>>;
+    async fn usage_count(&self, tenant: TenantId) -> StoreResult<u64>;
+
+    /// The tenant's price overrides.
+    async fn price_overrides(&self, tenant: TenantId) -> StoreResult<Vec<ModelPrice>>;
+    /// Creates or replaces the override for (provider, model, effective_from).
+    async fn put_price_override(&self, tenant: TenantId, price: ModelPrice) -> StoreResult<()>;
+}
+
 /// The stores the server runs on, as trait objects so another backend slots in.
 #[derive(Clone)]
 pub struct Stores {
     pub events: Arc<dyn EventStore>,
     pub identity: Arc<dyn IdentityStore>,
     pub profiles: Arc<dyn ProfileStore>,
+    pub usage: Arc<dyn UsageStore>,
 }
 
 impl Stores {
@@ -181,7 +212,8 @@ impl Stores {
         Self {
             events: store.clone(),
             identity: store.clone(),
-            profiles: store,
+            profiles: store.clone(),
+            usage: store,
         }
     }
 }

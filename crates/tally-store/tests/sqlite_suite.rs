@@ -724,3 +724,91 @@ async fn user_pages_across_days_match_the_full_list() {
         );
     }
 }
+
+fn usage(client_id: Option<&str>, ts: &str) -> tally_core::usage::UsageRecord {
+    let input: tally_core::usage::UsageInput = serde_json::from_value(serde_json::json!({
+        "id": client_id, "provider": "openai", "model": "gpt-4o", "input_tokens": 1000,
+        "output_tokens": 500, "timestamp": ts, "conversation_id": "c-1"
+    }))
+    .unwrap();
+    tally_core::usage::validate_usage(
+        input,
+        &tally_core::pricing::default_catalog(),
+        tally_core::time::now_micros(),
+        300,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn usage_records_are_stored_once_per_client_id_and_tenant() {
+    use tally_store::UsageOutcome;
+    let f = open();
+    let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    // At gpt-4o's launch price: 1,000 × $5/M + 500 × $15/M.
+    let r = usage(Some("call-1"), "2024-06-20T14:00:00Z");
+    assert_eq!(r.cost, tally_core::pricing::Nanos(12_500_000));
+    let first = f
+        .stores
+        .usage
+        .insert_usage(t, vec![r.clone(), usage(None, "2024-06-20T14:00:00Z")])
+        .await
+        .unwrap();
+    let UsageOutcome::Inserted { id } = first[0] else {
+        panic!("{first:?}")
+    };
+    assert!(matches!(first[1], UsageOutcome::Inserted { .. }));
+    let again = f
+        .stores
+        .usage
+        .insert_usage(t, vec![r.clone()])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![UsageOutcome::Duplicate { id }]);
+    assert_eq!(f.stores.usage.usage_count(t).await.unwrap(), 2);
+    // Another tenant's identical client id is its own record.
+    assert!(matches!(
+        f.stores.usage.insert_usage(other, vec![r]).await.unwrap()[0],
+        UsageOutcome::Inserted { .. }
+    ));
+    assert_eq!(f.stores.usage.usage_count(other).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn price_overrides_upsert_per_date_and_stay_in_their_tenant() {
+    use tally_core::pricing::{ModelPrice, Nanos};
+    let f = open();
+    let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    let p = ModelPrice {
+        provider: "OpenAI".into(),
+        model: "GPT-4o".into(),
+        effective_from: NaiveDate::from_ymd_opt(2025, 3, 1).unwrap(),
+        input_per_mtok: Nanos(2_000_000_000),
+        output_per_mtok: Nanos(8_000_000_000),
+        cached_input_per_mtok: None,
+    };
+    f.stores
+        .usage
+        .put_price_override(t, p.clone())
+        .await
+        .unwrap();
+    let cheaper = ModelPrice {
+        input_per_mtok: Nanos(1_000_000_000),
+        ..p.clone()
+    };
+    f.stores.usage.put_price_override(t, cheaper).await.unwrap();
+    let got = f.stores.usage.price_overrides(t).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].provider.as_str(), got[0].model.as_str()),
+        ("openai", "gpt-4o")
+    );
+    assert_eq!(got[0].input_per_mtok, Nanos(1_000_000_000));
+    assert!(f
+        .stores
+        .usage
+        .price_overrides(other)
+        .await
+        .unwrap()
+        .is_empty());
+}

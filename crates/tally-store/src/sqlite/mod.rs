@@ -9,6 +9,7 @@ mod events;
 mod identity;
 mod profiles;
 mod schema;
+mod usage;
 mod user_index;
 mod writer;
 

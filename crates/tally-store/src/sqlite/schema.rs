@@ -126,6 +126,51 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, day, user_id, hour, project_id, event_type, event_name)
     ) WITHOUT ROWID;
     "#,
+    // 2: LLM usage records (seeds 000 and 003) and per-tenant price overrides.
+    r#"
+    CREATE TABLE llm_usage (
+        id INTEGER PRIMARY KEY,
+        tenant_id BLOB NOT NULL,
+        client_id TEXT,
+        dedup_ts INTEGER NOT NULL DEFAULT 0,
+        user_id TEXT,
+        conversation_id TEXT,
+        job_id TEXT,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        latency_ms REAL,
+        ttft_ms REAL,
+        status TEXT NOT NULL,
+        error_type TEXT,
+        quality_score REAL,
+        -- Exact money: nano-dollars.
+        cost_nanos INTEGER NOT NULL,
+        cost_source TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        metadata TEXT NOT NULL
+    );
+    CREATE INDEX llm_usage_by_time ON llm_usage(tenant_id, ts);
+    CREATE INDEX llm_usage_by_conversation ON llm_usage(tenant_id, conversation_id, ts)
+        WHERE conversation_id IS NOT NULL;
+    CREATE UNIQUE INDEX llm_usage_dedup ON llm_usage(tenant_id, dedup_ts, client_id)
+        WHERE client_id IS NOT NULL;
+
+    CREATE TABLE price_overrides (
+        tenant_id BLOB NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        effective_from TEXT NOT NULL,
+        input_per_mtok_nanos INTEGER NOT NULL,
+        output_per_mtok_nanos INTEGER NOT NULL,
+        cached_input_per_mtok_nanos INTEGER,
+        PRIMARY KEY (tenant_id, provider, model, effective_from)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
