@@ -36,6 +36,7 @@ pub struct AppState {
     pub stores: Stores,
     pub auth: Arc<Authenticator>,
     pub insights: Arc<Insights>,
+    pub usage: Arc<service::usage::Usage>,
 }
 
 impl AppState {
@@ -68,6 +69,10 @@ impl AppState {
                 stores.clone(),
                 Arc::new(enricher),
                 config.events.clone(),
+            )),
+            usage: Arc::new(service::usage::Usage::new(
+                stores.clone(),
+                config.events.max_future_skew_secs,
             )),
             stores,
         })

@@ -9,6 +9,7 @@ pub mod extract;
 mod health;
 mod insights;
 pub mod openapi;
+mod usage;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
@@ -66,6 +67,8 @@ pub fn app(state: AppState) -> Router {
             "/insights/projects/{project_id}",
             put(insights::put_project).get(insights::get_project),
         )
+        .route("/ai/usage", post(usage::ingest))
+        .route("/ai/prices", get(usage::list_prices).post(usage::put_price))
         .route("/openapi.json", get(openapi::serve));
 
     Router::new()

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, auth, dto, health, insights};
+use super::{admin, auth, dto, health, insights, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,11 +18,13 @@ use super::{admin, auth, dto, health, insights};
         insights::list_activities, insights::get_activity, insights::user_summary,
         insights::identify, insights::put_user, insights::list_users, insights::get_user,
         insights::create_project, insights::put_project, insights::list_projects, insights::get_project,
+        usage::ingest, usage::list_prices, usage::put_price,
     ),
     components(schemas(crate::error::ErrorEnvelope, crate::error::ErrorBody, dto::EventBody)),
     modifiers(&BearerAuth),
     tags(
         (name = "insights", description = "Event tracking and activity analytics (seed 001)"),
+        (name = "ai", description = "LLM usage and costs (seeds 000 and 003)"),
         (name = "auth", description = "Sessions"),
         (name = "admin", description = "Tenants, accounts and API keys"),
         (name = "health", description = "Probes"),

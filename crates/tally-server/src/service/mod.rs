@@ -5,3 +5,4 @@ pub mod auth;
 pub mod cache;
 pub mod insights;
 pub mod tenancy;
+pub mod usage;

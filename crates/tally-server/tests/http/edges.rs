@@ -180,6 +180,8 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/api-keys",
         "/api/v1/tenants",
         "/api/v1/accounts",
+        "/api/v1/ai/usage",
+        "/api/v1/ai/prices",
         "/healthz",
         "/readyz",
     ] {

@@ -8,3 +8,4 @@ mod auth;
 mod edges;
 mod support;
 mod tracking;
+mod usage;

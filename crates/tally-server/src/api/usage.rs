@@ -1,0 +1,306 @@
+//! LLM usage ingestion and prices (seeds 000 and 003).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tally_core::auth::Action;
+use tally_core::pricing::{ModelPrice, Nanos};
+use tally_core::usage::{CostSource, UsageInput};
+use tally_core::FieldError;
+
+use super::dto::ItemError;
+use super::extract::{ApiQuery, Auth, JsonBody};
+use super::insights::{require, tenant_for, TenantQuery};
+use crate::error::{ApiError, ApiResult};
+use crate::service::usage::{PriceInput, UsageResult};
+use crate::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageBatch {
+    records: Vec<Box<RawValue>>,
+}
+
+/// One LLM call (documentation schema; fields are checked one by one).
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UsageBody {
+    /// Client id: retries with the same id and timestamp are stored once.
+    pub id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub user_id: Option<Value>,
+    pub conversation_id: Option<String>,
+    pub job_id: Option<String>,
+    /// e.g. `openai`, `anthropic`, `google`.
+    pub provider: String,
+    pub model: String,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    /// Part of `input_tokens` served from the prompt cache.
+    pub cached_tokens: Option<u64>,
+    /// Part of `output_tokens` spent reasoning.
+    pub reasoning_tokens: Option<u64>,
+    pub latency_ms: Option<f64>,
+    pub time_to_first_token_ms: Option<f64>,
+    /// `success` (default), `error`, `timeout`, `cancelled`.
+    pub status: Option<String>,
+    pub error_type: Option<String>,
+    /// 0 to 10.
+    pub quality_score: Option<f64>,
+    /// Exact decimal; computed from the price catalog when absent.
+    pub cost_usd: Option<String>,
+    pub timestamp: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsageItem {
+    pub index: usize,
+    /// `accepted` or `rejected`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+    /// Cost in USD, 6 decimals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_source: Option<CostSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ItemError>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsageResponse {
+    pub records_count: usize,
+    pub processed_count: usize,
+    pub failed_count: usize,
+    pub duplicate_count: usize,
+    pub total_cost_usd: f64,
+    pub results: Vec<UsageItem>,
+}
+
+fn parse_usage(raw: &str) -> Result<UsageInput, FieldError> {
+    if !raw.trim_start().starts_with('{') {
+        return Err(FieldError::invalid("record", "must be a JSON object"));
+    }
+    serde_json::from_str::<UsageInput>(raw).map_err(|e| {
+        let msg = e.to_string();
+        let field = msg
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            .unwrap_or("record")
+            .to_owned();
+        let message = msg
+            .rfind(" at line ")
+            .map_or(msg.clone(), |i| msg[..i].to_owned());
+        FieldError::invalid(field, message)
+    })
+}
+
+/// Record LLM calls: one record, or `{"records": [...]}` for a batch. Each record is
+/// validated, priced and reported on its own.
+#[utoipa::path(post, path = "/api/v1/ai/usage", tag = "ai",
+    request_body = UsageBody,
+    responses(
+        (status = 201, body = UsageResponse, description = "every record stored"),
+        (status = 207, body = UsageResponse, description = "some records rejected; see results"),
+        (status = 200, body = UsageResponse, description = "a single record that was already stored"),
+        (status = 400, body = crate::error::ErrorEnvelope, description = "no record accepted (BATCH_REJECTED, or the single record's error)"),
+        (status = 413, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn ingest(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    JsonBody(raw): JsonBody<Box<RawValue>>,
+) -> ApiResult<(StatusCode, Json<UsageResponse>)> {
+    require(&p, Action::Ingest)?;
+    let (items, single) = match serde_json::from_str::<UsageBatch>(raw.get()) {
+        Ok(batch) => {
+            let n = batch.records.len();
+            if n == 0 {
+                return Err(
+                    FieldError::invalid("records", "must contain at least one record").into(),
+                );
+            }
+            if n > state.config.max_batch_events {
+                return Err(ApiError::TooManyItems(format!(
+                    "records holds {n} records; the limit is {} per request",
+                    state.config.max_batch_events
+                )));
+            }
+            (
+                batch
+                    .records
+                    .iter()
+                    .map(|r| parse_usage(r.get()))
+                    .collect::<Vec<_>>(),
+                false,
+            )
+        }
+        Err(_) => (vec![parse_usage(raw.get())], true),
+    };
+    let results = state.usage.ingest(p.tenant_id, items).await?;
+    if single {
+        if let Some(UsageResult::Rejected(e)) = results.first() {
+            return Err(e.clone().into());
+        }
+    }
+    let mut out = Vec::with_capacity(results.len());
+    let (mut ok, mut failed, mut dup) = (0, 0, 0);
+    let mut total = Nanos::ZERO;
+    for (index, r) in results.into_iter().enumerate() {
+        out.push(match r {
+            UsageResult::Stored {
+                id,
+                duplicate,
+                cost,
+                cost_source,
+            } => {
+                ok += 1;
+                dup += usize::from(duplicate);
+                if !duplicate {
+                    total = total.saturating_add(cost);
+                }
+                UsageItem {
+                    index,
+                    status: "accepted",
+                    id: Some(id),
+                    duplicate: Some(duplicate),
+                    cost_usd: Some(cost.usd_rounded(6)),
+                    cost_source: Some(cost_source),
+                    error: None,
+                }
+            }
+            UsageResult::Rejected(e) => {
+                failed += 1;
+                UsageItem {
+                    index,
+                    status: "rejected",
+                    id: None,
+                    duplicate: None,
+                    cost_usd: None,
+                    cost_source: None,
+                    error: Some(ItemError {
+                        code: e.code.to_owned(),
+                        message: e.message,
+                        field: e.field,
+                    }),
+                }
+            }
+        });
+    }
+    let response = UsageResponse {
+        records_count: out.len(),
+        processed_count: ok,
+        failed_count: failed,
+        duplicate_count: dup,
+        total_cost_usd: total.usd_rounded(6),
+        results: out,
+    };
+    if ok == 0 {
+        return Err(ApiError::BadRequest {
+            code: "BATCH_REJECTED",
+            message: "no record of the batch was accepted; see details.results".into(),
+            details: serde_json::to_value(&response).map_err(ApiError::internal)?,
+        });
+    }
+    let status = if failed > 0 {
+        StatusCode::MULTI_STATUS
+    } else if single && dup == 1 {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(response)))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PriceEntry {
+    pub provider: String,
+    pub model: String,
+    pub effective_from: String,
+    /// Exact decimal USD per million tokens.
+    pub input_per_mtok_usd: String,
+    pub output_per_mtok_usd: String,
+    pub cached_input_per_mtok_usd: Option<String>,
+    /// `default` (shipped) or `override` (this tenant's).
+    pub source: &'static str,
+}
+
+fn entry(p: &ModelPrice, source: &'static str) -> PriceEntry {
+    PriceEntry {
+        provider: p.provider.clone(),
+        model: p.model.clone(),
+        effective_from: p.effective_from.to_string(),
+        input_per_mtok_usd: p.input_per_mtok.to_string(),
+        output_per_mtok_usd: p.output_per_mtok.to_string(),
+        cached_input_per_mtok_usd: p.cached_input_per_mtok.map(|c| c.to_string()),
+        source,
+    }
+}
+
+/// The prices the tenant's calls are costed with: its overrides, then the shipped defaults.
+#[utoipa::path(get, path = "/api/v1/ai/prices", tag = "ai", params(TenantQuery),
+    responses((status = 200, body = Vec<PriceEntry>)), security(("bearer" = [])))]
+pub async fn list_prices(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<Vec<PriceEntry>>> {
+    require(&p, Action::Read)?;
+    let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
+    let catalog = state.usage.catalog(tenant).await?;
+    let mut out: Vec<PriceEntry> = catalog
+        .overrides()
+        .iter()
+        .map(|o| entry(o, "override"))
+        .collect();
+    out.extend(catalog.defaults().iter().map(|d| entry(d, "default")));
+    Ok(Json(out))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceRequest {
+    pub provider: String,
+    pub model: String,
+    /// YYYY-MM-DD: calls from this day on use this price.
+    pub effective_from: String,
+    /// Exact decimal strings, USD per million tokens.
+    pub input_per_mtok_usd: String,
+    pub output_per_mtok_usd: String,
+    pub cached_input_per_mtok_usd: Option<String>,
+}
+
+/// Set the tenant's price for a model from a date on (negotiated rates, private models).
+/// Past calls keep the cost they were recorded with.
+#[utoipa::path(post, path = "/api/v1/ai/prices", tag = "ai", request_body = PriceRequest,
+    responses((status = 201, body = PriceEntry), (status = 400, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn put_price(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<PriceRequest>,
+) -> ApiResult<(StatusCode, Json<PriceEntry>)> {
+    require(&p, Action::ManageTenant)?;
+    let price = state
+        .usage
+        .put_price(
+            p.tenant_id,
+            PriceInput {
+                provider: body.provider,
+                model: body.model,
+                effective_from: body.effective_from,
+                input_per_mtok_usd: body.input_per_mtok_usd,
+                output_per_mtok_usd: body.output_per_mtok_usd,
+                cached_input_per_mtok_usd: body.cached_input_per_mtok_usd,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(entry(&price, "override"))))
+}

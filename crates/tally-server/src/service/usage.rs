@@ -1,0 +1,171 @@
+//! LLM usage ingestion and prices (seeds 000 and 003): validate and price each record with
+//! the tenant's catalog, store it durably, manage price overrides.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use tally_core::error::codes;
+use tally_core::pricing::{default_catalog, ModelPrice, Nanos, PriceCatalog};
+use tally_core::time::now_micros;
+use tally_core::usage::{validate_usage, CostSource, UsageInput, UsageRecord};
+use tally_core::{FieldError, TenantId};
+use tally_store::{Stores, UsageOutcome};
+
+use super::cache::TtlCache;
+use crate::error::{ApiError, ApiResult};
+
+pub struct Usage {
+    stores: Stores,
+    defaults: PriceCatalog,
+    catalogs: TtlCache<TenantId, Arc<PriceCatalog>>,
+    max_future_skew_secs: i64,
+}
+
+/// The result of one record of an ingest call.
+#[derive(Debug, Clone)]
+pub enum UsageResult {
+    Stored {
+        id: i64,
+        duplicate: bool,
+        cost: Nanos,
+        cost_source: CostSource,
+    },
+    Rejected(FieldError),
+}
+
+impl Usage {
+    pub fn new(stores: Stores, max_future_skew_secs: i64) -> Self {
+        Self {
+            stores,
+            defaults: default_catalog(),
+            catalogs: TtlCache::new(Duration::from_secs(30), 10_000),
+            max_future_skew_secs,
+        }
+    }
+
+    /// The prices a tenant's calls are costed with: its overrides, then the defaults.
+    pub async fn catalog(&self, tenant: TenantId) -> ApiResult<Arc<PriceCatalog>> {
+        if let Some(c) = self.catalogs.get(&tenant) {
+            return Ok(c);
+        }
+        let overrides = self.stores.usage.price_overrides(tenant).await?;
+        let catalog = Arc::new(self.defaults.with_overrides(&overrides));
+        self.catalogs.insert(tenant, catalog.clone());
+        Ok(catalog)
+    }
+
+    pub async fn ingest(
+        &self,
+        tenant: TenantId,
+        items: Vec<Result<UsageInput, FieldError>>,
+    ) -> ApiResult<Vec<UsageResult>> {
+        let catalog = self.catalog(tenant).await?;
+        let received_at = now_micros();
+        let mut valid: Vec<UsageRecord> = Vec::with_capacity(items.len());
+        let mut priced: Vec<Result<(Nanos, CostSource), FieldError>> =
+            Vec::with_capacity(items.len());
+        for item in items {
+            match item.and_then(|input| {
+                validate_usage(input, &catalog, received_at, self.max_future_skew_secs)
+            }) {
+                Ok(record) => {
+                    priced.push(Ok((record.cost, record.cost_source)));
+                    valid.push(record);
+                }
+                Err(e) => priced.push(Err(e)),
+            }
+        }
+        let mut stored = self
+            .stores
+            .usage
+            .insert_usage(tenant, valid)
+            .await?
+            .into_iter();
+        priced
+            .into_iter()
+            .map(|r| match r {
+                Err(e) => Ok(UsageResult::Rejected(e)),
+                Ok((cost, cost_source)) => {
+                    let (id, duplicate) = match stored.next() {
+                        Some(UsageOutcome::Inserted { id }) => (id, false),
+                        Some(UsageOutcome::Duplicate { id }) => (id, true),
+                        None => {
+                            return Err(ApiError::Internal(
+                                "store returned fewer outcomes than records".into(),
+                            ))
+                        }
+                    };
+                    Ok(UsageResult::Stored {
+                        id,
+                        duplicate,
+                        cost,
+                        cost_source,
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// Sets the tenant's price for a model from a date on.
+    pub async fn put_price(&self, tenant: TenantId, input: PriceInput) -> ApiResult<ModelPrice> {
+        let text = |field: &str, v: &str, max: usize| -> Result<String, FieldError> {
+            let t = v.trim();
+            if t.is_empty()
+                || t.len() > max
+                || t.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(FieldError::invalid(
+                    field,
+                    format!("must be 1 to {max} characters without spaces"),
+                ));
+            }
+            Ok(t.to_ascii_lowercase())
+        };
+        let money = |field: &str, v: &str| -> Result<Nanos, FieldError> {
+            match Nanos::parse_usd(v) {
+                Ok(n) if n >= Nanos::ZERO => Ok(n),
+                _ => Err(FieldError::invalid(
+                    field,
+                    "must be a non-negative decimal string, e.g. \"2.50\"",
+                )),
+            }
+        };
+        let effective_from =
+            NaiveDate::parse_from_str(&input.effective_from, "%Y-%m-%d").map_err(|_| {
+                FieldError::new(
+                    codes::VALIDATION_ERROR,
+                    "effective_from",
+                    "must be a date in YYYY-MM-DD form",
+                )
+            })?;
+        let price = ModelPrice {
+            provider: text("provider", &input.provider, 64)?,
+            model: text("model", &input.model, 128)?,
+            effective_from,
+            input_per_mtok: money("input_per_mtok_usd", &input.input_per_mtok_usd)?,
+            output_per_mtok: money("output_per_mtok_usd", &input.output_per_mtok_usd)?,
+            cached_input_per_mtok: input
+                .cached_input_per_mtok_usd
+                .as_deref()
+                .map(|c| money("cached_input_per_mtok_usd", c))
+                .transpose()?,
+        };
+        self.stores
+            .usage
+            .put_price_override(tenant, price.clone())
+            .await?;
+        self.catalogs.remove(&tenant);
+        Ok(price)
+    }
+}
+
+/// A tenant price override as the API takes it: dollar amounts as exact decimal strings.
+pub struct PriceInput {
+    pub provider: String,
+    pub model: String,
+    pub effective_from: String,
+    pub input_per_mtok_usd: String,
+    pub output_per_mtok_usd: String,
+    pub cached_input_per_mtok_usd: Option<String>,
+}

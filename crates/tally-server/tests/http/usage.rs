@@ -1,0 +1,186 @@
+//! POST /ai/usage and /ai/prices.
+
+use axum::http::StatusCode;
+use serde_json::json;
+use tally_core::auth::{Role, Scope};
+
+use crate::support::{app, app_with};
+
+fn call(id: &str) -> serde_json::Value {
+    json!({"id": id, "provider": "openai", "model": "gpt-4o-2024-08-06", "user_id": 42,
+           "conversation_id": "conv-1", "input_tokens": 1000, "output_tokens": 500,
+           "latency_ms": 820, "timestamp": "2025-07-01T10:00:00Z"})
+}
+
+#[tokio::test]
+async fn a_call_is_stored_priced_and_deduplicated() {
+    let t = app().await;
+    let r = t.post("/api/v1/ai/usage", call("c-1")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let item = &r.body["results"][0];
+    assert_eq!(item["cost_usd"], 0.0075); // 1,000 × $2.50/M + 500 × $10/M
+    assert_eq!(item["cost_source"], "catalog");
+    assert_eq!(r.body["total_cost_usd"], 0.0075);
+    let retry = t.post("/api/v1/ai/usage", call("c-1")).await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(retry.body["results"][0]["duplicate"], true);
+    assert_eq!(retry.body["results"][0]["id"], item["id"]);
+    assert_eq!(retry.body["total_cost_usd"], 0.0, "a retry adds no cost");
+    assert_eq!(t.stores.usage.usage_count(t.tenant).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn batches_report_each_record() {
+    let t = app().await;
+    let body = json!({"records": [
+        call("b-1"),
+        {"provider": "openai"},
+        {"provider": "acme", "model": "in-house-7b", "input_tokens": 10},
+        {"provider": "openai", "model": "gpt-4o", "cost_usd": "0.125"},
+        {"provider": "openai", "model": "gpt-4o", "tokens": 5}
+    ]});
+    let r = t.post("/api/v1/ai/usage", body).await;
+    assert_eq!(r.status, StatusCode::MULTI_STATUS, "{}", r.body);
+    assert_eq!(
+        (
+            r.body["processed_count"].as_u64(),
+            r.body["failed_count"].as_u64()
+        ),
+        (Some(3), Some(2))
+    );
+    let res = r.body["results"].as_array().unwrap();
+    assert_eq!(
+        res[1]["error"],
+        json!({"code": "INSIGHTS_002", "message": "model is required", "field": "model"})
+    );
+    assert_eq!(
+        (res[2]["cost_usd"].as_f64(), res[2]["cost_source"].as_str()),
+        (Some(0.0), Some("unpriced"))
+    );
+    assert_eq!(
+        (res[3]["cost_usd"].as_f64(), res[3]["cost_source"].as_str()),
+        (Some(0.125), Some("reported"))
+    );
+    assert_eq!(res[4]["error"]["field"], "tokens");
+    assert_eq!(r.body["total_cost_usd"], 0.1325);
+    assert_eq!(t.stores.usage.usage_count(t.tenant).await.unwrap(), 3);
+
+    let r = t
+        .post("/api/v1/ai/usage", json!({"records": [{"model": "x"}]}))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "BATCH_REJECTED")
+    );
+    let r = t
+        .post(
+            "/api/v1/ai/usage",
+            json!({"provider": "openai", "model": "gpt-4o", "input_tokens": -1}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code(), r.field()),
+        (StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "input_tokens")
+    );
+    let r = t.post("/api/v1/ai/usage", json!({"records": []})).await;
+    assert_eq!((r.code(), r.field()), ("VALIDATION_ERROR", "records"));
+}
+
+#[tokio::test]
+async fn batch_size_is_limited() {
+    let t = app_with(|c| c.limits.max_batch_events = 2).await;
+    let r = t
+        .post(
+            "/api/v1/ai/usage",
+            json!({"records": [call("1"), call("2"), call("3")]}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "BATCH_TOO_LARGE")
+    );
+}
+
+#[tokio::test]
+async fn tenant_prices_apply_from_their_date_and_only_to_their_tenant() {
+    let t = app().await;
+    let owner = t.login_as(t.tenant, Role::Owner).await;
+    let price = json!({"provider": "openai", "model": "gpt-4o", "effective_from": "2025-06-01",
+                       "input_per_mtok_usd": "1.00", "output_per_mtok_usd": "4.00"});
+    let r = t
+        .call("POST", "/api/v1/ai/prices", Some(&owner), Some(&price))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["source"], "override");
+
+    let after = t.post("/api/v1/ai/usage", call("p-1")).await; // 2025-07-01
+    assert_eq!(after.body["results"][0]["cost_usd"], 0.003); // 1,000 × $1 + 500 × $4 per M
+    let mut early = call("p-2");
+    early["timestamp"] = json!("2025-05-01T10:00:00Z");
+    let before = t.post("/api/v1/ai/usage", early).await;
+    assert_eq!(
+        before.body["results"][0]["cost_usd"], 0.0075,
+        "list price before the deal"
+    );
+
+    let list = t.get("/api/v1/ai/prices").await;
+    let first = &list.body[0];
+    assert_eq!(
+        (
+            first["model"].as_str(),
+            first["source"].as_str(),
+            first["input_per_mtok_usd"].as_str()
+        ),
+        (Some("gpt-4o"), Some("override"), Some("1"))
+    );
+    assert!(list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["model"] == "o3" && p["source"] == "default"));
+
+    let (_, other_key) = t.other_tenant().await;
+    let r = t
+        .call(
+            "POST",
+            "/api/v1/ai/usage",
+            Some(&other_key),
+            Some(&call("p-1")),
+        )
+        .await;
+    assert_eq!(
+        r.body["results"][0]["cost_usd"], 0.0075,
+        "another tenant keeps list prices"
+    );
+
+    let reader = t.key_with(&[Scope::Read, Scope::Ingest]).await;
+    let r = t
+        .call("POST", "/api/v1/ai/prices", Some(&reader), Some(&price))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let bad = json!({"provider": "openai", "model": "gpt-4o", "effective_from": "June", "input_per_mtok_usd": "1", "output_per_mtok_usd": "4"});
+    let r = t
+        .call("POST", "/api/v1/ai/prices", Some(&owner), Some(&bad))
+        .await;
+    assert_eq!(r.field(), "effective_from");
+    let bad = json!({"provider": "openai", "model": "gpt-4o", "effective_from": "2025-01-01", "input_per_mtok_usd": "-1", "output_per_mtok_usd": "4"});
+    let r = t
+        .call("POST", "/api/v1/ai/prices", Some(&owner), Some(&bad))
+        .await;
+    assert_eq!(r.field(), "input_per_mtok_usd");
+}
+
+#[tokio::test]
+async fn ingest_needs_the_ingest_scope() {
+    let t = app().await;
+    let reader = t.key_with(&[Scope::Read]).await;
+    let r = t
+        .call("POST", "/api/v1/ai/usage", Some(&reader), Some(&call("x")))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = t
+        .call("POST", "/api/v1/ai/usage", None, Some(&call("x")))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
