@@ -273,51 +273,19 @@ pub fn validate(
     let user_id = lift_identifier("user_id", input.user_id, &mut properties, limits)?;
     let project_id = lift_identifier("project_id", input.project_id, &mut properties, limits)?;
 
-    let (timestamp, timestamp_provided) = match input.timestamp {
+    // The seed's JavaScript client puts the timestamp inside `properties`; used only when
+    // it parses, since there it is the client's free-form data.
+    let top = match input.timestamp {
         None | Some(Value::Null) => match properties.get("timestamp") {
-            Some(Value::String(s)) => match time::parse_rfc3339(s) {
-                Some(t) => (t, true),
-                None => (received_at, false),
-            },
-            _ => (received_at, false),
+            Some(Value::String(s)) if time::parse_rfc3339(s).is_some() => {
+                Some(Value::String(s.clone()))
+            }
+            _ => None,
         },
-        Some(Value::String(s)) => {
-            let t = time::parse_rfc3339(&s).ok_or_else(|| {
-                FieldError::new(
-                    codes::INVALID_TIMESTAMP,
-                    "timestamp",
-                    "must be an RFC 3339 date-time, e.g. 2024-01-20T14:30:00Z",
-                )
-            })?;
-            (t, true)
-        }
-        Some(_) => {
-            return Err(FieldError::new(
-                codes::INVALID_TIMESTAMP,
-                "timestamp",
-                "must be an RFC 3339 date-time string",
-            ))
-        }
+        other => other,
     };
-    if timestamp_provided {
-        if timestamp > received_at + limits.max_future_skew_secs * MICROS_PER_SEC {
-            return Err(FieldError::new(
-                codes::INVALID_TIMESTAMP,
-                "timestamp",
-                format!(
-                    "is more than {} seconds in the future",
-                    limits.max_future_skew_secs
-                ),
-            ));
-        }
-        if timestamp < MIN_TIMESTAMP_MICROS {
-            return Err(FieldError::new(
-                codes::INVALID_TIMESTAMP,
-                "timestamp",
-                "is before 2000-01-01T00:00:00Z",
-            ));
-        }
-    }
+    let (timestamp, timestamp_provided) =
+        client_timestamp(top, received_at, limits.max_future_skew_secs)?;
 
     if properties.len() > limits.max_properties {
         return Err(FieldError::invalid(
@@ -357,6 +325,33 @@ pub fn validate(
         properties,
         context,
     })
+}
+
+/// A client-sent `timestamp` (RFC 3339, not before 2000, at most `max_future_skew_secs`
+/// ahead of the receive time), or the receive time when absent. Returns the time in
+/// microseconds and whether the client provided it. Shared by events and usage records.
+pub fn client_timestamp(
+    value: Option<Value>,
+    received_at: i64,
+    max_future_skew_secs: i64,
+) -> Result<(i64, bool), FieldError> {
+    let invalid = |msg: String| FieldError::new(codes::INVALID_TIMESTAMP, "timestamp", msg);
+    let t = match value {
+        None | Some(Value::Null) => return Ok((received_at, false)),
+        Some(Value::String(s)) => time::parse_rfc3339(&s).ok_or_else(|| {
+            invalid("must be an RFC 3339 date-time, e.g. 2024-01-20T14:30:00Z".into())
+        })?,
+        Some(_) => return Err(invalid("must be an RFC 3339 date-time string".into())),
+    };
+    if t > received_at + max_future_skew_secs * MICROS_PER_SEC {
+        return Err(invalid(format!(
+            "is more than {max_future_skew_secs} seconds in the future"
+        )));
+    }
+    if t < MIN_TIMESTAMP_MICROS {
+        return Err(invalid("is before 2000-01-01T00:00:00Z".into()));
+    }
+    Ok((t, true))
 }
 
 /// Checks the serialized size of an event's free-form parts.

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{codes, FieldError};
 use crate::pricing::{Nanos, PriceCatalog, TokenUsage};
-use crate::time::{self, MICROS_PER_SEC};
+use crate::time;
 
 /// Outcome of the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -175,40 +175,8 @@ pub fn validate_usage(
         }
         q => q,
     };
-    let (timestamp, timestamp_provided) = match input.timestamp {
-        None | Some(Value::Null) => (received_at, false),
-        Some(Value::String(s)) => {
-            let t = time::parse_rfc3339(&s).ok_or_else(|| {
-                FieldError::new(
-                    codes::INVALID_TIMESTAMP,
-                    "timestamp",
-                    "must be an RFC 3339 date-time",
-                )
-            })?;
-            if t > received_at + max_future_skew_secs * MICROS_PER_SEC {
-                return Err(FieldError::new(
-                    codes::INVALID_TIMESTAMP,
-                    "timestamp",
-                    format!("is more than {max_future_skew_secs} seconds in the future"),
-                ));
-            }
-            if t < crate::event::MIN_TIMESTAMP_MICROS {
-                return Err(FieldError::new(
-                    codes::INVALID_TIMESTAMP,
-                    "timestamp",
-                    "is before 2000-01-01T00:00:00Z",
-                ));
-            }
-            (t, true)
-        }
-        Some(_) => {
-            return Err(FieldError::new(
-                codes::INVALID_TIMESTAMP,
-                "timestamp",
-                "must be an RFC 3339 date-time string",
-            ))
-        }
-    };
+    let (timestamp, timestamp_provided) =
+        crate::event::client_timestamp(input.timestamp, received_at, max_future_skew_secs)?;
     let metadata = match input.metadata {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m,

@@ -81,6 +81,23 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
 }
 
+/// Parses one item of a batch (or a single item) into `T`, naming the field of a structural
+/// mistake: an unknown field names itself, anything else names `what`.
+pub fn parse_item<T: DeserializeOwned>(raw: &str, what: &str) -> Result<T, FieldError> {
+    if !raw.trim_start().starts_with('{') {
+        return Err(FieldError::invalid(what, "must be a JSON object"));
+    }
+    serde_json::from_str::<T>(raw).map_err(|e| {
+        let msg = e.to_string();
+        let field = msg
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            .unwrap_or(what)
+            .to_owned();
+        FieldError::invalid(field, strip_position(&msg))
+    })
+}
+
 /// serde's messages end with " at line L column C", which is noise for a data error.
 fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {

@@ -18,7 +18,7 @@ use tally_core::{FieldError, TenantId};
 use uuid::Uuid;
 
 use super::dto::*;
-use super::extract::{ApiQuery, Auth, ClientIp, JsonBody};
+use super::extract::{parse_item, ApiQuery, Auth, ClientIp, JsonBody};
 use crate::error::{ApiError, ApiResult};
 use crate::service::insights::{ActivityDetail, TrackOutcome};
 use crate::AppState;
@@ -51,27 +51,11 @@ pub(crate) fn tenant_for(p: &Principal, requested: Option<&str>) -> ApiResult<Te
         .map_err(|_| ApiError::Forbidden("only the admin role may act on another tenant".into()))
 }
 
-/// Parses one event, naming the field of any structural mistake.
 fn parse_event(raw: &str) -> Result<EventInput, FieldError> {
-    if !raw.trim_start().starts_with('{') {
-        return Err(FieldError::invalid("event", "must be a JSON object"));
-    }
-    serde_json::from_str::<EventInput>(raw).map_err(|e| {
-        let msg = e.to_string();
-        let field = msg
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split('`').next())
-            .unwrap_or("event")
-            .to_owned();
-        let message = match msg.rfind(" at line ") {
-            Some(i) => msg[..i].to_owned(),
-            None => msg,
-        };
-        FieldError::invalid(field, message)
-    })
+    parse_item(raw, "event")
 }
 
-fn item_error(e: &FieldError) -> ItemError {
+pub(crate) fn item_error(e: &FieldError) -> ItemError {
     ItemError {
         code: e.code.to_owned(),
         message: e.message.clone(),

@@ -12,8 +12,8 @@ use tally_core::usage::{CostSource, UsageInput};
 use tally_core::FieldError;
 
 use super::dto::ItemError;
-use super::extract::{ApiQuery, Auth, JsonBody};
-use super::insights::{require, tenant_for, TenantQuery};
+use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
+use super::insights::{item_error, require, tenant_for, TenantQuery};
 use crate::error::{ApiError, ApiResult};
 use crate::service::usage::{PriceInput, UsageResult};
 use crate::AppState;
@@ -85,21 +85,7 @@ pub struct UsageResponse {
 }
 
 fn parse_usage(raw: &str) -> Result<UsageInput, FieldError> {
-    if !raw.trim_start().starts_with('{') {
-        return Err(FieldError::invalid("record", "must be a JSON object"));
-    }
-    serde_json::from_str::<UsageInput>(raw).map_err(|e| {
-        let msg = e.to_string();
-        let field = msg
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split('`').next())
-            .unwrap_or("record")
-            .to_owned();
-        let message = msg
-            .rfind(" at line ")
-            .map_or(msg.clone(), |i| msg[..i].to_owned());
-        FieldError::invalid(field, message)
-    })
+    parse_item(raw, "record")
 }
 
 /// Record LLM calls: one record, or `{"records": [...]}` for a batch. Each record is
@@ -185,11 +171,7 @@ pub async fn ingest(
                     duplicate: None,
                     cost_usd: None,
                     cost_source: None,
-                    error: Some(ItemError {
-                        code: e.code.to_owned(),
-                        message: e.message,
-                        field: e.field,
-                    }),
+                    error: Some(item_error(&e)),
                 }
             }
         });
@@ -264,43 +246,17 @@ pub async fn list_prices(
     Ok(Json(out))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PriceRequest {
-    pub provider: String,
-    pub model: String,
-    /// YYYY-MM-DD: calls from this day on use this price.
-    pub effective_from: String,
-    /// Exact decimal strings, USD per million tokens.
-    pub input_per_mtok_usd: String,
-    pub output_per_mtok_usd: String,
-    pub cached_input_per_mtok_usd: Option<String>,
-}
-
 /// Set the tenant's price for a model from a date on (negotiated rates, private models).
 /// Past calls keep the cost they were recorded with.
-#[utoipa::path(post, path = "/api/v1/ai/prices", tag = "ai", request_body = PriceRequest,
+#[utoipa::path(post, path = "/api/v1/ai/prices", tag = "ai", request_body = PriceInput,
     responses((status = 201, body = PriceEntry), (status = 400, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn put_price(
     State(state): State<AppState>,
     Auth(p): Auth,
-    JsonBody(body): JsonBody<PriceRequest>,
+    JsonBody(body): JsonBody<PriceInput>,
 ) -> ApiResult<(StatusCode, Json<PriceEntry>)> {
     require(&p, Action::ManageTenant)?;
-    let price = state
-        .usage
-        .put_price(
-            p.tenant_id,
-            PriceInput {
-                provider: body.provider,
-                model: body.model,
-                effective_from: body.effective_from,
-                input_per_mtok_usd: body.input_per_mtok_usd,
-                output_per_mtok_usd: body.output_per_mtok_usd,
-                cached_input_per_mtok_usd: body.cached_input_per_mtok_usd,
-            },
-        )
-        .await?;
+    let price = state.usage.put_price(p.tenant_id, body).await?;
     Ok((StatusCode::CREATED, Json(entry(&price, "override"))))
 }

@@ -161,10 +161,14 @@ impl Usage {
 }
 
 /// A tenant price override as the API takes it: dollar amounts as exact decimal strings.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PriceInput {
     pub provider: String,
     pub model: String,
+    /// YYYY-MM-DD: calls from this day on use this price.
     pub effective_from: String,
+    /// USD per million tokens, e.g. "2.50".
     pub input_per_mtok_usd: String,
     pub output_per_mtok_usd: String,
     pub cached_input_per_mtok_usd: Option<String>,
