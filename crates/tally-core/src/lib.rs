@@ -11,6 +11,7 @@ pub mod event;
 pub mod ids;
 pub mod pricing;
 pub mod sensitive;
+pub mod sketch;
 pub mod tenancy;
 #[cfg(feature = "test-support")]
 pub mod test_support;

@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{codes, FieldError};
 use crate::pricing::{Nanos, PriceCatalog, TokenUsage};
-use crate::time;
+use crate::sketch::LatencySketch;
+use crate::time::{self, MICROS_PER_SEC};
 
 /// Outcome of the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -463,5 +464,104 @@ mod tests {
             (CallStatus::Timeout, Some("upstream_timeout"))
         );
         assert_eq!(r.cost, Nanos::ZERO); // no tokens, no cost
+    }
+}
+
+/// Rollup bucket sizes. Endpoints pick the coarsest that fits their range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Granularity {
+    pub const ALL: [Granularity; 3] = [Granularity::Minute, Granularity::Hour, Granularity::Day];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+        }
+    }
+
+    pub fn micros(self) -> i64 {
+        match self {
+            Granularity::Minute => 60 * MICROS_PER_SEC,
+            Granularity::Hour => time::MICROS_PER_HOUR,
+            Granularity::Day => time::MICROS_PER_DAY,
+        }
+    }
+
+    /// Start of the bucket holding `ts` (UTC microseconds).
+    pub fn bucket(self, ts: i64) -> i64 {
+        ts.div_euclid(self.micros()) * self.micros()
+    }
+}
+
+/// Everything dashboards need about the calls to one model in one bucket. Sums are exact;
+/// percentiles come from the sketches (1 % relative error), mergeable across buckets.
+#[derive(Debug, Clone, Default)]
+pub struct UsageRollup {
+    /// Bucket start, UTC microseconds.
+    pub bucket: i64,
+    pub provider: String,
+    pub model: String,
+    pub calls: u64,
+    /// Calls whose status is not `success`.
+    pub errors: u64,
+    pub tokens: TokenUsage,
+    pub cost: Nanos,
+    pub latency: LatencySketch,
+    pub latency_sum_ms: f64,
+    pub ttft: LatencySketch,
+    pub ttft_sum_ms: f64,
+    pub quality_count: u64,
+    pub quality_sum: f64,
+    pub unpriced_calls: u64,
+}
+
+impl UsageRollup {
+    pub fn add(&mut self, r: &UsageRecord) {
+        self.calls += 1;
+        self.errors += u64::from(r.status != CallStatus::Success);
+        self.tokens.input += r.tokens.input;
+        self.tokens.output += r.tokens.output;
+        self.tokens.cached_input += r.tokens.cached_input;
+        self.tokens.reasoning += r.tokens.reasoning;
+        self.cost = self.cost.saturating_add(r.cost);
+        if let Some(l) = r.latency_ms {
+            self.latency.add(l);
+            self.latency_sum_ms += l;
+        }
+        if let Some(t) = r.time_to_first_token_ms {
+            self.ttft.add(t);
+            self.ttft_sum_ms += t;
+        }
+        if let Some(q) = r.quality_score {
+            self.quality_count += 1;
+            self.quality_sum += q;
+        }
+        self.unpriced_calls += u64::from(r.cost_source == CostSource::Unpriced);
+    }
+
+    /// Folds another bucket of the same provider and model into this one.
+    pub fn merge(&mut self, o: &UsageRollup) -> Result<(), crate::sketch::SketchError> {
+        self.calls += o.calls;
+        self.errors += o.errors;
+        self.tokens.input += o.tokens.input;
+        self.tokens.output += o.tokens.output;
+        self.tokens.cached_input += o.tokens.cached_input;
+        self.tokens.reasoning += o.tokens.reasoning;
+        self.cost = self.cost.saturating_add(o.cost);
+        self.latency.merge(&o.latency)?;
+        self.latency_sum_ms += o.latency_sum_ms;
+        self.ttft.merge(&o.ttft)?;
+        self.ttft_sum_ms += o.ttft_sum_ms;
+        self.quality_count += o.quality_count;
+        self.quality_sum += o.quality_sum;
+        self.unpriced_calls += o.unpriced_calls;
+        Ok(())
     }
 }

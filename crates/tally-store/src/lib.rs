@@ -11,7 +11,7 @@ use tally_core::activity::{ActivityFilter, Project, StoredEvent, UserHourCount, 
 use tally_core::event::NewEvent;
 use tally_core::pricing::ModelPrice;
 use tally_core::tenancy::{Account, ApiKey, Tenant};
-use tally_core::usage::UsageRecord;
+use tally_core::usage::{Granularity, UsageRecord, UsageRollup};
 use tally_core::{ApiKeyId, TenantId};
 use uuid::Uuid;
 
@@ -191,6 +191,15 @@ pub trait UsageStore: Send + Sync {
         records: Vec<UsageRecord>,
     ) -> StoreResult<Vec<UsageOutcome>>;
     async fn usage_count(&self, tenant: TenantId) -> StoreResult<u64>;
+    /// Rollup buckets with start in `[from, to)`, by provider and model. Exact: folded in
+    /// the transaction that stored the records.
+    async fn usage_rollups(
+        &self,
+        tenant: TenantId,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<UsageRollup>>;
 
     /// The tenant's price overrides.
     async fn price_overrides(&self, tenant: TenantId) -> StoreResult<Vec<ModelPrice>>;

@@ -812,3 +812,104 @@ async fn price_overrides_upsert_per_date_and_stay_in_their_tenant() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn usage_rollups_fold_exact_sums_and_mergeable_percentiles() {
+    use tally_core::pricing::Nanos;
+    use tally_core::usage::{validate_usage, Granularity, UsageInput};
+    let f = open();
+    let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    let now = tally_core::time::now_micros();
+    let rec = |i: u32, hour: u32, status: &str, model: &str| {
+        let input: UsageInput = serde_json::from_value(serde_json::json!({
+            "id": format!("r{i}"), "provider": "openai", "model": model, "input_tokens": 1000,
+            "output_tokens": 500, "latency_ms": 100 + i, "status": status, "quality_score": 8,
+            "timestamp": format!("2025-07-01T{hour:02}:{:02}:00Z", i % 60)
+        }))
+        .unwrap();
+        validate_usage(input, &tally_core::pricing::default_catalog(), now, 300).unwrap()
+    };
+    // 100 calls at 10:xx (3 errors), 50 at 11:xx, on gpt-4o; 10 at 11:xx on gpt-4o-mini.
+    let mut batch: Vec<_> = (0..100)
+        .map(|i| rec(i, 10, if i < 3 { "error" } else { "success" }, "gpt-4o"))
+        .collect();
+    batch.extend((100..150).map(|i| rec(i, 11, "success", "gpt-4o")));
+    batch.extend((150..160).map(|i| rec(i, 11, "success", "gpt-4o-mini")));
+    f.stores.usage.insert_usage(t, batch.clone()).await.unwrap();
+    f.stores
+        .usage
+        .insert_usage(t, batch[..10].to_vec())
+        .await
+        .unwrap(); // retries: no effect
+
+    let day = tally_core::time::parse_rfc3339("2025-07-01T00:00:00Z").unwrap();
+    let hours = f
+        .stores
+        .usage
+        .usage_rollups(
+            t,
+            Granularity::Hour,
+            day,
+            day + tally_core::time::MICROS_PER_DAY,
+        )
+        .await
+        .unwrap();
+    let h10 = hours
+        .iter()
+        .find(|r| r.model == "gpt-4o" && r.bucket == day + 10 * tally_core::time::MICROS_PER_HOUR)
+        .unwrap();
+    assert_eq!((h10.calls, h10.errors), (100, 3));
+    assert_eq!(h10.tokens.input, 100_000);
+    assert_eq!(h10.cost, Nanos(100 * 7_500_000)); // $0.0075 per call
+    assert_eq!(h10.quality_count, 100);
+    assert_eq!(hours.len(), 3);
+
+    // A day's percentiles come from merging the hourly sketches (or reading the day bucket).
+    let days = f
+        .stores
+        .usage
+        .usage_rollups(
+            t,
+            Granularity::Day,
+            day,
+            day + tally_core::time::MICROS_PER_DAY,
+        )
+        .await
+        .unwrap();
+    let d = days.iter().find(|r| r.model == "gpt-4o").unwrap();
+    assert_eq!(d.calls, 150);
+    let mut merged = hours[0].clone();
+    for h in hours.iter().skip(1).filter(|h| h.model == "gpt-4o") {
+        merged.merge(h).unwrap();
+    }
+    assert_eq!(merged.calls, d.calls);
+    // latencies are 100..250 ms: the true p95 is 242 ms.
+    let p95 = d.latency.quantile(0.95).unwrap();
+    assert!((p95 - 242.0).abs() <= 242.0 * 0.0101, "{p95}");
+    assert_eq!(d.latency_sum_ms, (100..250).map(f64::from).sum::<f64>());
+
+    let minutes = f
+        .stores
+        .usage
+        .usage_rollups(
+            t,
+            Granularity::Minute,
+            day,
+            day + tally_core::time::MICROS_PER_DAY,
+        )
+        .await
+        .unwrap();
+    assert_eq!(minutes.iter().map(|m| m.calls).sum::<u64>(), 160);
+    assert!(f
+        .stores
+        .usage
+        .usage_rollups(
+            other,
+            Granularity::Day,
+            day,
+            day + tally_core::time::MICROS_PER_DAY
+        )
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -171,6 +171,31 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, provider, model, effective_from)
     ) WITHOUT ROWID;
     "#,
+    // 3: LLM usage rollups per minute, hour and day, folded with the raw rows.
+    r#"
+    CREATE TABLE llm_usage_rollup (
+        tenant_id BLOB NOT NULL,
+        granularity TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        calls INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        latency_sketch BLOB NOT NULL,
+        latency_sum_ms REAL NOT NULL,
+        ttft_sketch BLOB NOT NULL,
+        ttft_sum_ms REAL NOT NULL,
+        quality_count INTEGER NOT NULL,
+        quality_sum REAL NOT NULL,
+        unpriced_calls INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, granularity, bucket, provider, model)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {

@@ -3,8 +3,11 @@
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
 use tally_core::pricing::{ModelPrice, Nanos};
-use tally_core::usage::{CostSource, UsageRecord};
+
+use tally_core::sketch::LatencySketch;
+use tally_core::usage::{CostSource, Granularity, UsageRecord, UsageRollup};
 use tally_core::TenantId;
 
 use super::SqliteStore;
@@ -34,6 +37,7 @@ fn insert_tx(
     )?;
     let tenant_bytes = tenant.0.as_bytes();
     let mut out = Vec::with_capacity(records.len());
+    let mut rollups: HashMap<(Granularity, i64, String, String), UsageRollup> = HashMap::new();
     for r in records {
         let dedup_ts = if r.client_id.is_some() && r.timestamp_provided {
             r.timestamp
@@ -69,6 +73,18 @@ fn insert_tx(
             out.push(UsageOutcome::Inserted {
                 id: conn.last_insert_rowid(),
             });
+            for g in Granularity::ALL {
+                let bucket = g.bucket(r.timestamp);
+                rollups
+                    .entry((g, bucket, r.provider.clone(), r.model.clone()))
+                    .or_insert_with(|| UsageRollup {
+                        bucket,
+                        provider: r.provider.clone(),
+                        model: r.model.clone(),
+                        ..Default::default()
+                    })
+                    .add(&r);
+            }
             continue;
         }
         let client_id = r.client_id.unwrap_or_default();
@@ -80,7 +96,99 @@ fn insert_tx(
             })?;
         out.push(UsageOutcome::Duplicate { id });
     }
+    for ((g, _, _, _), delta) in rollups {
+        fold_rollup(conn, tenant, g, delta)?;
+    }
     Ok(out)
+}
+
+const ROLLUP_COLUMNS: &str = "bucket, provider, model, calls, errors, input_tokens, output_tokens, cached_tokens,
+    reasoning_tokens, cost_nanos, latency_sketch, latency_sum_ms, ttft_sketch, ttft_sum_ms, quality_count,
+    quality_sum, unpriced_calls";
+
+fn sketch_from(col: usize, bytes: Vec<u8>) -> rusqlite::Result<LatencySketch> {
+    LatencySketch::from_bytes(&bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+fn rollup_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UsageRollup> {
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+    Ok(UsageRollup {
+        bucket: r.get(0)?,
+        provider: r.get(1)?,
+        model: r.get(2)?,
+        calls: u(3)?,
+        errors: u(4)?,
+        tokens: tally_core::pricing::TokenUsage {
+            input: u(5)?,
+            output: u(6)?,
+            cached_input: u(7)?,
+            reasoning: u(8)?,
+        },
+        cost: Nanos(r.get(9)?),
+        latency: sketch_from(10, r.get(10)?)?,
+        latency_sum_ms: r.get(11)?,
+        ttft: sketch_from(12, r.get(12)?)?,
+        ttft_sum_ms: r.get(13)?,
+        quality_count: u(14)?,
+        quality_sum: r.get(15)?,
+        unpriced_calls: u(16)?,
+    })
+}
+
+/// Merges a delta into its stored bucket (sketches merge in Rust, then the row is written).
+fn fold_rollup(
+    conn: &Connection,
+    tenant: TenantId,
+    g: Granularity,
+    delta: UsageRollup,
+) -> StoreResult<()> {
+    let existing = conn
+        .prepare_cached(&format!(
+            "SELECT {ROLLUP_COLUMNS} FROM llm_usage_rollup
+             WHERE tenant_id = ?1 AND granularity = ?2 AND bucket = ?3 AND provider = ?4 AND model = ?5"
+        ))?
+        .query_row(
+            params![tenant.0.as_bytes(), g.as_str(), delta.bucket, delta.provider, delta.model],
+            rollup_from_row,
+        )
+        .optional()?;
+    let merged = match existing {
+        Some(mut row) => {
+            row.merge(&delta)
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+            row
+        }
+        None => delta,
+    };
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO llm_usage_rollup (tenant_id, granularity, {ROLLUP_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+    ))?
+    .execute(params![
+        tenant.0.as_bytes(),
+        g.as_str(),
+        merged.bucket,
+        merged.provider,
+        merged.model,
+        as_i64(merged.calls),
+        as_i64(merged.errors),
+        as_i64(merged.tokens.input),
+        as_i64(merged.tokens.output),
+        as_i64(merged.tokens.cached_input),
+        as_i64(merged.tokens.reasoning),
+        merged.cost.0,
+        merged.latency.to_bytes(),
+        merged.latency_sum_ms,
+        merged.ttft.to_bytes(),
+        merged.ttft_sum_ms,
+        as_i64(merged.quality_count),
+        merged.quality_sum,
+        as_i64(merged.unpriced_calls),
+    ])?;
+    Ok(())
 }
 
 #[async_trait]
@@ -107,6 +215,30 @@ impl UsageStore for SqliteStore {
                 |r| r.get(0),
             )?;
             Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn usage_rollups(
+        &self,
+        tenant: TenantId,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<UsageRollup>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {ROLLUP_COLUMNS} FROM llm_usage_rollup
+                 WHERE tenant_id = ?1 AND granularity = ?2 AND bucket >= ?3 AND bucket < ?4
+                 ORDER BY bucket, provider, model"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![tenant.0.as_bytes(), granularity.as_str(), from, to],
+                    rollup_from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }
