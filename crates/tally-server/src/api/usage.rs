@@ -260,3 +260,234 @@ pub async fn put_price(
     let price = state.usage.put_price(p.tenant_id, body).await?;
     Ok((StatusCode::CREATED, Json(entry(&price, "override"))))
 }
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct StatsQuery {
+    /// `last_24h`, `last_7d` (default), `last_30d` or `last_90d`.
+    period: Option<String>,
+    /// Alternative to `period`: the last N days (1–366), as seed 003 does.
+    days: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProviderShare {
+    pub provider: String,
+    pub total_cost: f64,
+    pub calls: u64,
+    /// Percent of the tenant's cost over the period.
+    pub market_share: f64,
+    /// Share of calls that succeeded.
+    pub reliability: f64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Insight {
+    /// `cost_optimization`, `high_error_rate`, `unpriced_model`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `low`, `medium`, `high`.
+    pub severity: &'static str,
+    pub recommendation: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_saving_usd: Option<f64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Projections {
+    /// This period's daily run rate × 30.
+    pub monthly_cost_estimate: f64,
+    /// Cost change versus the previous period of the same length, percent; null when the
+    /// previous period had no cost.
+    pub growth_rate: Option<f64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TenantStats {
+    pub tenant_id: uuid::Uuid,
+    pub period: String,
+    pub from: String,
+    pub to: String,
+    pub total_cost_usd: f64,
+    /// LLM calls.
+    pub total_messages: u64,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    pub error_rate: f64,
+    pub provider_breakdown: Vec<ProviderShare>,
+    pub insights: Vec<Insight>,
+    pub projections: Projections,
+}
+
+fn round(x: f64, decimals: i32) -> f64 {
+    let p = 10f64.powi(decimals);
+    (x * p).round() / p
+}
+
+fn parse_period(q: &StatsQuery) -> Result<(String, i64), FieldError> {
+    use tally_core::error::codes::INVALID_PERIOD;
+    if let Some(d) = q.days.as_deref().filter(|d| !d.is_empty()) {
+        let n: i64 = d
+            .parse()
+            .ok()
+            .filter(|n| (1..=366).contains(n))
+            .ok_or_else(|| {
+                FieldError::new(INVALID_PERIOD, "days", "must be an integer from 1 to 366")
+            })?;
+        return Ok((format!("last_{n}d"), n * 24));
+    }
+    match q.period.as_deref().unwrap_or("last_7d") {
+        "last_24h" => Ok(("last_24h".into(), 24)),
+        "last_7d" => Ok(("last_7d".into(), 7 * 24)),
+        "last_30d" => Ok(("last_30d".into(), 30 * 24)),
+        "last_90d" => Ok(("last_90d".into(), 90 * 24)),
+        _ => Err(FieldError::new(
+            INVALID_PERIOD,
+            "period",
+            "must be last_24h, last_7d, last_30d or last_90d",
+        )),
+    }
+}
+
+/// Cost, usage, reliability, insights and projections of one tenant's AI calls.
+#[utoipa::path(get, path = "/api/v1/ai/stats/{tenant_id}", tag = "ai",
+    params(("tenant_id" = String, Path), StatsQuery),
+    responses((status = 200, body = TenantStats), (status = 400, body = crate::error::ErrorEnvelope, description = "INSIGHTS_003 invalid period"),
+              (status = 403, body = crate::error::ErrorEnvelope, description = "another tenant, without the admin role")),
+    security(("bearer" = [])))]
+pub async fn tenant_stats(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    axum::extract::Path(tenant_id): axum::extract::Path<String>,
+    ApiQuery(q): ApiQuery<StatsQuery>,
+) -> ApiResult<Json<TenantStats>> {
+    use crate::service::usage::{Period, CHEAPER_SIBLING, SHORT_OUTPUT_TOKENS};
+    require(&p, Action::Read)?;
+    let tenant = tenant_for(&p, Some(&tenant_id))?;
+    let (label, hours) = parse_period(&q)?;
+    let now = tally_core::time::now_micros();
+    let period = Period::last_hours(now, hours);
+    let totals = state.usage.totals(tenant, period).await?;
+    let previous = state.usage.totals(tenant, period.previous()).await?;
+
+    let mut cost = Nanos::ZERO;
+    let (mut calls, mut errors, mut input, mut output) = (0u64, 0u64, 0u64, 0u64);
+    let mut by_provider: std::collections::BTreeMap<&str, (Nanos, u64, u64)> = Default::default();
+    for ((provider, _), r) in &totals {
+        cost = cost.saturating_add(r.cost);
+        calls += r.calls;
+        errors += r.errors;
+        input += r.tokens.input;
+        output += r.tokens.output;
+        let e = by_provider.entry(provider.as_str()).or_default();
+        e.0 = e.0.saturating_add(r.cost);
+        e.1 += r.calls;
+        e.2 += r.errors;
+    }
+    let share = |part: Nanos| {
+        if cost.0 > 0 {
+            round(part.0 as f64 / cost.0 as f64 * 100.0, 1)
+        } else {
+            0.0
+        }
+    };
+    let mut provider_breakdown: Vec<ProviderShare> = by_provider
+        .iter()
+        .map(|(provider, (c, n, e))| ProviderShare {
+            provider: (*provider).to_owned(),
+            total_cost: c.usd_rounded(2),
+            calls: *n,
+            market_share: share(*c),
+            reliability: if *n > 0 {
+                round(1.0 - *e as f64 / *n as f64, 3)
+            } else {
+                1.0
+            },
+        })
+        .collect();
+    provider_breakdown.sort_by(|a, b| {
+        b.total_cost
+            .total_cmp(&a.total_cost)
+            .then(a.provider.cmp(&b.provider))
+    });
+
+    let mut insights = Vec::new();
+    let catalog = state.usage.catalog(tenant).await?;
+    let today = tally_core::time::to_datetime(now).date_naive();
+    for ((provider, model), r) in &totals {
+        if r.calls > 0 && r.tokens.output / r.calls < SHORT_OUTPUT_TOKENS {
+            if let Some((_, _, cheaper)) = CHEAPER_SIBLING.iter().find(|(p, m, _)| {
+                p == provider
+                    && catalog
+                        .lookup(p, model, today)
+                        .is_some_and(|x| x.model == *m)
+            }) {
+                if let Some(price) = catalog.lookup(provider, cheaper, today) {
+                    let saving = Nanos(r.cost.0 - price.cost(&r.tokens).0);
+                    if saving > Nanos::ZERO {
+                        insights.push(Insight {
+                            kind: "cost_optimization",
+                            severity: if saving.0 as f64 > cost.0 as f64 * 0.1 { "high" } else { "medium" },
+                            recommendation: format!(
+                                "{} calls to {model} average {} output tokens; on {cheaper} they would have cost ${} less",
+                                r.calls,
+                                r.tokens.output / r.calls,
+                                saving.usd_rounded(2)
+                            ),
+                            estimated_saving_usd: Some(saving.usd_rounded(2)),
+                        });
+                    }
+                }
+            }
+        }
+        if r.calls >= 20 && r.errors as f64 / r.calls as f64 > 0.05 {
+            insights.push(Insight {
+                kind: "high_error_rate",
+                severity: "high",
+                recommendation: format!(
+                    "{provider}/{model} failed {:.1} % of {} calls",
+                    r.errors as f64 / r.calls as f64 * 100.0,
+                    r.calls
+                ),
+                estimated_saving_usd: None,
+            });
+        }
+        if r.unpriced_calls > 0 {
+            insights.push(Insight {
+                kind: "unpriced_model",
+                severity: "low",
+                recommendation: format!(
+                    "{} calls to {provider}/{model} have no price; set one with POST /api/v1/ai/prices",
+                    r.unpriced_calls
+                ),
+                estimated_saving_usd: None,
+            });
+        }
+    }
+    let previous_cost: i64 = previous.values().map(|r| r.cost.0).sum();
+    Ok(Json(TenantStats {
+        tenant_id: tenant.0,
+        period: label,
+        from: tally_core::time::rfc3339(period.from),
+        to: tally_core::time::rfc3339(period.to),
+        total_cost_usd: cost.usd_rounded(2),
+        total_messages: calls,
+        total_input_tokens: input,
+        total_output_tokens: output,
+        error_rate: if calls > 0 {
+            round(errors as f64 / calls as f64, 4)
+        } else {
+            0.0
+        },
+        provider_breakdown,
+        insights,
+        projections: Projections {
+            monthly_cost_estimate: round(cost.0 as f64 / 1e9 / period.days() * 30.0, 2),
+            growth_rate: (previous_cost > 0).then(|| {
+                round(
+                    (cost.0 - previous_cost) as f64 / previous_cost as f64 * 100.0,
+                    1,
+                )
+            }),
+        },
+    }))
+}

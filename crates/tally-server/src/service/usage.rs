@@ -173,3 +173,86 @@ pub struct PriceInput {
     pub output_per_mtok_usd: String,
     pub cached_input_per_mtok_usd: Option<String>,
 }
+
+/// A time range for analytics: `[from, to)` in UTC microseconds, aligned to whole hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period {
+    pub from: i64,
+    pub to: i64,
+}
+
+impl Period {
+    /// The period ending at the end of the current hour and lasting `hours`.
+    pub fn last_hours(now: i64, hours: i64) -> Self {
+        let h = tally_core::time::MICROS_PER_HOUR;
+        let to = now.div_euclid(h) * h + h;
+        Period {
+            from: to - hours * h,
+            to,
+        }
+    }
+
+    /// The period of the same length just before this one.
+    pub fn previous(self) -> Self {
+        Period {
+            from: 2 * self.from - self.to,
+            to: self.from,
+        }
+    }
+
+    pub fn days(self) -> f64 {
+        (self.to - self.from) as f64 / tally_core::time::MICROS_PER_DAY as f64
+    }
+}
+
+/// Per provider and model totals over a period, merged from rollup buckets.
+pub type ModelTotals = std::collections::BTreeMap<(String, String), tally_core::usage::UsageRollup>;
+
+impl Usage {
+    /// Merges the rollups of `period`: whole days from day buckets, the hours at either
+    /// edge from hour buckets.
+    pub async fn totals(&self, tenant: TenantId, period: Period) -> ApiResult<ModelTotals> {
+        use tally_core::time::MICROS_PER_DAY;
+        use tally_core::usage::Granularity;
+        let first_day =
+            (period.from + MICROS_PER_DAY - 1).div_euclid(MICROS_PER_DAY) * MICROS_PER_DAY;
+        let last_day = period.to.div_euclid(MICROS_PER_DAY) * MICROS_PER_DAY;
+        let mut ranges = Vec::new();
+        if first_day < last_day {
+            ranges.push((Granularity::Hour, period.from, first_day));
+            ranges.push((Granularity::Day, first_day, last_day));
+            ranges.push((Granularity::Hour, last_day, period.to));
+        } else {
+            ranges.push((Granularity::Hour, period.from, period.to));
+        }
+        let mut totals = ModelTotals::new();
+        for (g, from, to) in ranges {
+            if from >= to {
+                continue;
+            }
+            for r in self.stores.usage.usage_rollups(tenant, g, from, to).await? {
+                let key = (r.provider.clone(), r.model.clone());
+                match totals.get_mut(&key) {
+                    Some(t) => t.merge(&r).map_err(ApiError::internal)?,
+                    None => {
+                        totals.insert(key, r);
+                    }
+                }
+            }
+        }
+        Ok(totals)
+    }
+}
+
+/// Cheaper models of the same family, for cost recommendations.
+pub const CHEAPER_SIBLING: [(&str, &str, &str); 6] = [
+    ("openai", "gpt-4o", "gpt-4o-mini"),
+    ("openai", "gpt-4.1", "gpt-4.1-mini"),
+    ("openai", "o3", "o4-mini"),
+    ("anthropic", "claude-opus-4", "claude-sonnet-4"),
+    ("anthropic", "claude-sonnet-4", "claude-3-5-haiku"),
+    ("google", "gemini-2.5-pro", "gemini-2.5-flash"),
+];
+
+/// Calls averaging fewer output tokens than this are candidates for a cheaper model.
+pub const SHORT_OUTPUT_TOKENS: u64 = 300;

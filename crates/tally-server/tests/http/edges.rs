@@ -182,6 +182,7 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/accounts",
         "/api/v1/ai/usage",
         "/api/v1/ai/prices",
+        "/api/v1/ai/stats/{tenant_id}",
         "/healthz",
         "/readyz",
     ] {

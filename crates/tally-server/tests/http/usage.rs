@@ -184,3 +184,120 @@ async fn ingest_needs_the_ingest_scope() {
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn tenant_stats_from_known_calls() {
+    let t = app().await;
+    let at =
+        |hours_ago: i64| (chrono::Utc::now() - chrono::Duration::hours(hours_ago)).to_rfc3339();
+    let mut records = Vec::new();
+    // This period: 10 short gpt-4o calls (1,000 in / 100 out → $0.0035 each at $2.50/$10).
+    for i in 0..10 {
+        records.push(json!({"id": format!("a{i}"), "provider": "openai", "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 100, "latency_ms": 500, "timestamp": at(1)}));
+    }
+    // One claude-sonnet-4 success (2,000 in / 1,000 out → $0.021) and one failure.
+    records.push(json!({"id": "c1", "provider": "anthropic", "model": "claude-sonnet-4", "input_tokens": 2000, "output_tokens": 1000, "timestamp": at(2)}));
+    records.push(json!({"id": "c2", "provider": "anthropic", "model": "claude-sonnet-4", "status": "error", "error_type": "overloaded", "timestamp": at(2)}));
+    // Previous period: 5 of the gpt-4o calls ($0.0175).
+    for i in 0..5 {
+        records.push(json!({"id": format!("p{i}"), "provider": "openai", "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 100, "timestamp": at(30)}));
+    }
+    let r = t
+        .post("/api/v1/ai/usage", json!({"records": records}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    let r = t
+        .get(&format!("/api/v1/ai/stats/{}?period=last_24h", t.tenant))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let s = &r.body;
+    assert_eq!(s["period"], "last_24h");
+    assert_eq!(s["total_messages"], 12);
+    assert_eq!(s["total_cost_usd"], 0.06); // $0.056
+    assert_eq!(s["error_rate"], 0.0833);
+    assert_eq!(
+        s["provider_breakdown"],
+        json!([
+            {"provider": "openai", "total_cost": 0.04, "calls": 10, "market_share": 62.5, "reliability": 1.0},
+            {"provider": "anthropic", "total_cost": 0.02, "calls": 2, "market_share": 37.5, "reliability": 0.5}
+        ])
+    );
+    // Repricing the gpt-4o calls at gpt-4o-mini: $0.035 − $0.0021 = $0.0329.
+    let opt = s["insights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "cost_optimization")
+        .unwrap();
+    assert_eq!(opt["estimated_saving_usd"], 0.03);
+    assert!(opt["recommendation"]
+        .as_str()
+        .unwrap()
+        .contains("gpt-4o-mini"));
+    assert_eq!(s["projections"]["monthly_cost_estimate"], 1.68); // $0.056 a day × 30
+    assert_eq!(s["projections"]["growth_rate"], 220.0); // 0.056 vs 0.0175
+
+    let r = t
+        .get(&format!("/api/v1/ai/stats/{}?period=last_year", t.tenant))
+        .await;
+    assert_eq!(
+        (r.status, r.code(), r.field()),
+        (StatusCode::BAD_REQUEST, "INSIGHTS_003", "period")
+    );
+    let r = t
+        .get(&format!("/api/v1/ai/stats/{}?days=7", t.tenant))
+        .await;
+    assert_eq!(
+        (r.body["period"].as_str(), r.body["total_messages"].as_u64()),
+        (Some("last_7d"), Some(17))
+    );
+}
+
+#[tokio::test]
+async fn stats_of_another_tenant_need_the_admin_role() {
+    let t = app().await;
+    let (other, other_key) = t.other_tenant().await;
+    t.call(
+        "POST",
+        "/api/v1/ai/usage",
+        Some(&other_key),
+        Some(&json!({"provider": "openai", "model": "gpt-4o", "input_tokens": 10})),
+    )
+    .await;
+    let member = t.login_as(t.tenant, Role::Member).await;
+    let r = t
+        .call(
+            "GET",
+            &format!("/api/v1/ai/stats/{other}"),
+            Some(&member),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "FORBIDDEN"));
+    let admin = t.login_as(t.tenant, Role::Admin).await;
+    let r = t
+        .call(
+            "GET",
+            &format!("/api/v1/ai/stats/{other}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["total_messages"].as_u64()),
+        (StatusCode::OK, Some(1))
+    );
+    let r = t
+        .call(
+            "GET",
+            &format!("/api/v1/ai/stats/{}", t.tenant),
+            Some(&member),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["total_messages"].as_u64()),
+        (StatusCode::OK, Some(0))
+    );
+}
