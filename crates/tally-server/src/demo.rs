@@ -83,12 +83,20 @@ pub async fn seed(state: &AppState) -> anyhow::Result<String> {
     .await
     .map_err(e)?;
     let events = load_events(state, tenant.id).await?;
+    let mut calls = load_ai_usage(state, tenant.id, 1).await?;
+    // Two more tenants, so cross-tenant admin views have something to compare.
+    for (i, name) in ["Acme Robotics", "Globex Retail"].into_iter().enumerate() {
+        let other = tenancy::create_tenant(stores, name, None)
+            .await
+            .map_err(e)?;
+        calls += load_ai_usage(state, other.id, 2 + i as u64).await?;
+    }
     stores
         .identity
         .init_setting(DEMO_SETTING, &tenant.id.to_string())
         .await?;
     Ok(format!(
-        "loaded demo tenant {} with {events} events over {DEMO_DAYS} days\n  log in:  {DEMO_EMAIL} / {password}\n  API key: {key}",
+        "loaded demo tenant {} with {events} events over {DEMO_DAYS} days and {calls} AI calls over {AI_DAYS} days (3 tenants)\n  log in:  {DEMO_EMAIL} / {password}\n  API key: {key}",
         tenant.id
     ))
 }
@@ -156,6 +164,104 @@ async fn load_events(state: &AppState, tenant: TenantId) -> anyhow::Result<usize
         }
     }
     Ok(stored)
+}
+
+pub const AI_DAYS: i64 = 90;
+
+/// (provider, model, weight, typical input tokens, typical output tokens, median latency ms)
+const AI_MODELS: [(&str, &str, u32, u64, u64, f64); 6] = [
+    ("openai", "gpt-4o", 30, 1_800, 120, 1_400.0),
+    ("openai", "gpt-4o-mini", 30, 1_200, 250, 700.0),
+    ("openai", "o3", 5, 3_000, 2_500, 9_000.0),
+    ("anthropic", "claude-sonnet-4", 20, 2_500, 600, 2_200.0),
+    ("anthropic", "claude-3-5-haiku", 10, 900, 200, 600.0),
+    ("google", "gemini-2.5-flash", 5, 1_500, 400, 800.0),
+];
+
+/// 90 days of LLM calls through the usage service: growing traffic, a few conversations per
+/// user per day, realistic token counts and latencies, and occasional provider errors.
+async fn load_ai_usage(state: &AppState, tenant: TenantId, seed: u64) -> anyhow::Result<usize> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let now = now_micros();
+    let total_weight: u32 = AI_MODELS.iter().map(|m| m.2).sum();
+    let mut stored = 0;
+    let mut batch = Vec::with_capacity(500);
+    let mut n = 0u64;
+    for day in (0..AI_DAYS).rev() {
+        // Traffic grows about 1 % a day.
+        let calls =
+            (40.0 * (1.0 + (AI_DAYS - day) as f64 * 0.01) * (0.5 + seed as f64 * 0.25)) as u64;
+        for _ in 0..calls {
+            n += 1;
+            let ts = now - day * MICROS_PER_DAY - rng.gen_range(0..MICROS_PER_DAY);
+            let ts = if ts >= now { now - MICROS_PER_SEC } else { ts };
+            let mut pick = rng.gen_range(0..total_weight);
+            let &(provider, model, _, input, output, latency) = AI_MODELS
+                .iter()
+                .find(|m| {
+                    if pick < m.2 {
+                        true
+                    } else {
+                        pick -= m.2;
+                        false
+                    }
+                })
+                .unwrap_or(&AI_MODELS[0]);
+            let jitter = |r: &mut StdRng, x: f64| x * r.gen_range(0.4..2.2);
+            let failed = rng.gen_bool(0.02);
+            let input_tokens = jitter(&mut rng, input as f64) as u64;
+            let latency_ms = jitter(&mut rng, latency);
+            let user = 100 + rng.gen_range(0..USERS.len());
+            batch.push(Ok(tally_core::usage::UsageInput {
+                id: Some(json!(format!("demo-ai-{seed}-{n}"))),
+                user_id: Some(json!(user)),
+                conversation_id: Some(json!(format!(
+                    "conv-{user}-{}",
+                    (now - ts) / MICROS_PER_DAY / 2
+                ))),
+                provider: Some(json!(provider)),
+                model: Some(json!(model)),
+                input_tokens: Some(json!(input_tokens)),
+                output_tokens: Some(json!(if failed {
+                    0
+                } else {
+                    jitter(&mut rng, output as f64) as u64
+                })),
+                cached_tokens: Some(json!(input_tokens / 4)),
+                latency_ms: Some(json!(latency_ms)),
+                time_to_first_token_ms: Some(json!(latency_ms * 0.2)),
+                status: Some(json!(if failed { "error" } else { "success" })),
+                error_type: failed.then(|| json!("rate_limited")),
+                quality_score: Some(json!(rng.gen_range(6.0..10.0f64))),
+                timestamp: Some(json!(tally_core::time::rfc3339(ts))),
+                ..Default::default()
+            }));
+            if batch.len() == 500 {
+                stored += store_usage(state, tenant, std::mem::take(&mut batch)).await?;
+            }
+        }
+    }
+    stored += store_usage(state, tenant, batch).await?;
+    Ok(stored)
+}
+
+async fn store_usage(
+    state: &AppState,
+    tenant: TenantId,
+    batch: Vec<Result<tally_core::usage::UsageInput, tally_core::FieldError>>,
+) -> anyhow::Result<usize> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let results = state
+        .usage
+        .ingest(tenant, batch)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(results
+        .iter()
+        .filter(|r| matches!(r, crate::service::usage::UsageResult::Stored { .. }))
+        .count())
 }
 
 fn demo_event(rng: &mut StdRng, ts: i64, i: usize) -> EventInput {

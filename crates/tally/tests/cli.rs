@@ -109,6 +109,11 @@ fn demo_loads_once_and_is_queryable() {
         .find(|l| l.starts_with("loaded demo tenant"))
         .expect("demo line");
     assert!(loaded.contains("12000 events"), "{loaded}");
+    assert!(
+        loaded.contains("AI calls over 90 days (3 tenants)"),
+        "{loaded}"
+    );
+    let tenant = loaded.split_whitespace().nth(3).unwrap().to_owned();
     let key_line = server
         .stdout_lines
         .iter()
@@ -132,6 +137,19 @@ fn demo_loads_once_and_is_queryable() {
         .as_str()
         .unwrap()
         .ends_with("@demo.example"));
+    let stats: serde_json::Value = client
+        .get(format!(
+            "{}/api/v1/ai/stats/{tenant}?period=last_30d",
+            server.base
+        ))
+        .bearer_auth(&key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(stats["total_messages"].as_u64().unwrap() > 500, "{stats}");
+    assert!(stats["total_cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(stats["provider_breakdown"].as_array().unwrap().len(), 3);
     server.terminate();
     let again = Server::start_with(dir.path(), &["--demo"], &[]);
     assert!(again
