@@ -70,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/ai/usage", post(usage::ingest))
         .route("/ai/prices", get(usage::list_prices).post(usage::put_price))
         .route("/ai/stats/{tenant_id}", get(usage::tenant_stats))
+        .route("/ai/performance", get(usage::performance))
         .route("/openapi.json", get(openapi::serve));
 
     Router::new()

@@ -18,7 +18,7 @@ use super::{admin, auth, dto, health, insights, usage};
         insights::list_activities, insights::get_activity, insights::user_summary,
         insights::identify, insights::put_user, insights::list_users, insights::get_user,
         insights::create_project, insights::put_project, insights::list_projects, insights::get_project,
-        usage::ingest, usage::list_prices, usage::put_price, usage::tenant_stats,
+        usage::ingest, usage::list_prices, usage::put_price, usage::tenant_stats, usage::performance,
     ),
     components(schemas(crate::error::ErrorEnvelope, crate::error::ErrorBody, dto::EventBody)),
     modifiers(&BearerAuth),

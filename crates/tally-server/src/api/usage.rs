@@ -491,3 +491,157 @@ pub async fn tenant_stats(
         },
     }))
 }
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LatencySummary {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub avg: Option<f64>,
+}
+
+impl LatencySummary {
+    fn of(sketch: &tally_core::sketch::LatencySketch, sum_ms: f64) -> Self {
+        let q = |x: f64| sketch.quantile(x).map(|v| round(v, 1));
+        let n = sketch.count();
+        LatencySummary {
+            p50: q(0.5),
+            p95: q(0.95),
+            p99: q(0.99),
+            avg: (n > 0).then(|| round(sum_ms / n as f64, 1)),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PerformanceRow {
+    pub provider: String,
+    /// Absent on provider rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub calls: u64,
+    pub error_rate: f64,
+    pub reliability: f64,
+    pub latency_ms: LatencySummary,
+    pub time_to_first_token_ms: LatencySummary,
+    /// The same figures over the previous period of equal length.
+    pub previous: PreviousPerformance,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PreviousPerformance {
+    pub calls: u64,
+    pub error_rate: f64,
+    pub latency_p95_ms: Option<f64>,
+    /// Percent change of the p95 latency; null without a previous p95.
+    pub latency_p95_change_pct: Option<f64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PerformanceResponse {
+    pub period: String,
+    pub from: String,
+    pub to: String,
+    pub by_provider: Vec<PerformanceRow>,
+    pub by_model: Vec<PerformanceRow>,
+}
+
+fn performance_row(
+    provider: &str,
+    model: Option<&str>,
+    cur: &tally_core::usage::UsageRollup,
+    prev: Option<&tally_core::usage::UsageRollup>,
+) -> PerformanceRow {
+    let rate = |r: &tally_core::usage::UsageRollup| {
+        if r.calls > 0 {
+            round(r.errors as f64 / r.calls as f64, 4)
+        } else {
+            0.0
+        }
+    };
+    let latency = LatencySummary::of(&cur.latency, cur.latency_sum_ms);
+    let prev_p95 = prev
+        .and_then(|p| p.latency.quantile(0.95))
+        .map(|v| round(v, 1));
+    PerformanceRow {
+        provider: provider.to_owned(),
+        model: model.map(str::to_owned),
+        calls: cur.calls,
+        error_rate: rate(cur),
+        reliability: round(1.0 - rate(cur), 4),
+        previous: PreviousPerformance {
+            calls: prev.map_or(0, |p| p.calls),
+            error_rate: prev.map_or(0.0, rate),
+            latency_p95_ms: prev_p95,
+            latency_p95_change_pct: match (latency.p95, prev_p95) {
+                (Some(now), Some(before)) if before > 0.0 => {
+                    Some(round((now - before) / before * 100.0, 1))
+                }
+                _ => None,
+            },
+        },
+        latency_ms: latency,
+        time_to_first_token_ms: LatencySummary::of(&cur.ttft, cur.ttft_sum_ms),
+    }
+}
+
+/// Latency percentiles (from merged sketches, 1 % relative error), time to first token,
+/// error rate and reliability per provider and model, against the previous period.
+#[utoipa::path(get, path = "/api/v1/ai/performance", tag = "ai", params(StatsQuery, TenantQuery),
+    responses((status = 200, body = PerformanceResponse), (status = 400, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn performance(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<StatsQuery>,
+    ApiQuery(t): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<PerformanceResponse>> {
+    use crate::service::usage::Period;
+    require(&p, Action::Read)?;
+    let tenant = tenant_for(&p, t.tenant_id.as_deref())?;
+    let (label, hours) = parse_period(&q)?;
+    let period = Period::last_hours(tally_core::time::now_micros(), hours);
+    let cur = state.usage.totals(tenant, period).await?;
+    let prev = state.usage.totals(tenant, period.previous()).await?;
+
+    let by_provider_of = |totals: &crate::service::usage::ModelTotals| -> ApiResult<
+        std::collections::BTreeMap<String, tally_core::usage::UsageRollup>,
+    > {
+        let mut out: std::collections::BTreeMap<String, tally_core::usage::UsageRollup> =
+            Default::default();
+        for ((provider, _), r) in totals {
+            match out.get_mut(provider) {
+                Some(acc) => acc.merge(r).map_err(ApiError::internal)?,
+                None => {
+                    out.insert(provider.clone(), r.clone());
+                }
+            }
+        }
+        Ok(out)
+    };
+    let (cur_p, prev_p) = (by_provider_of(&cur)?, by_provider_of(&prev)?);
+    let mut by_provider: Vec<PerformanceRow> = cur_p
+        .iter()
+        .map(|(provider, r)| performance_row(provider, None, r, prev_p.get(provider)))
+        .collect();
+    by_provider.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.provider.cmp(&b.provider)));
+    let mut by_model: Vec<PerformanceRow> = cur
+        .iter()
+        .map(|((provider, model), r)| {
+            performance_row(
+                provider,
+                Some(model),
+                r,
+                prev.get(&(provider.clone(), model.clone())),
+            )
+        })
+        .collect();
+    by_model.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.model.cmp(&b.model)));
+    Ok(Json(PerformanceResponse {
+        period: label,
+        from: tally_core::time::rfc3339(period.from),
+        to: tally_core::time::rfc3339(period.to),
+        by_provider,
+        by_model,
+    }))
+}

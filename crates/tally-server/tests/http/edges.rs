@@ -183,6 +183,7 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/ai/usage",
         "/api/v1/ai/prices",
         "/api/v1/ai/stats/{tenant_id}",
+        "/api/v1/ai/performance",
         "/healthz",
         "/readyz",
     ] {

@@ -301,3 +301,70 @@ async fn stats_of_another_tenant_need_the_admin_role() {
         (StatusCode::OK, Some(0))
     );
 }
+
+#[tokio::test]
+async fn performance_percentiles_and_comparison_from_known_latencies() {
+    let t = app().await;
+    let at =
+        |hours_ago: i64| (chrono::Utc::now() - chrono::Duration::hours(hours_ago)).to_rfc3339();
+    let mut records = Vec::new();
+    // This period: 100 gpt-4o calls at 100..199 ms (5 errors), TTFT a fifth of latency.
+    for i in 0..100 {
+        let status = if i < 5 { "error" } else { "success" };
+        records.push(json!({"id": format!("c{i}"), "provider": "openai", "model": "gpt-4o", "input_tokens": 10,
+            "latency_ms": 100 + i, "time_to_first_token_ms": (100 + i) as f64 / 5.0, "status": status, "timestamp": at(1)}));
+    }
+    records.push(json!({"id": "h", "provider": "anthropic", "model": "claude-3-5-haiku", "latency_ms": 300, "timestamp": at(1)}));
+    // Previous period: 50 calls at 200..249 ms.
+    for i in 0..50 {
+        records.push(json!({"id": format!("p{i}"), "provider": "openai", "model": "gpt-4o", "latency_ms": 200 + i, "timestamp": at(30)}));
+    }
+    assert_eq!(
+        t.post("/api/v1/ai/usage", json!({"records": records}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
+    let r = t.get("/api/v1/ai/performance?period=last_24h").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let near =
+        |v: &serde_json::Value, want: f64| (v.as_f64().unwrap() - want).abs() <= want * 0.011;
+    let m = &r.body["by_model"][0];
+    assert_eq!(
+        (
+            m["provider"].as_str(),
+            m["model"].as_str(),
+            m["calls"].as_u64()
+        ),
+        (Some("openai"), Some("gpt-4o"), Some(100))
+    );
+    assert_eq!(
+        (m["error_rate"].as_f64(), m["reliability"].as_f64()),
+        (Some(0.05), Some(0.95))
+    );
+    assert!(near(&m["latency_ms"]["p50"], 149.0), "{}", m["latency_ms"]);
+    assert!(near(&m["latency_ms"]["p95"], 194.0), "{}", m["latency_ms"]);
+    assert!(near(&m["latency_ms"]["p99"], 198.0), "{}", m["latency_ms"]);
+    assert_eq!(m["latency_ms"]["avg"], 149.5);
+    assert!(
+        near(&m["time_to_first_token_ms"]["p95"], 38.8),
+        "{}",
+        m["time_to_first_token_ms"]
+    );
+    assert_eq!(m["previous"]["calls"], 50);
+    assert!(near(&m["previous"]["latency_p95_ms"], 247.0));
+    let change = m["previous"]["latency_p95_change_pct"].as_f64().unwrap();
+    assert!((change - (-21.5)).abs() < 2.5, "{change}"); // 194 vs 247 ms
+    let providers: Vec<_> = r.body["by_provider"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["provider"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(providers, ["openai", "anthropic"]);
+    assert!(r.body["by_provider"][1]["previous"]["latency_p95_change_pct"].is_null());
+
+    let r = t.get("/api/v1/ai/performance?days=0").await;
+    assert_eq!((r.code(), r.field()), ("INSIGHTS_003", "days"));
+}
