@@ -463,7 +463,7 @@ pub async fn list_activities(
         .map(|e| {
             let user = e.user_id.as_ref().and_then(|u| result.users.get(u));
             let project = e.project_id.as_ref().and_then(|p| result.projects.get(p));
-            activity_json(e.clone(), user, project, false)
+            activity_json(e, user, project, false)
         })
         .collect();
     Ok(Json(ActivityList {
