@@ -55,6 +55,15 @@ fn parse_event(raw: &str) -> Result<EventInput, FieldError> {
     parse_item(raw, "event")
 }
 
+/// 201 when an upsert created the record, 200 when it updated one.
+fn upsert_status(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 pub(crate) fn item_error(e: &FieldError) -> ItemError {
     ItemError {
         code: e.code.to_owned(),
@@ -655,14 +664,7 @@ pub async fn identify(
         .insights
         .upsert_user(p.tenant_id, profile_from(user_id, body)?)
         .await?;
-    Ok((
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(user_response(stored)),
-    ))
+    Ok((upsert_status(created), Json(user_response(stored))))
 }
 
 /// Create or update a tracked user's profile.
@@ -689,14 +691,7 @@ pub async fn put_user(
         .insights
         .upsert_user(p.tenant_id, profile_from(path_id, body)?)
         .await?;
-    Ok((
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(user_response(stored)),
-    ))
+    Ok((upsert_status(created), Json(user_response(stored))))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -812,14 +807,7 @@ pub async fn create_project(
         .insights
         .upsert_project(p.tenant_id, project_from(id, body)?)
         .await?;
-    Ok((
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(project_response(stored)),
-    ))
+    Ok((upsert_status(created), Json(project_response(stored))))
 }
 
 /// Create or update a project by id.
@@ -847,14 +835,7 @@ pub async fn put_project(
         .insights
         .upsert_project(p.tenant_id, project_from(id, body)?)
         .await?;
-    Ok((
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(project_response(stored)),
-    ))
+    Ok((upsert_status(created), Json(project_response(stored))))
 }
 
 /// List projects.
