@@ -171,7 +171,7 @@ pub fn summarize_user(
         activities_this_week: week_n,
         most_active_day,
         most_active_hour,
-        average_activities_per_day: round2(total as f64 / days as f64),
+        average_activities_per_day: round_to(total as f64 / days as f64, 2),
         by_event_type: by_type,
         by_project: ranked(by_project, usize::MAX),
         top_actions: ranked(by_action, TOP_ACTIONS),
@@ -185,8 +185,10 @@ fn ranked(counts: HashMap<&str, u64>, limit: usize) -> Vec<(String, u64)> {
     v
 }
 
-pub fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
+/// `x` rounded to `decimals` places, for display (never for money: see `pricing::Nanos`).
+pub fn round_to(x: f64, decimals: i32) -> f64 {
+    let p = 10f64.powi(decimals);
+    (x * p).round() / p
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use tally_core::activity::round_to as round;
 use tally_core::auth::Action;
 use tally_core::pricing::{ModelPrice, Nanos};
 use tally_core::usage::{CostSource, UsageInput};
@@ -316,11 +317,6 @@ pub struct TenantStats {
     pub provider_breakdown: Vec<ProviderShare>,
     pub insights: Vec<Insight>,
     pub projections: Projections,
-}
-
-fn round(x: f64, decimals: i32) -> f64 {
-    let p = 10f64.powi(decimals);
-    (x * p).round() / p
 }
 
 fn parse_period(q: &StatsQuery) -> Result<(String, i64), FieldError> {
