@@ -90,23 +90,22 @@ struct Fixture {
     key: String,
 }
 
-async fn fresh_server() -> anyhow::Result<Fixture> {
+/// A fresh data dir (under `TALLY_BENCH_DIR`) with one tenant and a key of `scopes`.
+fn bench_tenant(scopes: &str) -> anyhow::Result<(tempfile::TempDir, String, String)> {
     let dir =
         tempfile::tempdir_in(std::env::var("TALLY_BENCH_DIR").unwrap_or_else(|_| ".".into()))?;
     let tenant = admin(dir.path(), &["tenant", "create", "--name", "bench"])?;
     let key = admin(
         dir.path(),
         &[
-            "key",
-            "create",
-            "--tenant",
-            &tenant,
-            "--name",
-            "bench",
-            "--scopes",
-            "ingest,read",
+            "key", "create", "--tenant", &tenant, "--name", "bench", "--scopes", scopes,
         ],
     )?;
+    Ok((dir, tenant, key))
+}
+
+async fn fresh_server() -> anyhow::Result<Fixture> {
+    let (dir, _, key) = bench_tenant("ingest,read")?;
     let server = Server::start(dir.path())?;
     Ok(Fixture {
         _dir: dir,
@@ -294,15 +293,7 @@ pub async fn track(rate: u64, seconds: u64) -> anyhow::Result<()> {
 /// group-commit path the API uses, without HTTP), then measures listing queries.
 pub async fn activities(n: usize, queries: usize) -> anyhow::Result<()> {
     println!("== activity listing with {n} stored events over 30 days (budget p95 < 20 ms)");
-    let dir =
-        tempfile::tempdir_in(std::env::var("TALLY_BENCH_DIR").unwrap_or_else(|_| ".".into()))?;
-    let tenant_s = admin(dir.path(), &["tenant", "create", "--name", "bench"])?;
-    let key = admin(
-        dir.path(),
-        &[
-            "key", "create", "--tenant", &tenant_s, "--name", "bench", "--scopes", "read",
-        ],
-    )?;
+    let (dir, tenant_s, key) = bench_tenant("read")?;
     let tenant: TenantId = tenant_s.parse().context("tenant id")?;
     let load_start = Instant::now();
     {
