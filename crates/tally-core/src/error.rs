@@ -41,6 +41,10 @@ impl FieldError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(codes::VALIDATION_ERROR, field, message)
     }
+
+    pub fn required(field: impl Into<String>) -> Self {
+        Self::new(codes::VALIDATION_ERROR, field, "is required")
+    }
 }
 
 impl std::fmt::Display for FieldError {

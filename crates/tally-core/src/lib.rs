@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod pricing;
+pub mod quota;
 pub mod sensitive;
 pub mod sketch;
 pub mod tenancy;

@@ -565,3 +565,90 @@ impl UsageRollup {
         Ok(())
     }
 }
+
+/// Sums over the calls of one user or one conversation (no sketches: these dimensions have
+/// too many members to carry one each).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageTotals {
+    pub calls: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost: Nanos,
+    pub latency_sum_ms: f64,
+    /// First and last call times, UTC microseconds.
+    pub first_ts: i64,
+    pub last_ts: i64,
+}
+
+impl UsageTotals {
+    pub fn add(&mut self, r: &UsageRecord) {
+        let first = self.calls == 0;
+        self.calls += 1;
+        self.errors += u64::from(r.status != CallStatus::Success);
+        self.input_tokens += r.tokens.input;
+        self.output_tokens += r.tokens.output;
+        self.cost = self.cost.saturating_add(r.cost);
+        self.latency_sum_ms += r.latency_ms.unwrap_or(0.0);
+        self.first_ts = if first { r.timestamp } else { self.first_ts.min(r.timestamp) };
+        self.last_ts = if first { r.timestamp } else { self.last_ts.max(r.timestamp) };
+    }
+
+    pub fn merge(&mut self, o: &UsageTotals) {
+        if o.calls == 0 {
+            return;
+        }
+        let first = self.calls == 0;
+        self.calls += o.calls;
+        self.errors += o.errors;
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cost = self.cost.saturating_add(o.cost);
+        self.latency_sum_ms += o.latency_sum_ms;
+        self.first_ts = if first { o.first_ts } else { self.first_ts.min(o.first_ts) };
+        self.last_ts = if first { o.last_ts } else { self.last_ts.max(o.last_ts) };
+    }
+}
+
+/// One user's calls over a range of days.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserUsage {
+    pub user_id: String,
+    pub totals: UsageTotals,
+}
+
+/// One conversation's calls, all time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationUsage {
+    pub conversation_id: String,
+    /// The user of its first stored call.
+    pub user_id: Option<String>,
+    pub totals: UsageTotals,
+}
+
+/// A stored usage record with its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredUsage {
+    pub id: i64,
+    pub record: UsageRecord,
+}
+
+/// Filters for listing raw usage records (seed 003's Django-style filters).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageFilter {
+    /// `[from, to)` on the call time, UTC microseconds.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub min_cost: Option<Nanos>,
+    pub max_cost: Option<Nanos>,
+    pub provider: Option<String>,
+    /// Any of these models.
+    pub models: Vec<String>,
+    pub user_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub job_id: Option<String>,
+    pub status: Option<CallStatus>,
+    pub min_quality: Option<f64>,
+    /// Case-insensitive substring of the model, conversation, job, error type or metadata.
+    pub search: Option<String>,
+}
