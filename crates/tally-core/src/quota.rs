@@ -113,10 +113,7 @@ impl QuotaScope {
     pub fn matches(&self, provider: &str, model: &str, user_id: Option<&str>) -> bool {
         self.provider.as_deref().is_none_or(|p| p == provider)
             && self.model.as_deref().is_none_or(|m| m == model)
-            && self
-                .user_id
-                .as_deref()
-                .is_none_or(|u| Some(u) == user_id)
+            && self.user_id.as_deref().is_none_or(|u| Some(u) == user_id)
     }
 
     pub fn is_tenant_wide(&self) -> bool {
@@ -343,9 +340,19 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
         }
         (_, Some(Value::Number(n))) => match n.as_i64().filter(|n| *n > 0) {
             Some(n) => n,
-            None => return Err(FieldError::invalid(f("limit"), "must be a positive integer")),
+            None => {
+                return Err(FieldError::invalid(
+                    f("limit"),
+                    "must be a positive integer",
+                ))
+            }
         },
-        (_, Some(_)) => return Err(FieldError::invalid(f("limit"), "must be a positive integer")),
+        (_, Some(_)) => {
+            return Err(FieldError::invalid(
+                f("limit"),
+                "must be a positive integer",
+            ))
+        }
     };
     let scope = QuotaScope {
         provider: text("provider", input.provider, 64)?.map(|p| p.to_ascii_lowercase()),
@@ -430,8 +437,9 @@ mod tests {
 
     #[test]
     fn cost_limits_are_exact_and_names_default_from_the_scope() {
-        let r = rule(json!({"metric": "cost_usd", "window": "day", "limit": "100.50", "model": "o3"}))
-            .unwrap();
+        let r =
+            rule(json!({"metric": "cost_usd", "window": "day", "limit": "100.50", "model": "o3"}))
+                .unwrap();
         assert_eq!(r.limit, 100_500_000_000);
         assert_eq!(r.name, "day cost_usd o3");
         assert_eq!((r.warn_percent, r.enforce), (80, true));
@@ -443,13 +451,30 @@ mod tests {
     #[test]
     fn bad_rules_name_the_field() {
         let field = |v: Value| rule(v).unwrap_err().field;
-        assert_eq!(field(json!({"window": "day", "limit": 1})), "quotas[0].metric");
-        assert_eq!(field(json!({"metric": "tokens", "window": "week", "limit": 1})), "quotas[0].window");
-        assert_eq!(field(json!({"metric": "tokens", "window": "day", "limit": 0})), "quotas[0].limit");
-        assert_eq!(field(json!({"metric": "tokens", "window": "day", "limit": 1.5})), "quotas[0].limit");
-        assert_eq!(field(json!({"metric": "cost_usd", "window": "day", "limit": "-3"})), "quotas[0].limit");
         assert_eq!(
-            field(json!({"metric": "tokens", "window": "day", "limit": 5, "user_id": "u", "model": "o3"})),
+            field(json!({"window": "day", "limit": 1})),
+            "quotas[0].metric"
+        );
+        assert_eq!(
+            field(json!({"metric": "tokens", "window": "week", "limit": 1})),
+            "quotas[0].window"
+        );
+        assert_eq!(
+            field(json!({"metric": "tokens", "window": "day", "limit": 0})),
+            "quotas[0].limit"
+        );
+        assert_eq!(
+            field(json!({"metric": "tokens", "window": "day", "limit": 1.5})),
+            "quotas[0].limit"
+        );
+        assert_eq!(
+            field(json!({"metric": "cost_usd", "window": "day", "limit": "-3"})),
+            "quotas[0].limit"
+        );
+        assert_eq!(
+            field(
+                json!({"metric": "tokens", "window": "day", "limit": 5, "user_id": "u", "model": "o3"})
+            ),
             "quotas[0].user_id"
         );
         assert_eq!(
@@ -485,7 +510,10 @@ mod tests {
 
     #[test]
     fn month_windows_follow_the_calendar() {
-        let ts = Utc.with_ymd_and_hms(2024, 12, 15, 8, 0, 0).unwrap().timestamp_micros();
+        let ts = Utc
+            .with_ymd_and_hms(2024, 12, 15, 8, 0, 0)
+            .unwrap()
+            .timestamp_micros();
         let (s, e) = QuotaWindow::Month.bounds(ts);
         assert_eq!(time::rfc3339(s), "2024-12-01T00:00:00Z");
         assert_eq!(time::rfc3339(e), "2025-01-01T00:00:00Z");
@@ -499,7 +527,10 @@ mod tests {
         assert_eq!(decide(&r, usd(7), usd(1)), Decision::Warn);
         assert_eq!(decide(&r, usd(7), usd(3)), Decision::Warn);
         assert_eq!(decide(&r, usd(7), usd(4)), Decision::Block);
-        let soft = QuotaRule { enforce: false, ..r };
+        let soft = QuotaRule {
+            enforce: false,
+            ..r
+        };
         assert_eq!(decide(&soft, usd(7), usd(4)), Decision::Warn);
     }
 }

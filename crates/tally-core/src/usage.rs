@@ -590,8 +590,16 @@ impl UsageTotals {
         self.output_tokens += r.tokens.output;
         self.cost = self.cost.saturating_add(r.cost);
         self.latency_sum_ms += r.latency_ms.unwrap_or(0.0);
-        self.first_ts = if first { r.timestamp } else { self.first_ts.min(r.timestamp) };
-        self.last_ts = if first { r.timestamp } else { self.last_ts.max(r.timestamp) };
+        self.first_ts = if first {
+            r.timestamp
+        } else {
+            self.first_ts.min(r.timestamp)
+        };
+        self.last_ts = if first {
+            r.timestamp
+        } else {
+            self.last_ts.max(r.timestamp)
+        };
     }
 
     pub fn merge(&mut self, o: &UsageTotals) {
@@ -605,8 +613,16 @@ impl UsageTotals {
         self.output_tokens += o.output_tokens;
         self.cost = self.cost.saturating_add(o.cost);
         self.latency_sum_ms += o.latency_sum_ms;
-        self.first_ts = if first { o.first_ts } else { self.first_ts.min(o.first_ts) };
-        self.last_ts = if first { o.last_ts } else { self.last_ts.max(o.last_ts) };
+        self.first_ts = if first {
+            o.first_ts
+        } else {
+            self.first_ts.min(o.first_ts)
+        };
+        self.last_ts = if first {
+            o.last_ts
+        } else {
+            self.last_ts.max(o.last_ts)
+        };
     }
 }
 

@@ -10,8 +10,11 @@ use async_trait::async_trait;
 use tally_core::activity::{ActivityFilter, Project, StoredEvent, UserHourCount, UserProfile};
 use tally_core::event::NewEvent;
 use tally_core::pricing::ModelPrice;
+use tally_core::quota::{QuotaEvent, QuotaRule};
 use tally_core::tenancy::{Account, ApiKey, Tenant};
-use tally_core::usage::{Granularity, UsageRecord, UsageRollup};
+use tally_core::usage::{
+    ConversationUsage, Granularity, StoredUsage, UsageFilter, UsageRecord, UsageRollup, UserUsage,
+};
 use tally_core::{ApiKeyId, TenantId};
 use uuid::Uuid;
 
@@ -201,10 +204,75 @@ pub trait UsageStore: Send + Sync {
         to: i64,
     ) -> StoreResult<Vec<UsageRollup>>;
 
+    /// Per-user totals over UTC days `[from_day, to_day)` (days since the epoch), most
+    /// expensive first; only `user` when given.
+    async fn user_usage(
+        &self,
+        tenant: TenantId,
+        from_day: i64,
+        to_day: i64,
+        user: Option<String>,
+        limit: u32,
+    ) -> StoreResult<Vec<UserUsage>>;
+
+    /// Conversations whose last call falls in `[from, to)`, most expensive first.
+    async fn top_conversations(
+        &self,
+        tenant: TenantId,
+        from: i64,
+        to: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<ConversationUsage>>;
+
+    /// Conversations with a call at or after `since`.
+    async fn active_conversations(&self, tenant: TenantId, since: i64) -> StoreResult<u64>;
+
+    async fn conversation(
+        &self,
+        tenant: TenantId,
+        conversation_id: String,
+    ) -> StoreResult<Option<ConversationUsage>>;
+
+    /// Raw records matching `filter`, newest first, and how many match, counted up to
+    /// `count_cap` (a count equal to the cap means "at least").
+    async fn list_usage(
+        &self,
+        tenant: TenantId,
+        filter: UsageFilter,
+        offset: u64,
+        limit: u32,
+        count_cap: u64,
+    ) -> StoreResult<(u64, Vec<StoredUsage>)>;
+
     /// The tenant's price overrides.
     async fn price_overrides(&self, tenant: TenantId) -> StoreResult<Vec<ModelPrice>>;
     /// Creates or replaces the override for (provider, model, effective_from).
     async fn put_price_override(&self, tenant: TenantId, price: ModelPrice) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait QuotaStore: Send + Sync {
+    async fn quota_rules(&self, tenant: TenantId) -> StoreResult<Vec<QuotaRule>>;
+
+    /// Replaces the tenant's rules. A rule with the metric, window and scope of a stored one
+    /// keeps that rule's id (so its events stay attached). Returns the rules as stored.
+    async fn replace_quota_rules(
+        &self,
+        tenant: TenantId,
+        rules: Vec<QuotaRule>,
+        at: i64,
+    ) -> StoreResult<Vec<QuotaRule>>;
+
+    /// Stores the events not recorded before (same rule, window and threshold) and returns
+    /// those, with their ids.
+    async fn record_quota_events(
+        &self,
+        tenant: TenantId,
+        events: Vec<QuotaEvent>,
+    ) -> StoreResult<Vec<QuotaEvent>>;
+
+    /// The most recent events, newest first.
+    async fn quota_events(&self, tenant: TenantId, limit: u32) -> StoreResult<Vec<QuotaEvent>>;
 }
 
 /// The stores the server runs on, as trait objects so another backend slots in.
@@ -214,6 +282,7 @@ pub struct Stores {
     pub identity: Arc<dyn IdentityStore>,
     pub profiles: Arc<dyn ProfileStore>,
     pub usage: Arc<dyn UsageStore>,
+    pub quotas: Arc<dyn QuotaStore>,
 }
 
 impl Stores {
@@ -222,7 +291,8 @@ impl Stores {
             events: store.clone(),
             identity: store.clone(),
             profiles: store.clone(),
-            usage: store,
+            usage: store.clone(),
+            quotas: store,
         }
     }
 }

@@ -913,3 +913,338 @@ async fn usage_rollups_fold_exact_sums_and_mergeable_percentiles() {
         .unwrap()
         .is_empty());
 }
+
+fn call(i: u32, user: &str, conv: &str, model: &str, ts: &str) -> tally_core::usage::UsageRecord {
+    let input: tally_core::usage::UsageInput = serde_json::from_value(serde_json::json!({
+        "id": format!("call-{i}"), "provider": "openai", "model": model, "input_tokens": 1000,
+        "output_tokens": 500, "latency_ms": 100, "timestamp": ts, "user_id": user,
+        "conversation_id": conv, "metadata": {"feature": if i % 2 == 0 { "search" } else { "chat" }}
+    }))
+    .unwrap();
+    tally_core::usage::validate_usage(
+        input,
+        &tally_core::pricing::default_catalog(),
+        tally_core::time::now_micros(),
+        300,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn usage_folds_per_user_day_and_per_conversation_in_the_same_commit() {
+    use tally_core::pricing::Nanos;
+    let f = open();
+    let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    // gpt-4o (since 2024-08-06): 1000 × $2.50/M + 500 × $10/M = $0.0075 per call; gpt-4o-mini: 1000 × $0.15/M + 500 × $0.60/M = $0.00045.
+    let batch = vec![
+        call(1, "alice", "c-1", "gpt-4o", "2025-07-01T10:00:00Z"),
+        call(2, "alice", "c-1", "gpt-4o", "2025-07-01T10:05:00Z"),
+        call(3, "alice", "c-2", "gpt-4o-mini", "2025-07-02T09:00:00Z"),
+        call(4, "bob", "c-3", "gpt-4o-mini", "2025-07-02T11:00:00Z"),
+    ];
+    f.stores.usage.insert_usage(t, batch.clone()).await.unwrap();
+    f.stores.usage.insert_usage(t, batch).await.unwrap(); // retried: counted once
+    f.stores
+        .usage
+        .insert_usage(
+            t,
+            vec![call(5, "alice", "c-1", "gpt-4o", "2025-07-03T08:00:00Z")],
+        )
+        .await
+        .unwrap();
+
+    let d1 = time::day_of(time::parse_rfc3339("2025-07-01T00:00:00Z").unwrap());
+    let users = f
+        .stores
+        .usage
+        .user_usage(t, d1, d1 + 3, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(users.len(), 2);
+    assert_eq!(users[0].user_id, "alice");
+    assert_eq!(users[0].totals.calls, 4);
+    assert_eq!(users[0].totals.cost, Nanos(3 * 7_500_000 + 450_000));
+    assert_eq!(users[1].user_id, "bob");
+    assert_eq!(users[1].totals.cost, Nanos(450_000));
+    // One day only, one user only.
+    let day2 = f
+        .stores
+        .usage
+        .user_usage(t, d1 + 1, d1 + 2, Some("alice".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!((day2.len(), day2[0].totals.calls), (1, 1));
+
+    let c1 = f
+        .stores
+        .usage
+        .conversation(t, "c-1".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c1.user_id.as_deref(), Some("alice"));
+    assert_eq!((c1.totals.calls, c1.totals.cost), (3, Nanos(3 * 7_500_000)));
+    assert_eq!(
+        c1.totals.first_ts,
+        time::parse_rfc3339("2025-07-01T10:00:00Z").unwrap()
+    );
+    assert_eq!(
+        c1.totals.last_ts,
+        time::parse_rfc3339("2025-07-03T08:00:00Z").unwrap()
+    );
+    assert!(f
+        .stores
+        .usage
+        .conversation(other, "c-1".into())
+        .await
+        .unwrap()
+        .is_none());
+
+    // Top conversations by cost among those last active in the range.
+    let all = f
+        .stores
+        .usage
+        .top_conversations(t, 0, i64::MAX, 10)
+        .await
+        .unwrap();
+    let ids: Vec<_> = all.iter().map(|c| c.conversation_id.as_str()).collect();
+    assert_eq!(ids[0], "c-1");
+    assert_eq!(ids.len(), 3);
+    let july2 = time::parse_rfc3339("2025-07-02T00:00:00Z").unwrap();
+    let on_day2 = f
+        .stores
+        .usage
+        .top_conversations(t, july2, july2 + time::MICROS_PER_DAY, 10)
+        .await
+        .unwrap();
+    assert_eq!(on_day2.len(), 2);
+    assert_eq!(
+        f.stores.usage.active_conversations(t, july2).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        f.stores.usage.active_conversations(other, 0).await.unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn usage_records_list_with_filters_search_and_a_capped_count() {
+    use tally_core::pricing::Nanos;
+    use tally_core::usage::UsageFilter;
+    let f = open();
+    let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    let batch: Vec<_> = (0..20)
+        .map(|i| {
+            let model = if i < 5 { "gpt-4o" } else { "gpt-4o-mini" };
+            call(
+                i,
+                "u",
+                &format!("conv-{i}"),
+                model,
+                &format!("2025-07-01T10:{i:02}:00Z"),
+            )
+        })
+        .collect();
+    f.stores.usage.insert_usage(t, batch).await.unwrap();
+
+    let (n, page) = f
+        .stores
+        .usage
+        .list_usage(t, UsageFilter::default(), 0, 3, 1000)
+        .await
+        .unwrap();
+    assert_eq!(n, 20);
+    assert_eq!(page.len(), 3);
+    assert_eq!(page[0].record.client_id.as_deref(), Some("call-19")); // newest first
+
+    let expensive = UsageFilter {
+        min_cost: Some(Nanos(1_000_000)),
+        ..Default::default()
+    };
+    let (n, _) = f
+        .stores
+        .usage
+        .list_usage(t, expensive, 0, 50, 1000)
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+    let models = UsageFilter {
+        models: vec!["gpt-4o".into(), "nope".into()],
+        from: time::parse_rfc3339("2025-07-01T10:02:00Z"),
+        ..Default::default()
+    };
+    let (n, rows) = f
+        .stores
+        .usage
+        .list_usage(t, models, 0, 50, 1000)
+        .await
+        .unwrap();
+    assert_eq!((n, rows.len()), (3, 3));
+    // Search matches metadata and ids, case-insensitively; % and _ are literal.
+    let search = |s: &str| UsageFilter {
+        search: Some(s.into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.stores
+            .usage
+            .list_usage(t, search("SEARCH"), 0, 50, 1000)
+            .await
+            .unwrap()
+            .0,
+        10
+    );
+    assert_eq!(
+        f.stores
+            .usage
+            .list_usage(t, search("conv-1"), 0, 50, 1000)
+            .await
+            .unwrap()
+            .0,
+        11
+    );
+    assert_eq!(
+        f.stores
+            .usage
+            .list_usage(t, search("%"), 0, 50, 1000)
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    // The count stops at the cap.
+    assert_eq!(
+        f.stores
+            .usage
+            .list_usage(t, UsageFilter::default(), 0, 1, 7)
+            .await
+            .unwrap()
+            .0,
+        7
+    );
+    assert_eq!(
+        f.stores
+            .usage
+            .list_usage(other, UsageFilter::default(), 0, 50, 1000)
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+}
+
+#[tokio::test]
+async fn quota_rules_replace_declaratively_and_events_are_recorded_once() {
+    use tally_core::quota::{QuotaEvent, QuotaMetric, QuotaRule, QuotaScope, QuotaWindow};
+    let f = open();
+    let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    let rule = |name: &str, metric, window, limit, user: Option<&str>| QuotaRule {
+        id: 0,
+        name: name.into(),
+        metric,
+        window,
+        limit,
+        scope: QuotaScope {
+            user_id: user.map(Into::into),
+            ..Default::default()
+        },
+        warn_percent: 80,
+        enforce: true,
+    };
+    let first = f
+        .stores
+        .quotas
+        .replace_quota_rules(
+            t,
+            vec![
+                rule("daily", QuotaMetric::CostUsd, QuotaWindow::Day, 10, None),
+                rule(
+                    "alice",
+                    QuotaMetric::Requests,
+                    QuotaWindow::Month,
+                    5,
+                    Some("alice"),
+                ),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    // Same scope keeps its id (new limit and name); the alice rule is dropped; one is new.
+    let second = f
+        .stores
+        .quotas
+        .replace_quota_rules(
+            t,
+            vec![
+                rule(
+                    "daily budget",
+                    QuotaMetric::CostUsd,
+                    QuotaWindow::Day,
+                    20,
+                    None,
+                ),
+                rule(
+                    "tokens",
+                    QuotaMetric::Tokens,
+                    QuotaWindow::Month,
+                    1000,
+                    None,
+                ),
+            ],
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 2);
+    let daily = second
+        .iter()
+        .find(|r| r.metric == QuotaMetric::CostUsd)
+        .unwrap();
+    assert_eq!(
+        (daily.id, daily.limit, daily.name.as_str()),
+        (first[0].id, 20, "daily budget")
+    );
+    assert!(second.iter().all(|r| r.scope.user_id.is_none()));
+    assert!(f.stores.quotas.quota_rules(other).await.unwrap().is_empty());
+
+    let event = |threshold, ts| QuotaEvent {
+        id: 0,
+        rule_id: daily.id,
+        rule_name: daily.name.clone(),
+        metric: QuotaMetric::CostUsd,
+        window_start: 0,
+        threshold,
+        used: 17,
+        limit: 20,
+        ts,
+    };
+    let stored = f
+        .stores
+        .quotas
+        .record_quota_events(t, vec![event(80, 5), event(80, 6), event(100, 7)])
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(f
+        .stores
+        .quotas
+        .record_quota_events(t, vec![event(80, 8)])
+        .await
+        .unwrap()
+        .is_empty());
+    let listed = f.stores.quotas.quota_events(t, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|e| e.threshold).collect::<Vec<_>>(),
+        vec![100, 80]
+    );
+    assert!(f
+        .stores
+        .quotas
+        .quota_events(other, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -8,6 +8,7 @@ mod checkpoint;
 mod events;
 mod identity;
 mod profiles;
+mod quotas;
 mod schema;
 mod usage;
 mod user_index;

@@ -196,6 +196,72 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, granularity, bucket, provider, model)
     ) WITHOUT ROWID;
     "#,
+    // 4: LLM usage by user (per day) and by conversation, folded with the raw rows;
+    // quota rules and the quota events raised when usage crosses their thresholds.
+    r#"
+    CREATE TABLE llm_user_daily (
+        tenant_id BLOB NOT NULL,
+        day INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        calls INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        latency_sum_ms REAL NOT NULL,
+        first_ts INTEGER NOT NULL,
+        last_ts INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, day, user_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE llm_conversations (
+        tenant_id BLOB NOT NULL,
+        conversation_id TEXT NOT NULL,
+        user_id TEXT,
+        calls INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        latency_sum_ms REAL NOT NULL,
+        first_ts INTEGER NOT NULL,
+        last_ts INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, conversation_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX llm_conversations_by_cost ON llm_conversations(tenant_id, cost_nanos DESC);
+    CREATE INDEX llm_conversations_by_last ON llm_conversations(tenant_id, last_ts);
+
+    CREATE TABLE quota_rules (
+        id INTEGER PRIMARY KEY,
+        tenant_id BLOB NOT NULL,
+        name TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        window_kind TEXT NOT NULL,
+        limit_value INTEGER NOT NULL,
+        -- '' when the rule is not narrowed by that dimension (so UNIQUE applies).
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        warn_percent INTEGER NOT NULL,
+        enforce INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (tenant_id, metric, window_kind, provider, model, user_id)
+    );
+
+    CREATE TABLE quota_events (
+        id INTEGER PRIMARY KEY,
+        tenant_id BLOB NOT NULL,
+        rule_id INTEGER NOT NULL,
+        rule_name TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        threshold INTEGER NOT NULL,
+        used INTEGER NOT NULL,
+        limit_value INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        UNIQUE (tenant_id, rule_id, window_start, threshold)
+    );
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {

@@ -6,8 +6,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use tally_core::pricing::{ModelPrice, Nanos};
 
+use rusqlite::types::Value;
 use tally_core::sketch::LatencySketch;
-use tally_core::usage::{CostSource, Granularity, UsageRecord, UsageRollup};
+use tally_core::time::day_of;
+use tally_core::usage::{
+    CallStatus, ConversationUsage, CostSource, Granularity, StoredUsage, UsageFilter, UsageRecord,
+    UsageRollup, UsageTotals, UserUsage,
+};
 use tally_core::TenantId;
 
 use super::SqliteStore;
@@ -38,13 +43,14 @@ fn insert_tx(
     let tenant_bytes = tenant.0.as_bytes();
     let mut out = Vec::with_capacity(records.len());
     let mut rollups: HashMap<(Granularity, i64, String, String), UsageRollup> = HashMap::new();
+    let mut users: HashMap<(i64, String), UsageTotals> = HashMap::new();
+    let mut conversations: HashMap<String, (Option<String>, UsageTotals)> = HashMap::new();
     for r in records {
         let dedup_ts = if r.client_id.is_some() && r.timestamp_provided {
             r.timestamp
         } else {
             0
         };
-        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let inserted = insert.execute(params![
             tenant_bytes,
             r.client_id,
@@ -85,6 +91,19 @@ fn insert_tx(
                     })
                     .add(&r);
             }
+            if let Some(user) = &r.user_id {
+                users
+                    .entry((day_of(r.timestamp), user.clone()))
+                    .or_default()
+                    .add(&r);
+            }
+            if let Some(conv) = &r.conversation_id {
+                conversations
+                    .entry(conv.clone())
+                    .or_insert_with(|| (r.user_id.clone(), UsageTotals::default()))
+                    .1
+                    .add(&r);
+            }
             continue;
         }
         let client_id = r.client_id.unwrap_or_default();
@@ -99,7 +118,221 @@ fn insert_tx(
     for ((g, _, _, _), delta) in rollups {
         fold_rollup(conn, tenant, g, delta)?;
     }
+    fold_users(conn, tenant, users)?;
+    fold_conversations(conn, tenant, conversations)?;
     Ok(out)
+}
+
+/// The SQL that adds a batch's totals to a stored row (`excluded` is the batch's delta).
+const TOTALS_UPSERT: &str = "calls = calls + excluded.calls, errors = errors + excluded.errors,
+    input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
+    cost_nanos = cost_nanos + excluded.cost_nanos, latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
+    first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts)";
+
+const TOTALS_COLUMNS: &str =
+    "calls, errors, input_tokens, output_tokens, cost_nanos, latency_sum_ms, first_ts, last_ts";
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn fold_users(
+    conn: &Connection,
+    tenant: TenantId,
+    users: HashMap<(i64, String), UsageTotals>,
+) -> StoreResult<()> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT INTO llm_user_daily (tenant_id, day, user_id, {TOTALS_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (tenant_id, day, user_id) DO UPDATE SET {TOTALS_UPSERT}"
+    ))?;
+    for ((day, user), t) in users {
+        stmt.execute(params![
+            tenant.0.as_bytes(),
+            day,
+            user,
+            as_i64(t.calls),
+            as_i64(t.errors),
+            as_i64(t.input_tokens),
+            as_i64(t.output_tokens),
+            t.cost.0,
+            t.latency_sum_ms,
+            t.first_ts,
+            t.last_ts
+        ])?;
+    }
+    Ok(())
+}
+
+fn fold_conversations(
+    conn: &Connection,
+    tenant: TenantId,
+    conversations: HashMap<String, (Option<String>, UsageTotals)>,
+) -> StoreResult<()> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT INTO llm_conversations (tenant_id, conversation_id, user_id, {TOTALS_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET
+             user_id = coalesce(user_id, excluded.user_id), {TOTALS_UPSERT}"
+    ))?;
+    for (conv, (user, t)) in conversations {
+        stmt.execute(params![
+            tenant.0.as_bytes(),
+            conv,
+            user,
+            as_i64(t.calls),
+            as_i64(t.errors),
+            as_i64(t.input_tokens),
+            as_i64(t.output_tokens),
+            t.cost.0,
+            t.latency_sum_ms,
+            t.first_ts,
+            t.last_ts
+        ])?;
+    }
+    Ok(())
+}
+
+/// Reads `TOTALS_COLUMNS` starting at column `at`.
+fn totals_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UsageTotals> {
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(at + i)?.max(0) as u64) };
+    Ok(UsageTotals {
+        calls: u(0)?,
+        errors: u(1)?,
+        input_tokens: u(2)?,
+        output_tokens: u(3)?,
+        cost: Nanos(r.get(at + 4)?),
+        latency_sum_ms: r.get(at + 5)?,
+        first_ts: r.get(at + 6)?,
+        last_ts: r.get(at + 7)?,
+    })
+}
+
+const RECORD_COLUMNS: &str = "id, client_id, user_id, conversation_id, job_id, provider, model, input_tokens,
+    output_tokens, cached_tokens, reasoning_tokens, latency_ms, ttft_ms, status, error_type, quality_score,
+    cost_nanos, cost_source, ts, dedup_ts, received_at, metadata";
+
+fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredUsage> {
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+    let text_err = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown {what}").into(),
+        )
+    };
+    let status: String = r.get(13)?;
+    let source: String = r.get(17)?;
+    let ts: i64 = r.get(18)?;
+    let dedup_ts: i64 = r.get(19)?;
+    Ok(StoredUsage {
+        id: r.get(0)?,
+        record: UsageRecord {
+            client_id: r.get(1)?,
+            user_id: r.get(2)?,
+            conversation_id: r.get(3)?,
+            job_id: r.get(4)?,
+            provider: r.get(5)?,
+            model: r.get(6)?,
+            tokens: tally_core::pricing::TokenUsage {
+                input: u(7)?,
+                output: u(8)?,
+                cached_input: u(9)?,
+                reasoning: u(10)?,
+            },
+            latency_ms: r.get(11)?,
+            time_to_first_token_ms: r.get(12)?,
+            status: CallStatus::parse(&status).ok_or_else(|| text_err(13, "status"))?,
+            error_type: r.get(14)?,
+            quality_score: r.get(15)?,
+            cost: Nanos(r.get(16)?),
+            cost_source: match source.as_str() {
+                "reported" => CostSource::Reported,
+                "catalog" => CostSource::Catalog,
+                "unpriced" => CostSource::Unpriced,
+                _ => return Err(text_err(17, "cost source")),
+            },
+            timestamp: ts,
+            timestamp_provided: dedup_ts != 0,
+            received_at: r.get(20)?,
+            metadata: r.get(21)?,
+        },
+    })
+}
+
+/// The WHERE clause and its parameters for a usage filter (tenant is `?1`).
+fn filter_sql(tenant: TenantId, f: &UsageFilter) -> (String, Vec<Value>) {
+    let mut sql = String::from("tenant_id = ?1");
+    let mut args: Vec<Value> = vec![Value::Blob(tenant.0.as_bytes().to_vec())];
+    let mut push = |sql: &mut String, clause: &str, v: Value| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(from) = f.from {
+        push(&mut sql, " AND ts >= ?", Value::Integer(from));
+    }
+    if let Some(to) = f.to {
+        push(&mut sql, " AND ts < ?", Value::Integer(to));
+    }
+    if let Some(c) = f.min_cost {
+        push(&mut sql, " AND cost_nanos >= ?", Value::Integer(c.0));
+    }
+    if let Some(c) = f.max_cost {
+        push(&mut sql, " AND cost_nanos <= ?", Value::Integer(c.0));
+    }
+    if let Some(p) = &f.provider {
+        push(&mut sql, " AND provider = ?", Value::Text(p.clone()));
+    }
+    if !f.models.is_empty() {
+        sql.push_str(" AND model IN (");
+        for (i, m) in f.models.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            push(&mut sql, "?", Value::Text(m.clone()));
+        }
+        sql.push(')');
+    }
+    if let Some(u) = &f.user_id {
+        push(&mut sql, " AND user_id = ?", Value::Text(u.clone()));
+    }
+    if let Some(c) = &f.conversation_id {
+        push(&mut sql, " AND conversation_id = ?", Value::Text(c.clone()));
+    }
+    if let Some(j) = &f.job_id {
+        push(&mut sql, " AND job_id = ?", Value::Text(j.clone()));
+    }
+    if let Some(s) = f.status {
+        push(&mut sql, " AND status = ?", Value::Text(s.as_str().into()));
+    }
+    if let Some(q) = f.min_quality {
+        push(&mut sql, " AND quality_score >= ?", Value::Real(q));
+    }
+    if let Some(s) = &f.search {
+        let pattern = format!(
+            "%{}%",
+            s.to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        args.push(Value::Text(pattern));
+        let n = args.len();
+        sql.push_str(&format!(
+            " AND (lower(model) LIKE ?{n} ESCAPE '\\' OR lower(coalesce(conversation_id, '')) LIKE ?{n} ESCAPE '\\'
+               OR lower(coalesce(job_id, '')) LIKE ?{n} ESCAPE '\\' OR lower(coalesce(user_id, '')) LIKE ?{n} ESCAPE '\\'
+               OR lower(coalesce(error_type, '')) LIKE ?{n} ESCAPE '\\' OR lower(metadata) LIKE ?{n} ESCAPE '\\')"
+        ));
+    }
+    (sql, args)
+}
+
+fn conversation_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationUsage> {
+    Ok(ConversationUsage {
+        conversation_id: r.get(0)?,
+        user_id: r.get(1)?,
+        totals: totals_from_row(r, 2)?,
+    })
 }
 
 const ROLLUP_COLUMNS: &str = "bucket, provider, model, calls, errors, input_tokens, output_tokens, cached_tokens,
@@ -162,7 +395,6 @@ fn fold_rollup(
         }
         None => delta,
     };
-    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     conn.prepare_cached(&format!(
         "INSERT OR REPLACE INTO llm_usage_rollup (tenant_id, granularity, {ROLLUP_COLUMNS})
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
@@ -239,6 +471,133 @@ impl UsageStore for SqliteStore {
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn user_usage(
+        &self,
+        tenant: TenantId,
+        from_day: i64,
+        to_day: i64,
+        user: Option<String>,
+        limit: u32,
+    ) -> StoreResult<Vec<UserUsage>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT user_id, sum(calls), sum(errors), sum(input_tokens), sum(output_tokens),
+                        sum(cost_nanos), sum(latency_sum_ms), min(first_ts), max(last_ts)
+                 FROM llm_user_daily
+                 WHERE tenant_id = ?1 AND day >= ?2 AND day < ?3 AND (?4 IS NULL OR user_id = ?4)
+                 GROUP BY user_id ORDER BY sum(cost_nanos) DESC, user_id LIMIT ?5",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![tenant.0.as_bytes(), from_day, to_day, user, limit],
+                    |r| {
+                        Ok(UserUsage {
+                            user_id: r.get(0)?,
+                            totals: totals_from_row(r, 1)?,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn top_conversations(
+        &self,
+        tenant: TenantId,
+        from: i64,
+        to: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<ConversationUsage>> {
+        self.read(move |conn| {
+            // Walk the cost index and stop after `limit` conversations in the range: the
+            // most expensive are found without sorting every conversation of the period.
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT conversation_id, user_id, {TOTALS_COLUMNS}
+                 FROM llm_conversations INDEXED BY llm_conversations_by_cost
+                 WHERE tenant_id = ?1 AND last_ts >= ?2 AND last_ts < ?3
+                 ORDER BY cost_nanos DESC LIMIT ?4"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![tenant.0.as_bytes(), from, to, limit],
+                    conversation_from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn active_conversations(&self, tenant: TenantId, since: i64) -> StoreResult<u64> {
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM llm_conversations INDEXED BY llm_conversations_by_last
+                     WHERE tenant_id = ?1 AND last_ts >= ?2",
+                )?
+                .query_row(params![tenant.0.as_bytes(), since], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn conversation(
+        &self,
+        tenant: TenantId,
+        conversation_id: String,
+    ) -> StoreResult<Option<ConversationUsage>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT conversation_id, user_id, {TOTALS_COLUMNS} FROM llm_conversations
+                     WHERE tenant_id = ?1 AND conversation_id = ?2"
+                ))?
+                .query_row(
+                    params![tenant.0.as_bytes(), conversation_id],
+                    conversation_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_usage(
+        &self,
+        tenant: TenantId,
+        filter: UsageFilter,
+        offset: u64,
+        limit: u32,
+        count_cap: u64,
+    ) -> StoreResult<(u64, Vec<StoredUsage>)> {
+        self.read(move |conn| {
+            let (clause, args) = filter_sql(tenant, &filter);
+            let mut count_args = args.clone();
+            count_args.push(Value::Integer(as_i64(count_cap)));
+            let count: i64 = conn
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM llm_usage WHERE {clause} LIMIT ?{})",
+                    count_args.len()
+                ))?
+                .query_row(rusqlite::params_from_iter(count_args), |r| r.get(0))?;
+            let mut page_args = args;
+            page_args.push(Value::Integer(i64::from(limit)));
+            page_args.push(Value::Integer(as_i64(offset)));
+            let n = page_args.len();
+            let rows = conn
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM llm_usage WHERE {clause}
+                     ORDER BY ts DESC, id DESC LIMIT ?{} OFFSET ?{n}",
+                    n - 1
+                ))?
+                .query_map(rusqlite::params_from_iter(page_args), record_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((count.max(0) as u64, rows))
         })
         .await
     }
