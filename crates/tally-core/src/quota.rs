@@ -49,6 +49,26 @@ impl QuotaMetric {
     }
 }
 
+/// What a set of calls used, in every metric's unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowUsage {
+    pub calls: u64,
+    /// Input plus output tokens.
+    pub tokens: u64,
+    pub cost: Nanos,
+}
+
+impl QuotaMetric {
+    pub fn of(self, u: &WindowUsage) -> i64 {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        match self {
+            Self::CostUsd => u.cost.0.max(0),
+            Self::Tokens => clamp(u.tokens),
+            Self::Requests => clamp(u.calls),
+        }
+    }
+}
+
 /// The window a quota resets on (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -215,7 +235,8 @@ pub fn project(used: i64, limit: i64, window: (i64, i64), now: i64) -> Projectio
     let rate = used as f64 / elapsed;
     let at_window_end = used as f64 + rate * (end - now).max(0) as f64;
     let exhaustion_at = if used < limit && rate > 0.0 {
-        let at = now + ((limit - used) as f64 / rate).ceil() as i64;
+        // Float-to-int casts saturate; the sum must too (limits may be huge).
+        let at = now.saturating_add((limit.saturating_sub(used) as f64 / rate).ceil() as i64);
         (at < end).then_some(at)
     } else {
         None
@@ -492,6 +513,13 @@ mod tests {
         assert_eq!(crossed(70, 85, 100, 80), vec![80]);
         assert_eq!(crossed(70, 120, 100, 80), vec![80, 100]);
         assert_eq!(crossed(85, 99, 100, 80), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn projection_with_a_huge_limit_does_not_overflow() {
+        let p = project(10, i64::MAX, (0, 100 * MICROS_PER_DAY), MICROS_PER_DAY);
+        assert_eq!(p.exhaustion_at, None);
+        assert_eq!(p.at_window_end, 1000.0);
     }
 
     #[test]

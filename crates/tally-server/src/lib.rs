@@ -37,6 +37,7 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub insights: Arc<Insights>,
     pub usage: Arc<service::usage::Usage>,
+    pub quotas: Arc<service::quota::Quotas>,
 }
 
 impl AppState {
@@ -58,6 +59,7 @@ impl AppState {
         };
         let auth =
             Authenticator::new(stores.clone(), signer).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let quotas = Arc::new(service::quota::Quotas::new(stores.clone()));
         Ok(Self {
             config: Arc::new(RequestConfig {
                 max_body_bytes: config.limits.max_body_bytes,
@@ -72,8 +74,10 @@ impl AppState {
             )),
             usage: Arc::new(service::usage::Usage::new(
                 stores.clone(),
+                quotas.clone(),
                 config.events.max_future_skew_secs,
             )),
+            quotas,
             stores,
         })
     }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tally_core::activity::{ActivityFilter, Project, StoredEvent, UserHourCount, UserProfile};
 use tally_core::event::NewEvent;
 use tally_core::pricing::ModelPrice;
-use tally_core::quota::{QuotaEvent, QuotaRule};
+use tally_core::quota::{QuotaEvent, QuotaRule, QuotaScope, WindowUsage};
 use tally_core::tenancy::{Account, ApiKey, Tenant};
 use tally_core::usage::{
     ConversationUsage, Granularity, StoredUsage, UsageFilter, UsageRecord, UsageRollup, UserUsage,
@@ -270,6 +270,15 @@ pub trait QuotaStore: Send + Sync {
         tenant: TenantId,
         events: Vec<QuotaEvent>,
     ) -> StoreResult<Vec<QuotaEvent>>;
+
+    /// What the calls in each scope used over `[from, to)` (whole UTC days), read in one
+    /// snapshot, with the highest usage record id that snapshot holds: records with a
+    /// greater id were committed after it.
+    async fn quota_usage(
+        &self,
+        tenant: TenantId,
+        scopes: Vec<(QuotaScope, i64, i64)>,
+    ) -> StoreResult<(i64, Vec<WindowUsage>)>;
 
     /// The most recent events, newest first.
     async fn quota_events(&self, tenant: TenantId, limit: u32) -> StoreResult<Vec<QuotaEvent>>;

@@ -918,7 +918,7 @@ fn call(i: u32, user: &str, conv: &str, model: &str, ts: &str) -> tally_core::us
     let input: tally_core::usage::UsageInput = serde_json::from_value(serde_json::json!({
         "id": format!("call-{i}"), "provider": "openai", "model": model, "input_tokens": 1000,
         "output_tokens": 500, "latency_ms": 100, "timestamp": ts, "user_id": user,
-        "conversation_id": conv, "metadata": {"feature": if i % 2 == 0 { "search" } else { "chat" }}
+        "conversation_id": conv, "metadata": {"feature": if i.is_multiple_of(2) { "search" } else { "chat" }}
     }))
     .unwrap();
     tally_core::usage::validate_usage(

@@ -9,6 +9,7 @@ pub mod extract;
 mod health;
 mod insights;
 pub mod openapi;
+mod quotas;
 mod usage;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -71,6 +72,9 @@ pub fn app(state: AppState) -> Router {
         .route("/ai/prices", get(usage::list_prices).post(usage::put_price))
         .route("/ai/stats/{tenant_id}", get(usage::tenant_stats))
         .route("/ai/performance", get(usage::performance))
+        .route("/ai/quotas", get(quotas::quota_status))
+        .route("/ai/quotas/config", post(quotas::configure))
+        .route("/ai/quotas/test", post(quotas::test))
         .route("/openapi.json", get(openapi::serve));
 
     Router::new()

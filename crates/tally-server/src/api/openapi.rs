@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, auth, dto, health, insights, usage};
+use super::{admin, auth, dto, health, insights, quotas, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use super::{admin, auth, dto, health, insights, usage};
         insights::identify, insights::put_user, insights::list_users, insights::get_user,
         insights::create_project, insights::put_project, insights::list_projects, insights::get_project,
         usage::ingest, usage::list_prices, usage::put_price, usage::tenant_stats, usage::performance,
+        quotas::quota_status, quotas::configure, quotas::test,
     ),
     components(schemas(crate::error::ErrorEnvelope, crate::error::ErrorBody, dto::EventBody)),
     modifiers(&BearerAuth),

@@ -4,5 +4,6 @@
 pub mod auth;
 pub mod cache;
 pub mod insights;
+pub mod quota;
 pub mod tenancy;
 pub mod usage;

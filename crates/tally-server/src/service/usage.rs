@@ -13,10 +13,12 @@ use tally_core::{FieldError, TenantId};
 use tally_store::{Stores, UsageOutcome};
 
 use super::cache::TtlCache;
+use super::quota::Quotas;
 use crate::error::{ApiError, ApiResult};
 
 pub struct Usage {
     stores: Stores,
+    quotas: Arc<Quotas>,
     defaults: PriceCatalog,
     catalogs: TtlCache<TenantId, Arc<PriceCatalog>>,
     max_future_skew_secs: i64,
@@ -35,9 +37,10 @@ pub enum UsageResult {
 }
 
 impl Usage {
-    pub fn new(stores: Stores, max_future_skew_secs: i64) -> Self {
+    pub fn new(stores: Stores, quotas: Arc<Quotas>, max_future_skew_secs: i64) -> Self {
         Self {
             stores,
+            quotas,
             defaults: default_catalog(),
             catalogs: TtlCache::new(Duration::from_secs(30), 10_000),
             max_future_skew_secs,
@@ -76,12 +79,25 @@ impl Usage {
                 Err(e) => priced.push(Err(e)),
             }
         }
-        let mut stored = self
+        let outcomes = self
             .stores
             .usage
-            .insert_usage(tenant, valid)
-            .await?
-            .into_iter();
+            .insert_usage(tenant, valid.clone())
+            .await?;
+        let inserted: Vec<(i64, &UsageRecord)> = outcomes
+            .iter()
+            .zip(&valid)
+            .filter_map(|(o, r)| match o {
+                UsageOutcome::Inserted { id } => Some((*id, r)),
+                UsageOutcome::Duplicate { .. } => None,
+            })
+            .collect();
+        // The records are committed: a failure to update quota state must not fail the
+        // call (the state reloads from the store), so it is logged instead.
+        if let Err(e) = self.quotas.observe(tenant, &inserted, now_micros()).await {
+            tracing::error!(error = %e, "failed to update quota usage");
+        }
+        let mut stored = outcomes.into_iter();
         priced
             .into_iter()
             .map(|r| match r {

@@ -6,6 +6,7 @@
 mod activities;
 mod auth;
 mod edges;
+mod quotas;
 mod support;
 mod tracking;
 mod usage;

@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use tally_core::quota::{QuotaEvent, QuotaMetric, QuotaRule, QuotaScope, QuotaWindow};
+use tally_core::pricing::Nanos;
+use tally_core::quota::{QuotaEvent, QuotaMetric, QuotaRule, QuotaScope, QuotaWindow, WindowUsage};
+use tally_core::time::day_of;
 use tally_core::TenantId;
 
 use super::SqliteStore;
@@ -203,6 +205,56 @@ impl QuotaStore for SqliteStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn quota_usage(
+        &self,
+        tenant: TenantId,
+        scopes: Vec<(QuotaScope, i64, i64)>,
+    ) -> StoreResult<(i64, Vec<WindowUsage>)> {
+        self.read(move |conn| {
+            // One read transaction: the sums and the watermark come from the same snapshot.
+            let tx = conn.unchecked_transaction()?;
+            let watermark: i64 =
+                tx.query_row("SELECT coalesce(max(id), 0) FROM llm_usage", [], |r| {
+                    r.get(0)
+                })?;
+            let mut by_model = tx.prepare_cached(
+                "SELECT coalesce(sum(calls), 0), coalesce(sum(input_tokens + output_tokens), 0),
+                        coalesce(sum(cost_nanos), 0)
+                 FROM llm_usage_rollup
+                 WHERE tenant_id = ?1 AND granularity = 'day' AND bucket >= ?2 AND bucket < ?3
+                   AND (?4 IS NULL OR provider = ?4) AND (?5 IS NULL OR model = ?5)",
+            )?;
+            let mut by_user = tx.prepare_cached(
+                "SELECT coalesce(sum(calls), 0), coalesce(sum(input_tokens + output_tokens), 0),
+                        coalesce(sum(cost_nanos), 0)
+                 FROM llm_user_daily
+                 WHERE tenant_id = ?1 AND day >= ?2 AND day < ?3 AND user_id = ?4",
+            )?;
+            let usage = |r: &rusqlite::Row<'_>| -> rusqlite::Result<WindowUsage> {
+                Ok(WindowUsage {
+                    calls: r.get::<_, i64>(0)?.max(0) as u64,
+                    tokens: r.get::<_, i64>(1)?.max(0) as u64,
+                    cost: Nanos(r.get(2)?),
+                })
+            };
+            let t = tenant.0.as_bytes();
+            let mut out = Vec::with_capacity(scopes.len());
+            for (scope, from, to) in scopes {
+                out.push(match &scope.user_id {
+                    Some(user) => {
+                        by_user.query_row(params![t, day_of(from), day_of(to), user], usage)?
+                    }
+                    None => by_model
+                        .query_row(params![t, from, to, scope.provider, scope.model], usage)?,
+                });
+            }
+            drop((by_model, by_user));
+            tx.finish()?;
+            Ok((watermark, out))
         })
         .await
     }

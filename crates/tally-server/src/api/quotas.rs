@@ -1,0 +1,467 @@
+//! Quotas and budgets (seed 000 QuotaStatusDto, seed 003 budget rules).
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tally_core::activity::round_to as round;
+use tally_core::auth::Action;
+use tally_core::pricing::{Nanos, TokenUsage};
+use tally_core::quota::{
+    Decision, QuotaEvent, QuotaInput, QuotaMetric, QuotaScope, QuotaStatus, QuotaWindow,
+};
+use tally_core::time::{now_micros, rfc3339, to_datetime};
+use tally_core::FieldError;
+
+use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
+use super::insights::{require, tenant_for, TenantQuery};
+use crate::error::ApiResult;
+use crate::service::quota::{
+    display_amount, is_tenant_budget, percent, project, status, CallEstimate, Tracked,
+};
+use crate::service::usage::CHEAPER_SIBLING;
+use crate::AppState;
+
+/// A tenant-wide USD budget (seed 000's `daily_limit` / `monthly_limit`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BudgetStatus {
+    pub limit_usd: f64,
+    pub used_usd: f64,
+    pub usage_percent: f64,
+    pub status: QuotaStatus,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TenantBudgets {
+    pub daily_limit: Option<BudgetStatus>,
+    pub monthly_limit: Option<BudgetStatus>,
+}
+
+/// One configured quota and its current window.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct QuotaView {
+    pub id: i64,
+    pub name: String,
+    pub metric: QuotaMetric,
+    pub window: QuotaWindow,
+    pub scope: QuotaScope,
+    /// In the metric's unit: USD for `cost_usd`, else tokens or calls.
+    pub limit: f64,
+    pub used: f64,
+    pub remaining: f64,
+    pub usage_percent: f64,
+    pub status: QuotaStatus,
+    pub warn_percent: u8,
+    /// Whether calls beyond the limit are refused (else only reported).
+    pub enforce: bool,
+    pub window_start: String,
+    pub resets_at: String,
+    /// Usage at the end of the window if the pace since it started holds.
+    pub projected_usage: f64,
+    pub projected_percent: f64,
+    /// When the limit would be reached at this pace; null if not within this window.
+    pub exhaustion_eta: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct QuotaPredictions {
+    /// The tenant's USD cost expected by the end of today (UTC) at today's pace.
+    pub daily_usage_projection: f64,
+    /// The earliest exhaustion ETA among the quotas; null when none is on course.
+    pub quota_exhaustion_eta: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct QuotaEventView {
+    pub id: i64,
+    pub rule_id: i64,
+    pub rule_name: String,
+    pub metric: QuotaMetric,
+    /// 100 for the limit, else the warning threshold.
+    pub threshold: u8,
+    pub used: f64,
+    pub limit: f64,
+    pub window_start: String,
+    pub at: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct QuotaStatusResponse {
+    pub tenant_id: uuid::Uuid,
+    pub timestamp: String,
+    pub tenant_quotas: TenantBudgets,
+    pub quotas: Vec<QuotaView>,
+    pub predictions: QuotaPredictions,
+    /// Thresholds crossed, newest first (the last 20).
+    pub recent_events: Vec<QuotaEventView>,
+}
+
+fn view(t: &Tracked, now: i64) -> QuotaView {
+    let m = t.rule.metric;
+    let p = project(t.used, t.rule.limit, t.window, now);
+    QuotaView {
+        id: t.rule.id,
+        name: t.rule.name.clone(),
+        metric: m,
+        window: t.rule.window,
+        scope: t.rule.scope.clone(),
+        limit: display_amount(m, t.rule.limit),
+        used: display_amount(m, t.used),
+        remaining: display_amount(m, (t.rule.limit - t.used).max(0)),
+        usage_percent: round(percent(t.used, t.rule.limit), 1),
+        status: status(t.used, t.rule.limit, t.rule.warn_percent),
+        warn_percent: t.rule.warn_percent,
+        enforce: t.rule.enforce,
+        window_start: rfc3339(t.window.0),
+        resets_at: rfc3339(t.window.1),
+        projected_usage: display_amount(m, p.at_window_end.round() as i64),
+        projected_percent: round(percent(p.at_window_end.round() as i64, t.rule.limit), 1),
+        exhaustion_eta: p.exhaustion_at.map(rfc3339),
+    }
+}
+
+fn event_view(e: QuotaEvent) -> QuotaEventView {
+    QuotaEventView {
+        id: e.id,
+        rule_id: e.rule_id,
+        rule_name: e.rule_name,
+        metric: e.metric,
+        threshold: e.threshold,
+        used: display_amount(e.metric, e.used),
+        limit: display_amount(e.metric, e.limit),
+        window_start: rfc3339(e.window_start),
+        at: rfc3339(e.ts),
+    }
+}
+
+async fn status_of(
+    state: &AppState,
+    tenant: tally_core::TenantId,
+) -> ApiResult<QuotaStatusResponse> {
+    let now = now_micros();
+    let snap = state.quotas.snapshot(tenant, now).await?;
+    let budget = |window| {
+        snap.rules
+            .iter()
+            .find(|t| is_tenant_budget(t, window))
+            .map(|t| BudgetStatus {
+                limit_usd: Nanos(t.rule.limit).usd_rounded(2),
+                used_usd: Nanos(t.used).usd_rounded(2),
+                usage_percent: round(percent(t.used, t.rule.limit), 1),
+                status: status(t.used, t.rule.limit, t.rule.warn_percent),
+            })
+    };
+    let quotas: Vec<QuotaView> = snap.rules.iter().map(|t| view(t, now)).collect();
+    let daily = project(snap.today.cost.0, i64::MAX, snap.today_window, now);
+    let eta = snap
+        .rules
+        .iter()
+        .filter_map(|t| project(t.used, t.rule.limit, t.window, now).exhaustion_at)
+        .min();
+    Ok(QuotaStatusResponse {
+        tenant_id: tenant.0,
+        timestamp: rfc3339(now),
+        tenant_quotas: TenantBudgets {
+            daily_limit: budget(QuotaWindow::Day),
+            monthly_limit: budget(QuotaWindow::Month),
+        },
+        quotas,
+        predictions: QuotaPredictions {
+            daily_usage_projection: round(daily.at_window_end / 1e9, 2),
+            quota_exhaustion_eta: eta.map(rfc3339),
+        },
+        recent_events: state
+            .quotas
+            .events(tenant, 20)
+            .await?
+            .into_iter()
+            .map(event_view)
+            .collect(),
+    })
+}
+
+/// Every quota of the tenant with its usage, status, projection and exhaustion ETA.
+#[utoipa::path(get, path = "/api/v1/ai/quotas", tag = "ai", params(TenantQuery),
+    responses((status = 200, body = QuotaStatusResponse)), security(("bearer" = [])))]
+pub async fn quota_status(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<QuotaStatusResponse>> {
+    require(&p, Action::Read)?;
+    let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
+    Ok(Json(status_of(&state, tenant).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaConfig {
+    quotas: Vec<Box<RawValue>>,
+}
+
+/// One quota rule (documentation schema; fields are checked one by one).
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuotaRuleBody {
+    pub name: Option<String>,
+    /// `cost_usd`, `tokens` or `requests`.
+    pub metric: String,
+    /// `day` or `month` (UTC calendar).
+    pub window: String,
+    /// USD as an exact decimal string or number for `cost_usd`; an integer otherwise.
+    #[schema(value_type = String)]
+    pub limit: Value,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// A user rule counts that user's calls to every model.
+    pub user_id: Option<String>,
+    /// 1–99, default 80.
+    pub warn_percent: Option<u8>,
+    /// Refuse calls beyond the limit (default true) or only report them.
+    pub enforce: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuotaConfigBody {
+    pub quotas: Vec<QuotaRuleBody>,
+}
+
+/// Replace the tenant's quota configuration. Rules are validated as a whole: one bad rule
+/// rejects the request, naming its field (`quotas[2].limit`). A rule keeping its metric,
+/// window and scope keeps its id and history.
+#[utoipa::path(post, path = "/api/v1/ai/quotas/config", tag = "ai", request_body = QuotaConfigBody,
+    responses((status = 200, body = QuotaStatusResponse), (status = 400, body = crate::error::ErrorEnvelope),
+              (status = 403, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn configure(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    JsonBody(raw): JsonBody<Box<RawValue>>,
+) -> ApiResult<Json<QuotaStatusResponse>> {
+    require(&p, Action::ManageTenant)?;
+    let config: QuotaConfig = parse_item(raw.get(), "quotas")?;
+    let inputs = config
+        .quotas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let what = format!("quotas[{i}]");
+            parse_item::<QuotaInput>(r.get(), &what).map_err(|mut e| {
+                if e.field != what {
+                    e.field = format!("{what}.{}", e.field);
+                }
+                e
+            })
+        })
+        .collect();
+    state
+        .quotas
+        .configure(p.tenant_id, inputs, now_micros())
+        .await?;
+    Ok(Json(status_of(&state, p.tenant_id).await?))
+}
+
+/// A call to test against the quotas. Give its estimated cost, or its token counts to
+/// price it with the tenant's catalog.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaTestBody {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub user_id: Option<String>,
+    /// Exact decimal USD, e.g. "0.25".
+    #[schema(value_type = Option<String>)]
+    pub estimated_cost_usd: Option<Value>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RuleCheck {
+    pub id: i64,
+    pub name: String,
+    pub metric: QuotaMetric,
+    pub window: QuotaWindow,
+    pub limit: f64,
+    pub used: f64,
+    /// What the call would add.
+    pub amount: f64,
+    pub usage_percent_after: f64,
+    pub remaining_after: f64,
+    pub decision: Decision,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Alternative {
+    pub provider: String,
+    pub model: String,
+    pub estimated_cost_usd: f64,
+    pub decision: Decision,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct QuotaTestResponse {
+    /// The strictest verdict of the matching quotas.
+    pub decision: Decision,
+    pub allowed: bool,
+    pub estimated_cost_usd: f64,
+    pub estimated_tokens: u64,
+    /// One sentence per quota that warns or blocks.
+    pub reasons: Vec<String>,
+    pub quotas: Vec<RuleCheck>,
+    /// Cheaper models of the same family, when the call would not pass cleanly and its
+    /// tokens are known.
+    pub alternatives: Vec<Alternative>,
+}
+
+fn text(field: &str, v: Option<String>) -> Result<String, FieldError> {
+    let v = v.ok_or_else(|| FieldError::required(field))?;
+    let t = v.trim();
+    if t.is_empty() || t.len() > 128 {
+        return Err(FieldError::invalid(field, "must be 1 to 128 characters"));
+    }
+    Ok(t.to_owned())
+}
+
+/// Would a call of this estimated cost pass, warn or be blocked, and why. Nothing is
+/// recorded.
+#[utoipa::path(post, path = "/api/v1/ai/quotas/test", tag = "ai", request_body = QuotaTestBody,
+    params(TenantQuery),
+    responses((status = 200, body = QuotaTestResponse), (status = 400, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn test(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<TenantQuery>,
+    JsonBody(body): JsonBody<QuotaTestBody>,
+) -> ApiResult<Json<QuotaTestResponse>> {
+    require(&p, Action::Read)?;
+    let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
+    let provider = text("provider", body.provider)?.to_ascii_lowercase();
+    let model = text("model", body.model)?;
+    let user_id = body.user_id.map(|u| text("user_id", Some(u))).transpose()?;
+    let tokens = TokenUsage {
+        input: body.input_tokens.unwrap_or(0),
+        output: body.output_tokens.unwrap_or(0),
+        ..Default::default()
+    };
+    let catalog = state.usage.catalog(tenant).await?;
+    let today = to_datetime(now_micros()).date_naive();
+    let cost = match body.estimated_cost_usd {
+        Some(v) => {
+            let s = match &v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => String::new(),
+            };
+            match Nanos::parse_usd(&s) {
+                Ok(n) if n >= Nanos::ZERO => n,
+                _ => {
+                    return Err(FieldError::invalid(
+                        "estimated_cost_usd",
+                        "must be a non-negative decimal, e.g. \"0.25\"",
+                    )
+                    .into())
+                }
+            }
+        }
+        None if body.input_tokens.is_some() || body.output_tokens.is_some() => {
+            match catalog.lookup(&provider, &model, today) {
+                Some(price) => price.cost(&tokens),
+                None => {
+                    return Err(FieldError::invalid(
+                        "model",
+                        format!("no price for {provider}/{model}; give estimated_cost_usd"),
+                    )
+                    .into())
+                }
+            }
+        }
+        None => {
+            return Err(FieldError::required("estimated_cost_usd").into());
+        }
+    };
+    let total_tokens = tokens.input + tokens.output;
+    let now = now_micros();
+    let call = CallEstimate {
+        provider: provider.clone(),
+        model: model.clone(),
+        user_id: user_id.clone(),
+        cost,
+        tokens: total_tokens,
+    };
+    let verdict = state.quotas.check(tenant, &call, now).await?;
+    let mut reasons = Vec::new();
+    let quotas: Vec<RuleCheck> = verdict
+        .rules
+        .iter()
+        .map(|r| {
+            let t = &r.tracked;
+            let m = t.rule.metric;
+            let after = t.used.saturating_add(r.amount);
+            let pct = round(percent(after, t.rule.limit), 1);
+            match r.decision {
+                Decision::Block => reasons.push(format!(
+                    "'{}' would reach {pct} % of its {} limit of {}; it is enforced",
+                    t.rule.name,
+                    t.rule.window.as_str(),
+                    display_amount(m, t.rule.limit)
+                )),
+                Decision::Warn if after > t.rule.limit => reasons.push(format!(
+                    "'{}' would reach {pct} % of its limit; it is not enforced, so the call is only reported",
+                    t.rule.name
+                )),
+                Decision::Warn => reasons.push(format!(
+                    "'{}' would reach {pct} %, at or above its {} % warning threshold",
+                    t.rule.name, t.rule.warn_percent
+                )),
+                Decision::Allow => {}
+            }
+            RuleCheck {
+                id: t.rule.id,
+                name: t.rule.name.clone(),
+                metric: m,
+                window: t.rule.window,
+                limit: display_amount(m, t.rule.limit),
+                used: display_amount(m, t.used),
+                amount: display_amount(m, r.amount),
+                usage_percent_after: pct,
+                remaining_after: display_amount(m, (t.rule.limit - after).max(0)),
+                decision: r.decision,
+            }
+        })
+        .collect();
+    let mut alternatives = Vec::new();
+    if verdict.decision != Decision::Allow && total_tokens > 0 {
+        for (_, _, cheaper) in CHEAPER_SIBLING.iter().filter(|(p, m, _)| {
+            *p == provider
+                && catalog
+                    .lookup(p, &model, today)
+                    .is_some_and(|x| x.model == *m)
+        }) {
+            if let Some(price) = catalog.lookup(&provider, cheaper, today) {
+                let alt = CallEstimate {
+                    model: (*cheaper).to_owned(),
+                    cost: price.cost(&tokens),
+                    ..call.clone()
+                };
+                let v = state.quotas.check(tenant, &alt, now).await?;
+                alternatives.push(Alternative {
+                    provider: provider.clone(),
+                    model: alt.model,
+                    estimated_cost_usd: alt.cost.usd_rounded(6),
+                    decision: v.decision,
+                });
+            }
+        }
+    }
+    Ok(Json(QuotaTestResponse {
+        decision: verdict.decision,
+        allowed: verdict.decision != Decision::Block,
+        estimated_cost_usd: cost.usd_rounded(6),
+        estimated_tokens: total_tokens,
+        reasons,
+        quotas,
+        alternatives,
+    }))
+}

@@ -1,0 +1,339 @@
+//! Quotas and budgets (seed 000 QuotaStatusDto, seed 003 budget rules).
+//!
+//! Each tenant's rules and what their current windows have used live in memory, so the
+//! gateway can ask "may this call go ahead?" without a database round trip. The state is
+//! loaded from the store on first use (rules, then every window's usage read from the
+//! rollups in one snapshot together with the highest record id it holds) and then kept
+//! current by `observe`, which the ingest path calls after each commit. A record is added
+//! only if its id is above the snapshot's watermark, so a record is never counted twice nor
+//! missed, whatever the interleaving of loads and ingests. State is dropped (and reloaded)
+//! when a window rolls over or the rules change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tally_core::pricing::Nanos;
+use tally_core::quota::{
+    self, check_unique, crossed, decide, validate_rule, Decision, QuotaEvent, QuotaInput,
+    QuotaMetric, QuotaRule, QuotaScope, QuotaWindow, WindowUsage, MAX_RULES,
+};
+use tally_core::usage::UsageRecord;
+use tally_core::{FieldError, TenantId};
+use tally_store::Stores;
+
+use crate::error::{ApiError, ApiResult};
+
+/// One rule with what its current window has used.
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    pub rule: QuotaRule,
+    /// `[start, end)` of the current window, UTC microseconds.
+    pub window: (i64, i64),
+    /// In the metric's unit (nano-dollars, tokens or calls).
+    pub used: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Loaded {
+    rules: Vec<Tracked>,
+    /// The tenant's whole usage today, for the daily projection.
+    today: WindowUsage,
+    today_window: (i64, i64),
+    /// Records with an id at or below this were counted by the load.
+    watermark: i64,
+    /// The state is stale from this instant on (the first window end).
+    valid_until: i64,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Loaded>>>;
+
+/// A call about to be made, as the gateway (or `POST /ai/quotas/test`) describes it.
+#[derive(Debug, Clone)]
+pub struct CallEstimate {
+    pub provider: String,
+    pub model: String,
+    pub user_id: Option<String>,
+    pub cost: Nanos,
+    /// Input plus output tokens.
+    pub tokens: u64,
+}
+
+/// How one rule judges a call.
+#[derive(Debug, Clone)]
+pub struct RuleVerdict {
+    pub tracked: Tracked,
+    /// What the call would add, in the metric's unit.
+    pub amount: i64,
+    pub decision: Decision,
+}
+
+/// Every matching rule's verdict; the call's decision is the strictest of them.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub rules: Vec<RuleVerdict>,
+}
+
+/// A snapshot of a tenant's quotas for the status endpoint.
+#[derive(Debug, Clone)]
+pub struct QuotaSnapshot {
+    pub rules: Vec<Tracked>,
+    pub today: WindowUsage,
+    pub today_window: (i64, i64),
+}
+
+pub struct Quotas {
+    stores: Stores,
+    slots: Mutex<HashMap<TenantId, Slot>>,
+}
+
+impl Quotas {
+    pub fn new(stores: Stores) -> Self {
+        Self {
+            stores,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, tenant: TenantId) -> Slot {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.entry(tenant).or_default().clone()
+    }
+
+    /// Reads the rules and their windows' usage, and records the thresholds already crossed
+    /// (once per window: the store ignores repeats).
+    async fn load(&self, tenant: TenantId, now: i64) -> ApiResult<Loaded> {
+        let rules = self.stores.quotas.quota_rules(tenant).await?;
+        let today_window = QuotaWindow::Day.bounds(now);
+        let mut scopes: Vec<(QuotaScope, i64, i64)> = rules
+            .iter()
+            .map(|r| {
+                let (from, to) = r.window.bounds(now);
+                (r.scope.clone(), from, to)
+            })
+            .collect();
+        scopes.push((QuotaScope::default(), today_window.0, today_window.1));
+        let (watermark, mut usage) = self.stores.quotas.quota_usage(tenant, scopes).await?;
+        let today = usage.pop().unwrap_or_default();
+        let tracked: Vec<Tracked> = rules
+            .into_iter()
+            .zip(usage)
+            .map(|(rule, u)| Tracked {
+                window: rule.window.bounds(now),
+                used: rule.metric.of(&u),
+                rule,
+            })
+            .collect();
+        let events: Vec<QuotaEvent> = tracked
+            .iter()
+            .flat_map(|t| {
+                crossed(i64::MIN, t.used, t.rule.limit, t.rule.warn_percent)
+                    .into_iter()
+                    .map(move |threshold| event(t, threshold, now))
+            })
+            .collect();
+        self.stores
+            .quotas
+            .record_quota_events(tenant, events)
+            .await?;
+        let valid_until = tracked
+            .iter()
+            .map(|t| t.window.1)
+            .chain([today_window.1])
+            .min()
+            .unwrap_or(i64::MAX);
+        Ok(Loaded {
+            rules: tracked,
+            today,
+            today_window,
+            watermark,
+            valid_until,
+        })
+    }
+
+    /// Runs `f` on the tenant's current state, loading it first if needed.
+    async fn with_state<R>(
+        &self,
+        tenant: TenantId,
+        now: i64,
+        f: impl FnOnce(&mut Loaded) -> R,
+    ) -> ApiResult<R> {
+        let slot = self.slot(tenant);
+        let mut guard = slot.lock().await;
+        if guard.as_ref().is_none_or(|l| now >= l.valid_until) {
+            *guard = Some(self.load(tenant, now).await?);
+        }
+        match guard.as_mut() {
+            Some(state) => Ok(f(state)),
+            None => Err(ApiError::Internal("quota state missing after load".into())),
+        }
+    }
+
+    /// The tenant's rules and current usage.
+    pub async fn snapshot(&self, tenant: TenantId, now: i64) -> ApiResult<QuotaSnapshot> {
+        self.with_state(tenant, now, |s| QuotaSnapshot {
+            rules: s.rules.clone(),
+            today: s.today,
+            today_window: s.today_window,
+        })
+        .await
+    }
+
+    /// Would this call pass, warn or be blocked? Answered from memory once the tenant's
+    /// state is loaded.
+    pub async fn check(
+        &self,
+        tenant: TenantId,
+        call: &CallEstimate,
+        now: i64,
+    ) -> ApiResult<Verdict> {
+        self.with_state(tenant, now, |s| {
+            let rules: Vec<RuleVerdict> = s
+                .rules
+                .iter()
+                .filter(|t| {
+                    t.rule
+                        .scope
+                        .matches(&call.provider, &call.model, call.user_id.as_deref())
+                })
+                .map(|t| {
+                    let amount = t.rule.metric.amount(call.cost, call.tokens);
+                    RuleVerdict {
+                        decision: decide(&t.rule, t.used, amount),
+                        amount,
+                        tracked: t.clone(),
+                    }
+                })
+                .collect();
+            Verdict {
+                decision: rules
+                    .iter()
+                    .map(|r| r.decision)
+                    .max()
+                    .unwrap_or(Decision::Allow),
+                rules,
+            }
+        })
+        .await
+    }
+
+    /// Adds committed records to the tenant's windows and records the thresholds they
+    /// cross. `records` pairs each newly stored record with its id.
+    pub async fn observe(
+        &self,
+        tenant: TenantId,
+        records: &[(i64, &UsageRecord)],
+        now: i64,
+    ) -> ApiResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let events = self
+            .with_state(tenant, now, |s| {
+                let mut events = Vec::new();
+                for (id, r) in records {
+                    if *id <= s.watermark {
+                        continue;
+                    }
+                    if (s.today_window.0..s.today_window.1).contains(&r.timestamp) {
+                        s.today.calls += 1;
+                        s.today.tokens += r.tokens.input + r.tokens.output;
+                        s.today.cost = s.today.cost.saturating_add(r.cost);
+                    }
+                    for t in &mut s.rules {
+                        if !(t.window.0..t.window.1).contains(&r.timestamp) || !t.rule.counts(r) {
+                            continue;
+                        }
+                        let before = t.used;
+                        t.used = t.used.saturating_add(t.rule.amount_of(r));
+                        for threshold in crossed(before, t.used, t.rule.limit, t.rule.warn_percent)
+                        {
+                            events.push(event(t, threshold, now));
+                        }
+                    }
+                }
+                events
+            })
+            .await?;
+        let recorded = self
+            .stores
+            .quotas
+            .record_quota_events(tenant, events)
+            .await?;
+        for e in &recorded {
+            tracing::warn!(tenant = %tenant.0, rule = e.rule_id, threshold = e.threshold,
+                used = e.used, limit = e.limit, "quota threshold crossed");
+        }
+        Ok(())
+    }
+
+    /// Validates and stores a tenant's whole quota configuration, replacing the previous
+    /// one. Rules keep their id (and history) when their metric, window and scope stay.
+    pub async fn configure(
+        &self,
+        tenant: TenantId,
+        inputs: Vec<Result<QuotaInput, FieldError>>,
+        now: i64,
+    ) -> ApiResult<Vec<QuotaRule>> {
+        if inputs.len() > MAX_RULES {
+            return Err(ApiError::TooManyItems(format!(
+                "quotas holds {} rules; the limit is {MAX_RULES}",
+                inputs.len()
+            )));
+        }
+        let rules = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| input.and_then(|q| validate_rule(q, &format!("quotas[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_unique(&rules)?;
+        let slot = self.slot(tenant);
+        let mut guard = slot.lock().await;
+        let stored = self
+            .stores
+            .quotas
+            .replace_quota_rules(tenant, rules, now)
+            .await?;
+        *guard = None;
+        Ok(stored)
+    }
+
+    pub async fn events(&self, tenant: TenantId, limit: u32) -> ApiResult<Vec<QuotaEvent>> {
+        Ok(self.stores.quotas.quota_events(tenant, limit).await?)
+    }
+}
+
+fn event(t: &Tracked, threshold: u8, now: i64) -> QuotaEvent {
+    QuotaEvent {
+        id: 0,
+        rule_id: t.rule.id,
+        rule_name: t.rule.name.clone(),
+        metric: t.rule.metric,
+        window_start: t.window.0,
+        threshold,
+        used: t.used,
+        limit: t.rule.limit,
+        ts: now,
+    }
+}
+
+/// An amount in a metric's unit as the API shows it: USD (6 decimals) for cost, else the
+/// count.
+pub fn display_amount(metric: QuotaMetric, amount: i64) -> f64 {
+    match metric {
+        QuotaMetric::CostUsd => Nanos(amount).usd_rounded(6),
+        QuotaMetric::Tokens | QuotaMetric::Requests => amount as f64,
+    }
+}
+
+/// Whether `t` is a tenant-wide USD budget on `window` (seed 000's daily and monthly limit).
+pub fn is_tenant_budget(t: &Tracked, window: QuotaWindow) -> bool {
+    t.rule.metric == QuotaMetric::CostUsd
+        && t.rule.window == window
+        && t.rule.scope.is_tenant_wide()
+}
+
+pub use quota::{percent, project, status, Projection, QuotaStatus};
