@@ -4,6 +4,7 @@
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
 
 pub const MICROS_PER_SEC: i64 = 1_000_000;
+pub const MICROS_PER_MINUTE: i64 = 60 * MICROS_PER_SEC;
 pub const MICROS_PER_HOUR: i64 = 3_600 * MICROS_PER_SEC;
 pub const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
 

@@ -38,6 +38,7 @@ pub struct AppState {
     pub insights: Arc<Insights>,
     pub usage: Arc<service::usage::Usage>,
     pub quotas: Arc<service::quota::Quotas>,
+    pub analytics: Arc<service::analytics::Analytics>,
 }
 
 impl AppState {
@@ -60,6 +61,11 @@ impl AppState {
         let auth =
             Authenticator::new(stores.clone(), signer).map_err(|e| anyhow::anyhow!("{e}"))?;
         let quotas = Arc::new(service::quota::Quotas::new(stores.clone()));
+        let usage = Arc::new(service::usage::Usage::new(
+            stores.clone(),
+            quotas.clone(),
+            config.events.max_future_skew_secs,
+        ));
         Ok(Self {
             config: Arc::new(RequestConfig {
                 max_body_bytes: config.limits.max_body_bytes,
@@ -72,11 +78,12 @@ impl AppState {
                 Arc::new(enricher),
                 config.events.clone(),
             )),
-            usage: Arc::new(service::usage::Usage::new(
+            analytics: Arc::new(service::analytics::Analytics::new(
                 stores.clone(),
+                usage.clone(),
                 quotas.clone(),
-                config.events.max_future_skew_secs,
             )),
+            usage,
             quotas,
             stores,
         })

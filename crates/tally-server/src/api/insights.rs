@@ -334,7 +334,7 @@ fn check_period(from: Option<NaiveDate>, to: Option<NaiveDate>) -> Result<(), Fi
     Ok(())
 }
 
-fn parse_u32(
+pub(crate) fn parse_u32(
     field: &str,
     v: Option<&str>,
     default: u32,

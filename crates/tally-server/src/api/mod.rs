@@ -3,6 +3,7 @@
 //! JSON the seeds show.
 
 mod admin;
+mod analytics;
 mod auth;
 pub mod dto;
 pub mod extract;
@@ -68,10 +69,39 @@ pub fn app(state: AppState) -> Router {
             "/insights/projects/{project_id}",
             put(insights::put_project).get(insights::get_project),
         )
-        .route("/ai/usage", post(usage::ingest))
+        .route(
+            "/ai/usage",
+            post(usage::ingest).get(analytics::global_usage),
+        )
+        .route("/ai/usage/export", post(analytics::export_usage))
+        .route("/ai/usage/records", get(analytics::records))
+        .route("/ai/usage/dashboard", get(analytics::usage_dashboard))
+        .route(
+            "/ai/usage/model_comparison",
+            get(analytics::model_comparison),
+        )
+        .route("/ai/usage/cost_breakdown", get(analytics::cost_breakdown))
+        .route("/ai/usage/efficiency", get(analytics::efficiency))
+        .route("/ai/usage/trends", get(analytics::trends))
         .route("/ai/prices", get(usage::list_prices).post(usage::put_price))
-        .route("/ai/stats/{tenant_id}", get(usage::tenant_stats))
-        .route("/ai/performance", get(usage::performance))
+        .route("/ai/stats/{tenant_id}", get(analytics::tenant_stats))
+        .route(
+            "/ai/stats/{tenant_id}/export",
+            post(analytics::export_stats),
+        )
+        .route("/ai/costs", get(analytics::costs))
+        .route("/ai/costs/export", post(analytics::export_costs))
+        .route(
+            "/ai/costs/{conversation_id}",
+            get(analytics::conversation_cost),
+        )
+        .route("/ai/performance", get(analytics::performance))
+        .route("/ai/performance/realtime", get(analytics::realtime))
+        .route(
+            "/ai/performance/export",
+            post(analytics::export_performance),
+        )
+        .route("/ai/dashboard/{tenant_id}", get(analytics::dashboard))
         .route("/ai/quotas", get(quotas::quota_status))
         .route("/ai/quotas/config", post(quotas::configure))
         .route("/ai/quotas/test", post(quotas::test))

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, auth, dto, health, insights, quotas, usage};
+use super::{admin, analytics, auth, dto, health, insights, quotas, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,7 +18,11 @@ use super::{admin, auth, dto, health, insights, quotas, usage};
         insights::list_activities, insights::get_activity, insights::user_summary,
         insights::identify, insights::put_user, insights::list_users, insights::get_user,
         insights::create_project, insights::put_project, insights::list_projects, insights::get_project,
-        usage::ingest, usage::list_prices, usage::put_price, usage::tenant_stats, usage::performance,
+        usage::ingest, usage::list_prices, usage::put_price, analytics::tenant_stats, analytics::export_stats, analytics::global_usage, analytics::export_usage,
+        analytics::costs, analytics::conversation_cost, analytics::export_costs,
+        analytics::performance, analytics::realtime, analytics::export_performance,
+        analytics::dashboard, analytics::usage_dashboard, analytics::model_comparison,
+        analytics::efficiency, analytics::cost_breakdown, analytics::trends, analytics::records,
         quotas::quota_status, quotas::configure, quotas::test,
     ),
     components(schemas(crate::error::ErrorEnvelope, crate::error::ErrorBody, dto::EventBody)),

@@ -1,6 +1,7 @@
 //! Domain operations: plain async functions over the stores and core rules. No HTTP here;
 //! handlers in `api` call these, and so does the CLI.
 
+pub mod analytics;
 pub mod auth;
 pub mod cache;
 pub mod insights;

@@ -1,0 +1,778 @@
+//! AI analytics endpoints (seeds 000 and 003): stats, costs, performance, real time,
+//! dashboards, cross-tenant usage, seed 003's views, raw records and exports. Handlers
+//! parse and authorise; the reports come from `service::analytics`.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tally_core::auth::{Action, Principal};
+use tally_core::pricing::Nanos;
+use tally_core::time::{now_micros, rfc3339};
+use tally_core::usage::{CallStatus, UsageFilter};
+use tally_core::{FieldError, TenantId};
+
+use super::extract::{ApiQuery, Auth, JsonBody};
+use super::insights::{parse_u32, require, tenant_for, TenantQuery};
+use crate::error::{ApiError, ApiResult};
+use crate::service::analytics::{
+    ConversationCost, CostBreakdown, CostReport, Dashboard, Efficiency, GlobalUsage,
+    ModelComparison, PerformanceReport, PeriodQuery, Realtime, Table, TenantStats, Trends,
+};
+use crate::service::usage::Period;
+use crate::AppState;
+
+fn period_of(q: &PeriodQuery) -> ApiResult<(String, Period, i64)> {
+    let now = now_micros();
+    let (label, period) = q.resolve(now)?;
+    Ok((label, period, now))
+}
+
+fn read_tenant(p: &Principal, requested: Option<&str>) -> ApiResult<TenantId> {
+    require(p, Action::Read)?;
+    tenant_for(p, requested)
+}
+
+/// Cost, usage, reliability, insights and projections of one tenant's AI calls.
+#[utoipa::path(get, path = "/api/v1/ai/stats/{tenant_id}", tag = "ai",
+    params(("tenant_id" = String, Path), PeriodQuery),
+    responses((status = 200, body = TenantStats), (status = 400, body = crate::error::ErrorEnvelope, description = "INSIGHTS_003 invalid period"),
+              (status = 403, body = crate::error::ErrorEnvelope, description = "another tenant, without the admin role")),
+    security(("bearer" = [])))]
+pub async fn tenant_stats(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(tenant_id): Path<String>,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+) -> ApiResult<Json<TenantStats>> {
+    let tenant = read_tenant(&p, Some(&tenant_id))?;
+    let (label, period, now) = period_of(&q)?;
+    Ok(Json(
+        state.analytics.stats(tenant, label, period, now).await?,
+    ))
+}
+
+/// Latency percentiles (from merged sketches, 1 % relative error), time to first token,
+/// error rate and reliability per provider and model, against the previous period.
+#[utoipa::path(get, path = "/api/v1/ai/performance", tag = "ai", params(PeriodQuery, TenantQuery),
+    responses((status = 200, body = PerformanceReport), (status = 400, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn performance(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+    ApiQuery(t): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<PerformanceReport>> {
+    let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
+    let (label, period, _) = period_of(&q)?;
+    Ok(Json(
+        state.analytics.performance(tenant, label, period).await?,
+    ))
+}
+
+/// The last five minutes: active conversations, messages per minute, response time, and
+/// each provider's status (healthy, degraded, down, idle) against its 24-hour baseline.
+#[utoipa::path(get, path = "/api/v1/ai/performance/realtime", tag = "ai", params(TenantQuery),
+    responses((status = 200, body = Realtime)), security(("bearer" = [])))]
+pub async fn realtime(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(t): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<Realtime>> {
+    let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
+    Ok(Json(state.analytics.realtime(tenant, now_micros()).await?))
+}
+
+/// Costs by provider, model, conversation and user, with recommendations that each carry
+/// a saving computed by repricing the period's tokens.
+#[utoipa::path(get, path = "/api/v1/ai/costs", tag = "ai", params(PeriodQuery, TenantQuery),
+    responses((status = 200, body = CostReport), (status = 400, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn costs(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+    ApiQuery(t): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<CostReport>> {
+    let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
+    let (label, period, now) = period_of(&q)?;
+    Ok(Json(
+        state.analytics.costs(tenant, label, period, now).await?,
+    ))
+}
+
+/// One conversation's cost: totals, cost by model and its most recent calls.
+#[utoipa::path(get, path = "/api/v1/ai/costs/{conversation_id}", tag = "ai",
+    params(("conversation_id" = String, Path), TenantQuery),
+    responses((status = 200, body = ConversationCost), (status = 404, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn conversation_cost(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(conversation_id): Path<String>,
+    ApiQuery(t): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<ConversationCost>> {
+    let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
+    if conversation_id.is_empty() || conversation_id.len() > 256 {
+        return Err(FieldError::invalid("conversation_id", "must be 1 to 256 characters").into());
+    }
+    Ok(Json(
+        state
+            .analytics
+            .conversation(tenant, conversation_id)
+            .await?,
+    ))
+}
+
+/// The tenant's summary with chart-ready daily and hourly series, top models and quotas.
+#[utoipa::path(get, path = "/api/v1/ai/dashboard/{tenant_id}", tag = "ai",
+    params(("tenant_id" = String, Path), PeriodQuery),
+    responses((status = 200, body = Dashboard), (status = 403, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn dashboard(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(tenant_id): Path<String>,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+) -> ApiResult<Json<Dashboard>> {
+    let tenant = read_tenant(&p, Some(&tenant_id))?;
+    let (label, period, now) = period_of(&q)?;
+    Ok(Json(
+        state
+            .analytics
+            .dashboard(tenant, label, period, now)
+            .await?,
+    ))
+}
+
+/// Seed 003's `/ai/usage/dashboard/?days=7`: the dashboard of the caller's tenant.
+#[utoipa::path(get, path = "/api/v1/ai/usage/dashboard", tag = "ai", params(PeriodQuery, TenantQuery),
+    responses((status = 200, body = Dashboard)), security(("bearer" = [])))]
+pub async fn usage_dashboard(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+    ApiQuery(t): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<Dashboard>> {
+    let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
+    let (label, period, now) = period_of(&q)?;
+    Ok(Json(
+        state
+            .analytics
+            .dashboard(tenant, label, period, now)
+            .await?,
+    ))
+}
+
+/// Every tenant's AI usage, ranked by cost, with growth versus the previous period.
+/// Admin role only.
+#[utoipa::path(get, path = "/api/v1/ai/usage", tag = "ai", params(PeriodQuery),
+    responses((status = 200, body = GlobalUsage), (status = 403, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn global_usage(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+) -> ApiResult<Json<GlobalUsage>> {
+    require(&p, Action::Platform)?;
+    let (label, period, _) = period_of(&q)?;
+    Ok(Json(state.analytics.global(label, period).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ModelsQuery {
+    /// Comma-separated models to keep (default: all).
+    models: Option<String>,
+    /// One model (seed 003's `cost_breakdown/?model=o3`).
+    model: Option<String>,
+}
+
+fn model_list(q: &ModelsQuery) -> Result<Vec<String>, FieldError> {
+    let list: Vec<String> = q
+        .models
+        .iter()
+        .chain(q.model.iter())
+        .flat_map(|s| s.split(','))
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if list.len() > 50 || list.iter().any(|m| m.len() > 128) {
+        return Err(FieldError::invalid(
+            "models",
+            "at most 50 models of up to 128 characters",
+        ));
+    }
+    Ok(list)
+}
+
+/// Seed 003: models side by side (cost, quality, speed, reliability), by generation.
+#[utoipa::path(get, path = "/api/v1/ai/usage/model_comparison", tag = "ai",
+    params(PeriodQuery, ModelsQuery, TenantQuery),
+    responses((status = 200, body = ModelComparison)), security(("bearer" = [])))]
+pub async fn model_comparison(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+    ApiQuery(m): ApiQuery<ModelsQuery>,
+    ApiQuery(t): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<ModelComparison>> {
+    let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
+    let (label, period, _) = period_of(&q)?;
+    let models = model_list(&m)?;
+    Ok(Json(
+        state
+            .analytics
+            .model_comparison(tenant, label, period, &models)
+            .await?,
+    ))
+}
+
+/// Seed 003: cost per 1k tokens, per successful call, tokens per second and quality per
+/// dollar, cheapest first.
+#[utoipa::path(get, path = "/api/v1/ai/usage/efficiency", tag = "ai",
+    params(PeriodQuery, ModelsQuery, TenantQuery),
+    responses((status = 200, body = Efficiency)), security(("bearer" = [])))]
+pub async fn efficiency(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+    ApiQuery(m): ApiQuery<ModelsQuery>,
+    ApiQuery(t): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<Efficiency>> {
+    let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
+    let (label, period, _) = period_of(&q)?;
+    let models = model_list(&m)?;
+    Ok(Json(
+        state
+            .analytics
+            .efficiency(tenant, label, period, &models)
+            .await?,
+    ))
+}
+
+/// Seed 003: cost by model (with token kinds), by day and by user; `?model=` narrows it.
+#[utoipa::path(get, path = "/api/v1/ai/usage/cost_breakdown", tag = "ai",
+    params(PeriodQuery, ModelsQuery, TenantQuery),
+    responses((status = 200, body = CostBreakdown)), security(("bearer" = [])))]
+pub async fn cost_breakdown(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+    ApiQuery(m): ApiQuery<ModelsQuery>,
+    ApiQuery(t): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<CostBreakdown>> {
+    let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
+    let (label, period, _) = period_of(&q)?;
+    let mut models = model_list(&m)?;
+    if models.len() > 1 {
+        return Err(FieldError::invalid("model", "give one model").into());
+    }
+    Ok(Json(
+        state
+            .analytics
+            .cost_breakdown(tenant, label, period, models.pop())
+            .await?,
+    ))
+}
+
+/// Seed 003: daily series and whether cost, calls and latency trend up or down.
+#[utoipa::path(get, path = "/api/v1/ai/usage/trends", tag = "ai", params(PeriodQuery, TenantQuery),
+    responses((status = 200, body = Trends)), security(("bearer" = [])))]
+pub async fn trends(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+    ApiQuery(t): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<Trends>> {
+    let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
+    let (label, period, _) = period_of(&q)?;
+    Ok(Json(state.analytics.trends(tenant, label, period).await?))
+}
+
+/// Seed 003's Django-style filters on raw usage records.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)] // the names are seed 003's query parameters
+pub struct RecordsQuery {
+    /// RFC 3339 or YYYY-MM-DD, inclusive.
+    created_at__gte: Option<String>,
+    /// RFC 3339 or YYYY-MM-DD, exclusive.
+    created_at__lt: Option<String>,
+    /// USD.
+    total_cost__gte: Option<String>,
+    total_cost__lte: Option<String>,
+    model_name: Option<String>,
+    /// Comma-separated.
+    model_name__in: Option<String>,
+    provider: Option<String>,
+    user_id: Option<String>,
+    conversation_id: Option<String>,
+    job_id: Option<String>,
+    /// `success`, `error`, `timeout`, `cancelled`.
+    status: Option<String>,
+    quality_score__gte: Option<String>,
+    /// Case-insensitive text in the model, ids, error type or metadata.
+    search: Option<String>,
+    page: Option<String>,
+    /// 1 to 100, default 20.
+    page_size: Option<String>,
+    /// Platform admins only: another tenant.
+    tenant_id: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsageRecordView {
+    pub id: i64,
+    pub client_id: Option<String>,
+    pub created_at: String,
+    pub provider: String,
+    pub model_name: String,
+    pub user_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub job_id: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub total_cost: f64,
+    pub cost_source: tally_core::usage::CostSource,
+    pub latency_ms: Option<f64>,
+    pub time_to_first_token_ms: Option<f64>,
+    pub status: &'static str,
+    pub error_type: Option<String>,
+    pub quality_score: Option<f64>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsageRecordList {
+    /// Matching records, counted up to 10,000.
+    pub count: u64,
+    /// True when `count` stopped at the cap (there may be more).
+    pub count_capped: bool,
+    pub page: u32,
+    pub page_size: u32,
+    pub results: Vec<UsageRecordView>,
+    #[schema(value_type = Object)]
+    pub filters_applied: Value,
+}
+
+pub const RECORD_COUNT_CAP: u64 = 10_000;
+
+fn text_filter(field: &str, v: Option<&str>) -> Result<Option<String>, FieldError> {
+    match v.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) if s.len() > 256 => {
+            Err(FieldError::invalid(field, "must be at most 256 characters"))
+        }
+        Some(s) => Ok(Some(s.to_owned())),
+    }
+}
+
+fn usd_filter(field: &str, v: Option<&str>) -> Result<Option<Nanos>, FieldError> {
+    text_filter(field, v)?
+        .map(|s| match Nanos::parse_usd(&s) {
+            Ok(n) if n >= Nanos::ZERO => Ok(n),
+            _ => Err(FieldError::invalid(
+                field,
+                "must be a non-negative decimal, e.g. 1.00",
+            )),
+        })
+        .transpose()
+}
+
+fn time_filter(field: &str, v: Option<&str>) -> Result<Option<i64>, FieldError> {
+    text_filter(field, v)?
+        .map(|s| {
+            tally_core::time::parse_rfc3339(&s)
+                .or_else(|| {
+                    chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+                        .ok()
+                        .map(|d| {
+                            tally_core::time::day_of_date(d) * tally_core::time::MICROS_PER_DAY
+                        })
+                })
+                .ok_or_else(|| {
+                    FieldError::invalid(field, "must be an RFC 3339 time or a YYYY-MM-DD date")
+                })
+        })
+        .transpose()
+}
+
+/// Raw usage records, newest first, with seed 003's filters (`created_at__gte`,
+/// `total_cost__gte`, `model_name__in`, `search`, …).
+#[utoipa::path(get, path = "/api/v1/ai/usage/records", tag = "ai", params(RecordsQuery),
+    responses((status = 200, body = UsageRecordList), (status = 400, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn records(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<RecordsQuery>,
+) -> ApiResult<Json<UsageRecordList>> {
+    let tenant = read_tenant(&p, q.tenant_id.as_deref())?;
+    let mut models: Vec<String> = text_filter("model_name__in", q.model_name__in.as_deref())?
+        .map(|s| {
+            s.split(',')
+                .map(|m| m.trim().to_owned())
+                .filter(|m| !m.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(m) = text_filter("model_name", q.model_name.as_deref())? {
+        models.push(m);
+    }
+    if models.len() > 50 {
+        return Err(FieldError::invalid("model_name__in", "at most 50 models").into());
+    }
+    let status = text_filter("status", q.status.as_deref())?
+        .map(|s| {
+            CallStatus::parse(&s).ok_or_else(|| {
+                FieldError::invalid("status", "must be success, error, timeout or cancelled")
+            })
+        })
+        .transpose()?;
+    let min_quality = text_filter("quality_score__gte", q.quality_score__gte.as_deref())?
+        .map(|s| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| FieldError::invalid("quality_score__gte", "must be a number"))
+        })
+        .transpose()?;
+    let filter = UsageFilter {
+        from: time_filter("created_at__gte", q.created_at__gte.as_deref())?,
+        to: time_filter("created_at__lt", q.created_at__lt.as_deref())?,
+        min_cost: usd_filter("total_cost__gte", q.total_cost__gte.as_deref())?,
+        max_cost: usd_filter("total_cost__lte", q.total_cost__lte.as_deref())?,
+        provider: text_filter("provider", q.provider.as_deref())?.map(|p| p.to_ascii_lowercase()),
+        models,
+        user_id: text_filter("user_id", q.user_id.as_deref())?,
+        conversation_id: text_filter("conversation_id", q.conversation_id.as_deref())?,
+        job_id: text_filter("job_id", q.job_id.as_deref())?,
+        status,
+        min_quality,
+        search: text_filter("search", q.search.as_deref())?,
+    };
+    let page = parse_u32("page", q.page.as_deref(), 1, 1, 10_000)?;
+    let page_size = parse_u32("page_size", q.page_size.as_deref(), 20, 1, 100)?;
+    let mut applied = Map::new();
+    let pairs: [(&str, &Option<String>); 13] = [
+        ("created_at__gte", &q.created_at__gte),
+        ("created_at__lt", &q.created_at__lt),
+        ("total_cost__gte", &q.total_cost__gte),
+        ("total_cost__lte", &q.total_cost__lte),
+        ("model_name", &q.model_name),
+        ("model_name__in", &q.model_name__in),
+        ("provider", &q.provider),
+        ("user_id", &q.user_id),
+        ("conversation_id", &q.conversation_id),
+        ("job_id", &q.job_id),
+        ("status", &q.status),
+        ("quality_score__gte", &q.quality_score__gte),
+        ("search", &q.search),
+    ];
+    for (k, v) in pairs {
+        if let Some(v) = v.as_deref().filter(|s| !s.is_empty()) {
+            applied.insert(k.into(), Value::from(v));
+        }
+    }
+    let (count, rows) = state
+        .stores
+        .usage
+        .list_usage(
+            tenant,
+            filter,
+            u64::from(page - 1) * u64::from(page_size),
+            page_size,
+            RECORD_COUNT_CAP,
+        )
+        .await?;
+    Ok(Json(UsageRecordList {
+        count,
+        count_capped: count >= RECORD_COUNT_CAP,
+        page,
+        page_size,
+        results: rows
+            .into_iter()
+            .map(|s| {
+                let r = s.record;
+                UsageRecordView {
+                    id: s.id,
+                    client_id: r.client_id,
+                    created_at: rfc3339(r.timestamp),
+                    provider: r.provider,
+                    model_name: r.model,
+                    user_id: r.user_id,
+                    conversation_id: r.conversation_id,
+                    job_id: r.job_id,
+                    input_tokens: r.tokens.input,
+                    output_tokens: r.tokens.output,
+                    cached_tokens: r.tokens.cached_input,
+                    reasoning_tokens: r.tokens.reasoning,
+                    total_cost: r.cost.usd_rounded(6),
+                    cost_source: r.cost_source,
+                    latency_ms: r.latency_ms,
+                    time_to_first_token_ms: r.time_to_first_token_ms,
+                    status: r.status.as_str(),
+                    error_type: r.error_type,
+                    quality_score: r.quality_score,
+                    metadata: serde_json::from_str(&r.metadata).unwrap_or(Value::Null),
+                }
+            })
+            .collect(),
+        filters_applied: Value::Object(applied),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Exports
+
+/// What to export: a format and the report's period.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportBody {
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+    pub period: Option<String>,
+    pub days: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// Platform admins only: another tenant (not for the stats export, which names it in
+    /// the path).
+    pub tenant_id: Option<String>,
+}
+
+impl ExportBody {
+    fn period(&self) -> PeriodQuery {
+        PeriodQuery {
+            period: self.period.clone(),
+            days: self.days.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+        }
+    }
+}
+
+enum Format {
+    Json,
+    Csv,
+}
+
+fn format_of(body: &ExportBody) -> Result<Format, FieldError> {
+    match body.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Format::Json),
+        "csv" => Ok(Format::Csv),
+        _ => Err(FieldError::invalid("format", "must be json or csv")),
+    }
+}
+
+/// Metadata of an export (seed 000's export JSON).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExportMetadata {
+    pub tenant_id: Option<uuid::Uuid>,
+    pub format: &'static str,
+    pub metrics_included: Vec<&'static str>,
+    pub record_count: usize,
+    pub generated_at: String,
+    pub period: String,
+}
+
+fn render_csv(table: &Table) -> ApiResult<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(&table.headers).map_err(ApiError::internal)?;
+    for row in &table.rows {
+        w.write_record(row).map_err(ApiError::internal)?;
+    }
+    w.into_inner().map_err(ApiError::internal)
+}
+
+/// Renders an export as a download: JSON with metadata and summary, or the report's table
+/// as CSV.
+#[allow(clippy::too_many_arguments)]
+fn export<T: Serialize>(
+    kind: &'static str,
+    format: Format,
+    tenant: Option<TenantId>,
+    period: &str,
+    metrics: Vec<&'static str>,
+    summary: Value,
+    report: &T,
+    table: Table,
+) -> ApiResult<Response> {
+    let export_id = uuid::Uuid::new_v4();
+    let scope = tenant.map_or_else(|| "all".to_owned(), |t| t.0.to_string());
+    let (bytes, content_type, file_name) = match format {
+        Format::Csv => (
+            render_csv(&table)?,
+            "text/csv; charset=utf-8",
+            format!("{kind}-{scope}-{period}.csv"),
+        ),
+        Format::Json => {
+            let file_name = format!("{kind}-{scope}-{period}.json");
+            let body = json!({
+                "export_id": export_id,
+                "file_name": file_name,
+                "metadata": ExportMetadata {
+                    tenant_id: tenant.map(|t| t.0),
+                    format: "json",
+                    metrics_included: metrics,
+                    record_count: table.rows.len(),
+                    generated_at: rfc3339(now_micros()),
+                    period: period.to_owned(),
+                },
+                "summary": summary,
+                "data": report,
+            });
+            (
+                serde_json::to_vec(&body).map_err(ApiError::internal)?,
+                "application/json",
+                file_name,
+            )
+        }
+    };
+    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\""))
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// Export one tenant's stats as JSON or CSV (`tenant_id,period,provider,total_cost,…`).
+#[utoipa::path(post, path = "/api/v1/ai/stats/{tenant_id}/export", tag = "ai",
+    params(("tenant_id" = String, Path)), request_body = ExportBody,
+    responses((status = 200, description = "the file (application/json or text/csv)"),
+              (status = 400, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn export_stats(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(tenant_id): Path<String>,
+    JsonBody(body): JsonBody<ExportBody>,
+) -> ApiResult<Response> {
+    let tenant = read_tenant(&p, Some(&tenant_id))?;
+    let format = format_of(&body)?;
+    let (label, period, now) = period_of(&body.period())?;
+    let stats = state
+        .analytics
+        .stats(tenant, label.clone(), period, now)
+        .await?;
+    let summary = json!({
+        "total_cost": stats.total_cost_usd,
+        "total_messages": stats.total_messages,
+        "top_provider": stats.provider_breakdown.first().map(|p| p.provider.clone()),
+    });
+    export(
+        "stats",
+        format,
+        Some(tenant),
+        &label,
+        vec!["cost", "usage", "reliability"],
+        summary,
+        &stats,
+        stats.table(),
+    )
+}
+
+/// Export every tenant's usage (admin role only).
+#[utoipa::path(post, path = "/api/v1/ai/usage/export", tag = "ai", request_body = ExportBody,
+    responses((status = 200, description = "the file"), (status = 403, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn export_usage(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<ExportBody>,
+) -> ApiResult<Response> {
+    require(&p, Action::Platform)?;
+    let format = format_of(&body)?;
+    let (label, period, _) = period_of(&body.period())?;
+    let usage = state.analytics.global(label.clone(), period).await?;
+    let summary = json!({
+        "total_cost": usage.total_cost_usd,
+        "total_messages": usage.total_messages,
+        "active_tenants": usage.active_tenants,
+    });
+    export(
+        "usage",
+        format,
+        None,
+        &label,
+        vec!["cost", "usage", "growth"],
+        summary,
+        &usage,
+        usage.table(),
+    )
+}
+
+/// Export the cost analysis.
+#[utoipa::path(post, path = "/api/v1/ai/costs/export", tag = "ai", request_body = ExportBody,
+    responses((status = 200, description = "the file"), (status = 400, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn export_costs(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<ExportBody>,
+) -> ApiResult<Response> {
+    let tenant = read_tenant(&p, body.tenant_id.as_deref())?;
+    let format = format_of(&body)?;
+    let (label, period, now) = period_of(&body.period())?;
+    let costs = state
+        .analytics
+        .costs(tenant, label.clone(), period, now)
+        .await?;
+    let summary = json!({
+        "total_cost": costs.total_cost_usd,
+        "top_provider": costs.by_provider.first().map(|p| p.provider.clone()),
+        "potential_saving": costs.potential_saving_usd,
+    });
+    export(
+        "costs",
+        format,
+        Some(tenant),
+        &label,
+        vec!["cost"],
+        summary,
+        &costs,
+        costs.table(),
+    )
+}
+
+/// Export the performance report.
+#[utoipa::path(post, path = "/api/v1/ai/performance/export", tag = "ai", request_body = ExportBody,
+    responses((status = 200, description = "the file"), (status = 400, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn export_performance(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    JsonBody(body): JsonBody<ExportBody>,
+) -> ApiResult<Response> {
+    let tenant = read_tenant(&p, body.tenant_id.as_deref())?;
+    let format = format_of(&body)?;
+    let (label, period, _) = period_of(&body.period())?;
+    let perf = state
+        .analytics
+        .performance(tenant, label.clone(), period)
+        .await?;
+    let summary = json!({
+        "calls": perf.by_provider.iter().map(|r| r.calls).sum::<u64>(),
+        "top_provider": perf.by_provider.first().map(|p| p.provider.clone()),
+    });
+    export(
+        "performance",
+        format,
+        Some(tenant),
+        &label,
+        vec!["performance"],
+        summary,
+        &perf,
+        perf.table(),
+    )
+}
