@@ -120,10 +120,20 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::BadRequest {
-                code: "VALIDATION_ERROR",
-                message: e.body_text(),
-                details: serde_json::json!({ "field": "query" }),
+            .map_err(|e| {
+                let message = e.body_text();
+                // An unknown parameter names itself, like an unknown body field does.
+                let field = message
+                    .split("unknown field `")
+                    .nth(1)
+                    .and_then(|rest| rest.split('`').next())
+                    .unwrap_or("query")
+                    .to_owned();
+                ApiError::BadRequest {
+                    code: "VALIDATION_ERROR",
+                    message,
+                    details: serde_json::json!({ "field": field }),
+                }
             })
     }
 }

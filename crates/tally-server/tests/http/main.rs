@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
 
 mod activities;
+mod analytics;
 mod auth;
 mod edges;
 mod quotas;
