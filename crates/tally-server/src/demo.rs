@@ -83,6 +83,7 @@ pub async fn seed(state: &AppState) -> anyhow::Result<String> {
     .await
     .map_err(e)?;
     let events = load_events(state, tenant.id).await?;
+    let quotas = load_quotas(state, tenant.id).await?;
     let mut calls = load_ai_usage(state, tenant.id, 1).await?;
     // Two more tenants, so cross-tenant admin views have something to compare.
     for (i, name) in ["Acme Robotics", "Globex Retail"].into_iter().enumerate() {
@@ -96,7 +97,7 @@ pub async fn seed(state: &AppState) -> anyhow::Result<String> {
         .init_setting(DEMO_SETTING, &tenant.id.to_string())
         .await?;
     Ok(format!(
-        "loaded demo tenant {} with {events} events over {DEMO_DAYS} days and {calls} AI calls over {AI_DAYS} days (3 tenants)\n  log in:  {DEMO_EMAIL} / {password}\n  API key: {key}",
+        "loaded demo tenant {} with {events} events over {DEMO_DAYS} days and {calls} AI calls over {AI_DAYS} days (3 tenants) and {quotas} quotas\n  log in:  {DEMO_EMAIL} / {password}\n  API key: {key}",
         tenant.id
     ))
 }
@@ -177,6 +178,35 @@ const AI_MODELS: [(&str, &str, u32, u64, u64, f64); 6] = [
     ("anthropic", "claude-3-5-haiku", 10, 900, 200, 600.0),
     ("google", "gemini-2.5-flash", 5, 1_500, 400, 800.0),
 ];
+
+/// Budgets a team would set: a daily and a monthly USD budget, a token cap on the most
+/// expensive model, and a per-user request limit.
+async fn load_quotas(state: &AppState, tenant: TenantId) -> anyhow::Result<usize> {
+    let rules = json!([
+        {"name": "Daily AI budget", "metric": "cost_usd", "window": "day", "limit": "1.50"},
+        {"name": "Monthly AI budget", "metric": "cost_usd", "window": "month", "limit": "40"},
+        {"name": "GPT-4o tokens", "metric": "tokens", "window": "day", "limit": 60000,
+         "provider": "openai", "model": "gpt-4o", "enforce": false},
+        {"name": "Per-user daily calls", "metric": "requests", "window": "day", "limit": 25, "user_id": "101"}
+    ]);
+    let inputs = rules
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    serde_json::from_value::<tally_core::quota::QuotaInput>(r.clone())
+                        .map_err(|e| tally_core::FieldError::invalid("quotas", e.to_string()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let stored = state
+        .quotas
+        .configure(tenant, inputs, now_micros())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(stored.len())
+}
 
 /// 90 days of LLM calls through the usage service: growing traffic, a few conversations per
 /// user per day, realistic token counts and latencies, and occasional provider errors.

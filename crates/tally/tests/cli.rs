@@ -110,7 +110,7 @@ fn demo_loads_once_and_is_queryable() {
         .expect("demo line");
     assert!(loaded.contains("12000 events"), "{loaded}");
     assert!(
-        loaded.contains("AI calls over 90 days (3 tenants)"),
+        loaded.contains("AI calls over 90 days (3 tenants) and 4 quotas"),
         "{loaded}"
     );
     let tenant = loaded.split_whitespace().nth(3).unwrap().to_owned();
@@ -150,6 +150,20 @@ fn demo_loads_once_and_is_queryable() {
     assert!(stats["total_messages"].as_u64().unwrap() > 500, "{stats}");
     assert!(stats["total_cost_usd"].as_f64().unwrap() > 0.0);
     assert_eq!(stats["provider_breakdown"].as_array().unwrap().len(), 3);
+    let quotas: serde_json::Value = client
+        .get(format!("{}/api/v1/ai/quotas", server.base))
+        .bearer_auth(&key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(quotas["quotas"].as_array().unwrap().len(), 4, "{quotas}");
+    assert!(
+        quotas["tenant_quotas"]["daily_limit"]["used_usd"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     server.terminate();
     let again = Server::start_with(dir.path(), &["--demo"], &[]);
     assert!(again
