@@ -77,7 +77,7 @@ pub fn stats(mut v: Vec<u64>) -> Stats {
     }
 }
 
-fn print_stats(label: &str, s: &Stats) {
+pub fn print_stats(label: &str, s: &Stats) {
     println!(
         "  {label:<34} n={:<7} p50={:>7.3} ms  p95={:>7.3} ms  p99={:>7.3} ms  max={:>8.3} ms",
         s.n, s.p50, s.p95, s.p99, s.max
@@ -91,7 +91,7 @@ struct Fixture {
 }
 
 /// A fresh data dir (under `TALLY_BENCH_DIR`) with one tenant and a key of `scopes`.
-fn bench_tenant(scopes: &str) -> anyhow::Result<(tempfile::TempDir, String, String)> {
+pub fn bench_tenant(scopes: &str) -> anyhow::Result<(tempfile::TempDir, String, String)> {
     let dir =
         tempfile::tempdir_in(std::env::var("TALLY_BENCH_DIR").unwrap_or_else(|_| ".".into()))?;
     let tenant = admin(dir.path(), &["tenant", "create", "--name", "bench"])?;

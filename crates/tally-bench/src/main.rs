@@ -7,9 +7,12 @@
 //! target/release/tally-bench ingest        # durable batch ingestion throughput
 //! target/release/tally-bench track         # single-event latency at a fixed 1,000 req/s
 //! target/release/tally-bench activities    # activity listing p95 over 10M stored events
+//! target/release/tally-bench ai-ingest     # AI usage ingestion throughput
+//! target/release/tally-bench ai-reads      # every AI analytics endpoint over 10M usage records
 //! target/release/tally-bench all
 //! ```
 
+mod ai;
 mod load;
 mod server;
 
@@ -47,6 +50,22 @@ enum Bench {
         #[arg(long, default_value_t = 2000)]
         queries: usize,
     },
+    /// AI usage ingestion (`POST /api/v1/ai/usage`) throughput.
+    AiIngest {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
+    /// Every AI analytics endpoint with many stored usage records.
+    AiReads {
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+    },
     /// Everything above with defaults.
     All,
 }
@@ -65,10 +84,18 @@ fn main() -> anyhow::Result<()> {
             } => load::ingest(seconds, connections, batch).await,
             Bench::Track { rate, seconds } => load::track(rate, seconds).await,
             Bench::Activities { events, queries } => load::activities(events, queries).await,
+            Bench::AiIngest {
+                seconds,
+                connections,
+                batch,
+            } => ai::ingest(seconds, connections, batch).await,
+            Bench::AiReads { records, queries } => ai::reads(records, queries).await,
             Bench::All => {
                 load::ingest(20, 8, 100).await?;
                 load::track(1000, 20).await?;
-                load::activities(10_000_000, 2000).await
+                load::activities(10_000_000, 2000).await?;
+                ai::ingest(20, 8, 100).await?;
+                ai::reads(10_000_000, 2000).await
             }
         }
     })

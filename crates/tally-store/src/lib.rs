@@ -205,7 +205,8 @@ pub trait UsageStore: Send + Sync {
     ) -> StoreResult<Vec<UsageRollup>>;
 
     /// Per-user totals over UTC days `[from_day, to_day)` (days since the epoch), most
-    /// expensive first; only `user` when given.
+    /// expensive first; only `user` when given. The ranking considers each overlapping
+    /// month's 200 (or 10 × `limit`) most expensive users; their totals are exact.
     async fn user_usage(
         &self,
         tenant: TenantId,

@@ -349,7 +349,7 @@ pub struct UsageRecordView {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct UsageRecordList {
-    /// Matching records, counted up to 10,000.
+    /// Matching records, counted up to 1,000.
     pub count: u64,
     /// True when `count` stopped at the cap (there may be more).
     pub count_capped: bool,
@@ -360,7 +360,7 @@ pub struct UsageRecordList {
     pub filters_applied: Value,
 }
 
-pub const RECORD_COUNT_CAP: u64 = 10_000;
+pub const RECORD_COUNT_CAP: u64 = 1_000;
 
 fn text_filter(field: &str, v: Option<&str>) -> Result<Option<String>, FieldError> {
     match v.map(str::trim).filter(|s| !s.is_empty()) {

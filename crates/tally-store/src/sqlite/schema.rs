@@ -211,8 +211,20 @@ const MIGRATIONS: &[&str] = &[
         latency_sum_ms REAL NOT NULL,
         first_ts INTEGER NOT NULL,
         last_ts INTEGER NOT NULL,
-        PRIMARY KEY (tenant_id, day, user_id)
+        PRIMARY KEY (tenant_id, user_id, day)
     ) WITHOUT ROWID;
+
+    -- Per user and calendar month (months since 1970-01): finds the candidates of a
+    -- period's most expensive users without reading every user-day of the period.
+    CREATE TABLE llm_user_monthly (
+        tenant_id BLOB NOT NULL,
+        month INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        calls INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, month, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX llm_user_monthly_by_cost ON llm_user_monthly(tenant_id, month, cost_nanos DESC);
 
     CREATE TABLE llm_conversations (
         tenant_id BLOB NOT NULL,

@@ -1,7 +1,7 @@
 //! LLM usage records and price overrides.
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use tally_core::pricing::{ModelPrice, Nanos};
@@ -144,8 +144,31 @@ fn fold_users(
     let mut stmt = conn.prepare_cached(&format!(
         "INSERT INTO llm_user_daily (tenant_id, day, user_id, {TOTALS_COLUMNS})
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (tenant_id, day, user_id) DO UPDATE SET {TOTALS_UPSERT}"
+         ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET {TOTALS_UPSERT}"
     ))?;
+    let mut monthly: HashMap<(i64, &str), (u64, i64)> = HashMap::new();
+    for ((day, user), t) in &users {
+        let m = monthly
+            .entry((month_of_day(*day), user.as_str()))
+            .or_default();
+        m.0 += t.calls;
+        m.1 = m.1.saturating_add(t.cost.0);
+    }
+    let mut month_stmt = conn.prepare_cached(
+        "INSERT INTO llm_user_monthly (tenant_id, month, user_id, calls, cost_nanos)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (tenant_id, month, user_id) DO UPDATE SET
+             calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos",
+    )?;
+    for ((month, user), (calls, cost)) in monthly {
+        month_stmt.execute(params![
+            tenant.0.as_bytes(),
+            month,
+            user,
+            as_i64(calls),
+            cost
+        ])?;
+    }
     for ((day, user), t) in users {
         stmt.execute(params![
             tenant.0.as_bytes(),
@@ -163,6 +186,15 @@ fn fold_users(
     }
     Ok(())
 }
+
+/// Months since 1970-01 of a day number (days since 1970-01-01).
+fn month_of_day(day: i64) -> i64 {
+    let date = tally_core::time::to_datetime(day * tally_core::time::MICROS_PER_DAY).date_naive();
+    i64::from(date.year()) * 12 + i64::from(date.month0()) - 1970 * 12
+}
+
+/// How many of each month's most expensive users are considered for a period's ranking.
+const USER_CANDIDATES_PER_MONTH: u32 = 200;
 
 fn fold_conversations(
     conn: &Connection,
@@ -484,24 +516,45 @@ impl UsageStore for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<UserUsage>> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT user_id, sum(calls), sum(errors), sum(input_tokens), sum(output_tokens),
-                        sum(cost_nanos), sum(latency_sum_ms), min(first_ts), max(last_ts)
-                 FROM llm_user_daily
-                 WHERE tenant_id = ?1 AND day >= ?2 AND day < ?3 AND (?4 IS NULL OR user_id = ?4)
-                 GROUP BY user_id ORDER BY sum(cost_nanos) DESC, user_id LIMIT ?5",
+            let t = tenant.0.as_bytes();
+            let candidates: Vec<String> = match user {
+                Some(u) => vec![u],
+                None => {
+                    // Each overlapping month's most expensive users, then exact sums over
+                    // the days of the period for those users only.
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT user_id FROM llm_user_monthly INDEXED BY llm_user_monthly_by_cost
+                         WHERE tenant_id = ?1 AND month = ?2 ORDER BY cost_nanos DESC LIMIT ?3",
+                    )?;
+                    let per_month = USER_CANDIDATES_PER_MONTH.max(limit.saturating_mul(10));
+                    let mut seen = std::collections::HashSet::new();
+                    let mut out = Vec::new();
+                    for month in month_of_day(from_day)..=month_of_day((to_day - 1).max(from_day)) {
+                        for u in stmt.query_map(params![t, month, per_month], |r| r.get::<_, String>(0))? {
+                            let u = u?;
+                            if seen.insert(u.clone()) {
+                                out.push(u);
+                            }
+                        }
+                    }
+                    out
+                }
+            };
+            let mut sums = conn.prepare_cached(
+                "SELECT coalesce(sum(calls), 0), coalesce(sum(errors), 0), coalesce(sum(input_tokens), 0),
+                        coalesce(sum(output_tokens), 0), coalesce(sum(cost_nanos), 0),
+                        coalesce(sum(latency_sum_ms), 0.0), coalesce(min(first_ts), 0), coalesce(max(last_ts), 0)
+                 FROM llm_user_daily WHERE tenant_id = ?1 AND user_id = ?2 AND day >= ?3 AND day < ?4",
             )?;
-            let rows = stmt
-                .query_map(
-                    params![tenant.0.as_bytes(), from_day, to_day, user, limit],
-                    |r| {
-                        Ok(UserUsage {
-                            user_id: r.get(0)?,
-                            totals: totals_from_row(r, 1)?,
-                        })
-                    },
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut rows = Vec::with_capacity(candidates.len());
+            for user_id in candidates {
+                let totals = sums.query_row(params![t, user_id, from_day, to_day], |r| totals_from_row(r, 0))?;
+                if totals.calls > 0 {
+                    rows.push(UserUsage { user_id, totals });
+                }
+            }
+            rows.sort_by(|a, b| b.totals.cost.cmp(&a.totals.cost).then_with(|| a.user_id.cmp(&b.user_id)));
+            rows.truncate(limit as usize);
             Ok(rows)
         })
         .await
