@@ -1248,3 +1248,54 @@ async fn quota_rules_replace_declaratively_and_events_are_recorded_once() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn user_ranking_spans_months_and_sums_only_the_period_days() {
+    use tally_core::pricing::Nanos;
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    // carol: 2 calls on June 30 and 1 on July 1; dave: 2 calls on July 1; erin: 5 in May.
+    let mut batch = vec![
+        call(1, "carol", "c1", "gpt-4o", "2025-06-30T23:00:00Z"),
+        call(2, "carol", "c1", "gpt-4o", "2025-06-30T23:30:00Z"),
+        call(3, "carol", "c1", "gpt-4o", "2025-07-01T00:30:00Z"),
+        call(4, "dave", "c2", "gpt-4o", "2025-07-01T10:00:00Z"),
+        call(5, "dave", "c2", "gpt-4o", "2025-07-01T11:00:00Z"),
+    ];
+    batch.extend((6..11).map(|i| call(i, "erin", "c3", "gpt-4o", "2025-05-15T10:00:00Z")));
+    f.stores.usage.insert_usage(t, batch).await.unwrap();
+    let june30 = time::day_of(time::parse_rfc3339("2025-06-30T00:00:00Z").unwrap());
+    let both = f
+        .stores
+        .usage
+        .user_usage(t, june30, june30 + 2, None, 10)
+        .await
+        .unwrap();
+    let got: Vec<(&str, u64)> = both
+        .iter()
+        .map(|u| (u.user_id.as_str(), u.totals.calls))
+        .collect();
+    assert_eq!(got, vec![("carol", 3), ("dave", 2)]);
+    assert_eq!(both[0].totals.cost, Nanos(3 * 7_500_000));
+    // July 1 only: dave first, carol's June calls left out.
+    let july = f
+        .stores
+        .usage
+        .user_usage(t, june30 + 1, june30 + 2, None, 10)
+        .await
+        .unwrap();
+    let got: Vec<(&str, u64)> = july
+        .iter()
+        .map(|u| (u.user_id.as_str(), u.totals.calls))
+        .collect();
+    assert_eq!(got, vec![("dave", 2), ("carol", 1)]);
+    assert_eq!(
+        f.stores
+            .usage
+            .user_usage(t, june30, june30 + 2, None, 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
