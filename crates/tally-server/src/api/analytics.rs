@@ -18,7 +18,7 @@ use super::extract::{ApiQuery, Auth, JsonBody};
 use super::insights::{parse_u32, require, tenant_for, TenantQuery};
 use crate::error::{ApiError, ApiResult};
 use crate::service::analytics::{
-    ConversationCost, CostBreakdown, CostReport, Dashboard, Efficiency, GlobalUsage,
+    parse_instant, ConversationCost, CostBreakdown, CostReport, Dashboard, Efficiency, GlobalUsage,
     ModelComparison, PerformanceReport, PeriodQuery, Realtime, Table, TenantStats, Trends,
 };
 use crate::service::usage::Period;
@@ -387,17 +387,9 @@ fn usd_filter(field: &str, v: Option<&str>) -> Result<Option<Nanos>, FieldError>
 fn time_filter(field: &str, v: Option<&str>) -> Result<Option<i64>, FieldError> {
     text_filter(field, v)?
         .map(|s| {
-            tally_core::time::parse_rfc3339(&s)
-                .or_else(|| {
-                    chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d")
-                        .ok()
-                        .map(|d| {
-                            tally_core::time::day_of_date(d) * tally_core::time::MICROS_PER_DAY
-                        })
-                })
-                .ok_or_else(|| {
-                    FieldError::invalid(field, "must be an RFC 3339 time or a YYYY-MM-DD date")
-                })
+            parse_instant(field, &s).map_err(|_| {
+                FieldError::invalid(field, "must be an RFC 3339 time or a YYYY-MM-DD date")
+            })
         })
         .transpose()
 }

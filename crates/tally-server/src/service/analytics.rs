@@ -40,7 +40,8 @@ pub struct PeriodQuery {
     pub to: Option<String>,
 }
 
-fn parse_instant(field: &str, s: &str) -> Result<i64, FieldError> {
+/// An RFC 3339 time or a YYYY-MM-DD date (midnight UTC), in microseconds.
+pub fn parse_instant(field: &str, s: &str) -> Result<i64, FieldError> {
     parse_rfc3339(s)
         .or_else(|| {
             chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
