@@ -59,6 +59,17 @@ impl Nanos {
         Ok(Nanos(if neg { -v } else { v }))
     }
 
+    /// A dollar amount given in JSON as a decimal string (`"2.50"`) or a number (`2.5`).
+    pub fn parse_usd_json(v: &serde_json::Value) -> Result<Self, MoneyParseError> {
+        match v {
+            serde_json::Value::String(s) => Self::parse_usd(s),
+            serde_json::Value::Number(n) => Self::parse_usd(&n.to_string()),
+            other => Err(MoneyParseError(
+                other.to_string().chars().take(40).collect(),
+            )),
+        }
+    }
+
     /// Dollars rounded half away from zero to `decimals` (≤ 9) places, as a JSON-friendly
     /// float. Only for display: never feed it back into sums.
     pub fn usd_rounded(self, decimals: u32) -> f64 {

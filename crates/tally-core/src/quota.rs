@@ -41,10 +41,20 @@ impl QuotaMetric {
 
     /// How much of this metric one call uses.
     pub fn amount(self, cost: Nanos, tokens: u64) -> i64 {
+        self.of(&WindowUsage {
+            calls: 1,
+            tokens,
+            cost,
+        })
+    }
+
+    /// How much of this metric a set of calls used.
+    pub fn of(self, u: &WindowUsage) -> i64 {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         match self {
-            Self::CostUsd => cost.0.max(0),
-            Self::Tokens => i64::try_from(tokens).unwrap_or(i64::MAX),
-            Self::Requests => 1,
+            Self::CostUsd => u.cost.0.max(0),
+            Self::Tokens => clamp(u.tokens),
+            Self::Requests => clamp(u.calls),
         }
     }
 }
@@ -56,17 +66,6 @@ pub struct WindowUsage {
     /// Input plus output tokens.
     pub tokens: u64,
     pub cost: Nanos,
-}
-
-impl QuotaMetric {
-    pub fn of(self, u: &WindowUsage) -> i64 {
-        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        match self {
-            Self::CostUsd => u.cost.0.max(0),
-            Self::Tokens => clamp(u.tokens),
-            Self::Requests => clamp(u.calls),
-        }
-    }
 }
 
 /// The window a quota resets on (UTC).
@@ -343,22 +342,15 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
     };
     let limit = match (metric, input.limit) {
         (_, None | Some(Value::Null)) => return Err(FieldError::required(f("limit"))),
-        (QuotaMetric::CostUsd, Some(v)) => {
-            let s = match v {
-                Value::String(s) => s,
-                Value::Number(n) => n.to_string(),
-                _ => String::new(),
-            };
-            match Nanos::parse_usd(&s) {
-                Ok(n) if n > Nanos::ZERO => n.0,
-                _ => {
-                    return Err(FieldError::invalid(
-                        f("limit"),
-                        "must be a positive amount in USD, e.g. \"100.00\"",
-                    ))
-                }
+        (QuotaMetric::CostUsd, Some(v)) => match Nanos::parse_usd_json(&v) {
+            Ok(n) if n > Nanos::ZERO => n.0,
+            _ => {
+                return Err(FieldError::invalid(
+                    f("limit"),
+                    "must be a positive amount in USD, e.g. \"100.00\"",
+                ))
             }
-        }
+        },
         (_, Some(Value::Number(n))) => match n.as_i64().filter(|n| *n > 0) {
             Some(n) => n,
             None => {

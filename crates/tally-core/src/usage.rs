@@ -601,29 +601,6 @@ impl UsageTotals {
             self.last_ts.max(r.timestamp)
         };
     }
-
-    pub fn merge(&mut self, o: &UsageTotals) {
-        if o.calls == 0 {
-            return;
-        }
-        let first = self.calls == 0;
-        self.calls += o.calls;
-        self.errors += o.errors;
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.cost = self.cost.saturating_add(o.cost);
-        self.latency_sum_ms += o.latency_sum_ms;
-        self.first_ts = if first {
-            o.first_ts
-        } else {
-            self.first_ts.min(o.first_ts)
-        };
-        self.last_ts = if first {
-            o.last_ts
-        } else {
-            self.last_ts.max(o.last_ts)
-        };
-    }
 }
 
 /// One user's calls over a range of days.

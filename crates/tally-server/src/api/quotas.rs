@@ -20,7 +20,7 @@ use crate::error::ApiResult;
 use crate::service::quota::{
     display_amount, is_tenant_budget, percent, project, status, CallEstimate, Tracked,
 };
-use crate::service::usage::CHEAPER_SIBLING;
+use crate::service::usage::cheaper_sibling;
 use crate::AppState;
 
 /// A tenant-wide USD budget (seed 000's `daily_limit` / `monthly_limit`).
@@ -348,23 +348,16 @@ pub async fn test(
     let catalog = state.usage.catalog(tenant).await?;
     let today = to_datetime(now_micros()).date_naive();
     let cost = match body.estimated_cost_usd {
-        Some(v) => {
-            let s = match &v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                _ => String::new(),
-            };
-            match Nanos::parse_usd(&s) {
-                Ok(n) if n >= Nanos::ZERO => n,
-                _ => {
-                    return Err(FieldError::invalid(
-                        "estimated_cost_usd",
-                        "must be a non-negative decimal, e.g. \"0.25\"",
-                    )
-                    .into())
-                }
+        Some(v) => match Nanos::parse_usd_json(&v) {
+            Ok(n) if n >= Nanos::ZERO => n,
+            _ => {
+                return Err(FieldError::invalid(
+                    "estimated_cost_usd",
+                    "must be a non-negative decimal, e.g. \"0.25\"",
+                )
+                .into())
             }
-        }
+        },
         None if body.input_tokens.is_some() || body.output_tokens.is_some() => {
             match catalog.lookup(&provider, &model, today) {
                 Some(price) => price.cost(&tokens),
@@ -433,26 +426,19 @@ pub async fn test(
         .collect();
     let mut alternatives = Vec::new();
     if verdict.decision != Decision::Allow && total_tokens > 0 {
-        for (_, _, cheaper) in CHEAPER_SIBLING.iter().filter(|(p, m, _)| {
-            *p == provider
-                && catalog
-                    .lookup(p, &model, today)
-                    .is_some_and(|x| x.model == *m)
-        }) {
-            if let Some(price) = catalog.lookup(&provider, cheaper, today) {
-                let alt = CallEstimate {
-                    model: (*cheaper).to_owned(),
-                    cost: price.cost(&tokens),
-                    ..call.clone()
-                };
-                let v = state.quotas.check(tenant, &alt, now).await?;
-                alternatives.push(Alternative {
-                    provider: provider.clone(),
-                    model: alt.model,
-                    estimated_cost_usd: alt.cost.usd_rounded(6),
-                    decision: v.decision,
-                });
-            }
+        if let Some((cheaper, price)) = cheaper_sibling(&catalog, &provider, &model, today) {
+            let alt = CallEstimate {
+                model: cheaper.to_owned(),
+                cost: price.cost(&tokens),
+                ..call.clone()
+            };
+            let v = state.quotas.check(tenant, &alt, now).await?;
+            alternatives.push(Alternative {
+                provider: provider.clone(),
+                model: alt.model,
+                estimated_cost_usd: alt.cost.usd_rounded(6),
+                decision: v.decision,
+            });
         }
     }
     Ok(Json(QuotaTestResponse {

@@ -18,7 +18,7 @@ use tally_core::usage::{Granularity, UsageRollup, UsageTotals};
 use tally_core::{FieldError, TenantId};
 use tally_store::Stores;
 
-use super::usage::{ModelTotals, Period, Usage, CHEAPER_SIBLING, SHORT_OUTPUT_TOKENS};
+use super::usage::{cheaper_sibling, ModelTotals, Period, Usage, SHORT_OUTPUT_TOKENS};
 use crate::error::{ApiError, ApiResult};
 
 /// The longest period a report covers.
@@ -226,15 +226,7 @@ pub fn recommendations(
         if r.calls == 0 || r.tokens.output / r.calls >= SHORT_OUTPUT_TOKENS {
             continue;
         }
-        let Some((_, _, cheaper)) = CHEAPER_SIBLING.iter().find(|(p, m, _)| {
-            p == provider
-                && catalog
-                    .lookup(p, model, today)
-                    .is_some_and(|x| x.model == *m)
-        }) else {
-            continue;
-        };
-        let Some(price) = catalog.lookup(provider, cheaper, today) else {
+        let Some((cheaper, price)) = cheaper_sibling(catalog, provider, model, today) else {
             continue;
         };
         let alternative = price.cost(&r.tokens);
@@ -246,7 +238,7 @@ pub fn recommendations(
             kind: "cheaper_model",
             provider: provider.clone(),
             model: model.clone(),
-            alternative_model: (*cheaper).to_owned(),
+            alternative_model: cheaper.to_owned(),
             calls: r.calls,
             avg_output_tokens: r.tokens.output / r.calls,
             current_cost_usd: usd(r.cost),

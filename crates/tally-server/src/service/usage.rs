@@ -261,7 +261,7 @@ impl Usage {
 }
 
 /// Cheaper models of the same family, for cost recommendations.
-pub const CHEAPER_SIBLING: [(&str, &str, &str); 6] = [
+const CHEAPER_SIBLING: [(&str, &str, &str); 6] = [
     ("openai", "gpt-4o", "gpt-4o-mini"),
     ("openai", "gpt-4.1", "gpt-4.1-mini"),
     ("openai", "o3", "o4-mini"),
@@ -269,6 +269,20 @@ pub const CHEAPER_SIBLING: [(&str, &str, &str); 6] = [
     ("anthropic", "claude-sonnet-4", "claude-3-5-haiku"),
     ("google", "gemini-2.5-pro", "gemini-2.5-flash"),
 ];
+
+/// The cheaper sibling of the model a call to `provider`/`model` is priced as on `day`,
+/// with that sibling's price.
+pub fn cheaper_sibling<'c>(
+    catalog: &'c PriceCatalog,
+    provider: &str,
+    model: &str,
+    day: NaiveDate,
+) -> Option<(&'static str, &'c ModelPrice)> {
+    let (_, _, cheaper) = CHEAPER_SIBLING.iter().find(|(p, m, _)| {
+        *p == provider && catalog.lookup(p, model, day).is_some_and(|x| x.model == *m)
+    })?;
+    Some((cheaper, catalog.lookup(provider, cheaper, day)?))
+}
 
 /// Calls averaging fewer output tokens than this are candidates for a cheaper model.
 pub const SHORT_OUTPUT_TOKENS: u64 = 300;
