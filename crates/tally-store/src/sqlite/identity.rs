@@ -8,7 +8,7 @@ use tally_core::auth::{Role, Scope};
 use tally_core::tenancy::{Account, ApiKey, Tenant};
 use tally_core::{AccountId, ApiKeyId, TenantId};
 
-use super::{uuid_from, SqliteStore};
+use super::{conversion_error, uuid_from, SqliteStore};
 use crate::{IdentityStore, StoreError, StoreResult};
 
 fn tenant_from_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
@@ -19,14 +19,6 @@ fn tenant_from_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
         max_events: max.map(|m| m.max(0) as u64),
         created_at: r.get(3)?,
     })
-}
-
-fn conversion_error(col: usize, msg: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        col,
-        rusqlite::types::Type::Text,
-        Box::new(StoreError::Internal(msg)),
-    )
 }
 
 fn account_from_row(r: &Row<'_>) -> rusqlite::Result<Account> {

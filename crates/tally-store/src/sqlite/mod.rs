@@ -192,6 +192,15 @@ impl ReaderPool {
     }
 }
 
+/// A stored text column that does not hold what the code expects (an unknown enum value).
+pub(crate) fn conversion_error(col: usize, msg: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        col,
+        rusqlite::types::Type::Text,
+        Box::new(StoreError::Internal(msg)),
+    )
+}
+
 /// Converts a stored 16-byte blob to a UUID.
 pub(crate) fn uuid_from(bytes: Vec<u8>) -> rusqlite::Result<uuid::Uuid> {
     uuid::Uuid::from_slice(&bytes).map_err(|e| {

@@ -7,22 +7,14 @@ use tally_core::quota::{QuotaEvent, QuotaMetric, QuotaRule, QuotaScope, QuotaWin
 use tally_core::time::day_of;
 use tally_core::TenantId;
 
-use super::SqliteStore;
+use super::{conversion_error, SqliteStore};
 use crate::{QuotaStore, StoreResult};
 
 const RULE_COLUMNS: &str =
     "id, name, metric, window_kind, limit_value, provider, model, user_id, warn_percent, enforce";
 
-fn unknown(col: usize, what: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        col,
-        rusqlite::types::Type::Text,
-        format!("unknown {what}").into(),
-    )
-}
-
 fn metric_from(col: usize, s: &str) -> rusqlite::Result<QuotaMetric> {
-    QuotaMetric::parse(s).ok_or_else(|| unknown(col, "quota metric"))
+    QuotaMetric::parse(s).ok_or_else(|| conversion_error(col, format!("unknown quota metric {s}")))
 }
 
 /// `''` in the table means "any".
@@ -36,7 +28,8 @@ fn rule_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QuotaRule> {
         id: r.get(0)?,
         name: r.get(1)?,
         metric: metric_from(2, &r.get::<_, String>(2)?)?,
-        window: QuotaWindow::parse(&window).ok_or_else(|| unknown(3, "quota window"))?,
+        window: QuotaWindow::parse(&window)
+            .ok_or_else(|| conversion_error(3, format!("unknown quota window {window}")))?,
         limit: r.get(4)?,
         scope: QuotaScope {
             provider: any(r.get(5)?),

@@ -15,7 +15,7 @@ use tally_core::usage::{
 };
 use tally_core::TenantId;
 
-use super::SqliteStore;
+use super::{conversion_error, SqliteStore};
 use crate::{StoreError, StoreResult, UsageOutcome, UsageStore};
 
 fn cost_source(s: CostSource) -> &'static str {
@@ -170,20 +170,33 @@ fn fold_users(
         ])?;
     }
     for ((day, user), t) in users {
-        stmt.execute(params![
-            tenant.0.as_bytes(),
-            day,
-            user,
-            as_i64(t.calls),
-            as_i64(t.errors),
-            as_i64(t.input_tokens),
-            as_i64(t.output_tokens),
-            t.cost.0,
-            t.latency_sum_ms,
-            t.first_ts,
-            t.last_ts
-        ])?;
+        upsert_totals(&mut stmt, tenant, &day, &user, &t)?;
     }
+    Ok(())
+}
+
+/// Runs a totals upsert whose parameters are the tenant, two key columns, then
+/// `TOTALS_COLUMNS`.
+fn upsert_totals(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    tenant: TenantId,
+    key_a: &dyn rusqlite::ToSql,
+    key_b: &dyn rusqlite::ToSql,
+    t: &UsageTotals,
+) -> StoreResult<()> {
+    stmt.execute(params![
+        tenant.0.as_bytes(),
+        key_a,
+        key_b,
+        as_i64(t.calls),
+        as_i64(t.errors),
+        as_i64(t.input_tokens),
+        as_i64(t.output_tokens),
+        t.cost.0,
+        t.latency_sum_ms,
+        t.first_ts,
+        t.last_ts
+    ])?;
     Ok(())
 }
 
@@ -208,19 +221,7 @@ fn fold_conversations(
              user_id = coalesce(user_id, excluded.user_id), {TOTALS_UPSERT}"
     ))?;
     for (conv, (user, t)) in conversations {
-        stmt.execute(params![
-            tenant.0.as_bytes(),
-            conv,
-            user,
-            as_i64(t.calls),
-            as_i64(t.errors),
-            as_i64(t.input_tokens),
-            as_i64(t.output_tokens),
-            t.cost.0,
-            t.latency_sum_ms,
-            t.first_ts,
-            t.last_ts
-        ])?;
+        upsert_totals(&mut stmt, tenant, &conv, &user, &t)?;
     }
     Ok(())
 }
@@ -246,13 +247,6 @@ const RECORD_COLUMNS: &str = "id, client_id, user_id, conversation_id, job_id, p
 
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredUsage> {
     let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
-    let text_err = |i: usize, what: &str| {
-        rusqlite::Error::FromSqlConversionFailure(
-            i,
-            rusqlite::types::Type::Text,
-            format!("unknown {what}").into(),
-        )
-    };
     let status: String = r.get(13)?;
     let source: String = r.get(17)?;
     let ts: i64 = r.get(18)?;
@@ -274,7 +268,8 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredUsage> {
             },
             latency_ms: r.get(11)?,
             time_to_first_token_ms: r.get(12)?,
-            status: CallStatus::parse(&status).ok_or_else(|| text_err(13, "status"))?,
+            status: CallStatus::parse(&status)
+                .ok_or_else(|| conversion_error(13, format!("unknown status {status}")))?,
             error_type: r.get(14)?,
             quality_score: r.get(15)?,
             cost: Nanos(r.get(16)?),
@@ -282,7 +277,12 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredUsage> {
                 "reported" => CostSource::Reported,
                 "catalog" => CostSource::Catalog,
                 "unpriced" => CostSource::Unpriced,
-                _ => return Err(text_err(17, "cost source")),
+                _ => {
+                    return Err(conversion_error(
+                        17,
+                        format!("unknown cost source {source}"),
+                    ))
+                }
             },
             timestamp: ts,
             timestamp_provided: dedup_ts != 0,
