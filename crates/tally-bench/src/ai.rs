@@ -194,7 +194,7 @@ pub async fn reads(n: u64, queries: usize) -> anyhow::Result<()> {
             let store = store.clone();
             pending = Some(tokio::spawn(async move {
                 store
-                    .insert_usage(tenant, records)
+                    .insert_usage(tenant, records.into())
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 Ok(())

@@ -188,10 +188,11 @@ pub enum UsageOutcome {
 #[async_trait]
 pub trait UsageStore: Send + Sync {
     /// Stores records durably (answers after commit), once per client id and timestamp.
+    /// Shared, so the caller can still read the records once they are stored.
     async fn insert_usage(
         &self,
         tenant: TenantId,
-        records: Vec<UsageRecord>,
+        records: Arc<[UsageRecord]>,
     ) -> StoreResult<Vec<UsageOutcome>>;
     async fn usage_count(&self, tenant: TenantId) -> StoreResult<u64>;
     /// Rollup buckets with start in `[from, to)`, by provider and model. Exact: folded in

@@ -751,7 +751,10 @@ async fn usage_records_are_stored_once_per_client_id_and_tenant() {
     let first = f
         .stores
         .usage
-        .insert_usage(t, vec![r.clone(), usage(None, "2024-06-20T14:00:00Z")])
+        .insert_usage(
+            t,
+            vec![r.clone(), usage(None, "2024-06-20T14:00:00Z")].into(),
+        )
         .await
         .unwrap();
     let UsageOutcome::Inserted { id } = first[0] else {
@@ -761,14 +764,18 @@ async fn usage_records_are_stored_once_per_client_id_and_tenant() {
     let again = f
         .stores
         .usage
-        .insert_usage(t, vec![r.clone()])
+        .insert_usage(t, vec![r.clone()].into())
         .await
         .unwrap();
     assert_eq!(again, vec![UsageOutcome::Duplicate { id }]);
     assert_eq!(f.stores.usage.usage_count(t).await.unwrap(), 2);
     // Another tenant's identical client id is its own record.
     assert!(matches!(
-        f.stores.usage.insert_usage(other, vec![r]).await.unwrap()[0],
+        f.stores
+            .usage
+            .insert_usage(other, vec![r].into())
+            .await
+            .unwrap()[0],
         UsageOutcome::Inserted { .. }
     ));
     assert_eq!(f.stores.usage.usage_count(other).await.unwrap(), 1);
@@ -835,10 +842,14 @@ async fn usage_rollups_fold_exact_sums_and_mergeable_percentiles() {
         .collect();
     batch.extend((100..150).map(|i| rec(i, 11, "success", "gpt-4o")));
     batch.extend((150..160).map(|i| rec(i, 11, "success", "gpt-4o-mini")));
-    f.stores.usage.insert_usage(t, batch.clone()).await.unwrap();
     f.stores
         .usage
-        .insert_usage(t, batch[..10].to_vec())
+        .insert_usage(t, batch.clone().into())
+        .await
+        .unwrap();
+    f.stores
+        .usage
+        .insert_usage(t, batch[..10].into())
         .await
         .unwrap(); // retries: no effect
 
@@ -942,13 +953,17 @@ async fn usage_folds_per_user_day_and_per_conversation_in_the_same_commit() {
         call(3, "alice", "c-2", "gpt-4o-mini", "2025-07-02T09:00:00Z"),
         call(4, "bob", "c-3", "gpt-4o-mini", "2025-07-02T11:00:00Z"),
     ];
-    f.stores.usage.insert_usage(t, batch.clone()).await.unwrap();
-    f.stores.usage.insert_usage(t, batch).await.unwrap(); // retried: counted once
+    f.stores
+        .usage
+        .insert_usage(t, batch.clone().into())
+        .await
+        .unwrap();
+    f.stores.usage.insert_usage(t, batch.into()).await.unwrap(); // retried: counted once
     f.stores
         .usage
         .insert_usage(
             t,
-            vec![call(5, "alice", "c-1", "gpt-4o", "2025-07-03T08:00:00Z")],
+            vec![call(5, "alice", "c-1", "gpt-4o", "2025-07-03T08:00:00Z")].into(),
         )
         .await
         .unwrap();
@@ -1046,7 +1061,7 @@ async fn usage_records_list_with_filters_search_and_a_capped_count() {
             )
         })
         .collect();
-    f.stores.usage.insert_usage(t, batch).await.unwrap();
+    f.stores.usage.insert_usage(t, batch.into()).await.unwrap();
 
     let (n, page) = f
         .stores
@@ -1263,7 +1278,7 @@ async fn user_ranking_spans_months_and_sums_only_the_period_days() {
         call(5, "dave", "c2", "gpt-4o", "2025-07-01T11:00:00Z"),
     ];
     batch.extend((6..11).map(|i| call(i, "erin", "c3", "gpt-4o", "2025-05-15T10:00:00Z")));
-    f.stores.usage.insert_usage(t, batch).await.unwrap();
+    f.stores.usage.insert_usage(t, batch.into()).await.unwrap();
     let june30 = time::day_of(time::parse_rfc3339("2025-06-30T00:00:00Z").unwrap());
     let both = f
         .stores

@@ -79,6 +79,7 @@ impl Usage {
                 Err(e) => priced.push(Err(e)),
             }
         }
+        let valid: Arc<[UsageRecord]> = valid.into();
         let outcomes = self
             .stores
             .usage
@@ -86,7 +87,7 @@ impl Usage {
             .await?;
         let inserted: Vec<(i64, &UsageRecord)> = outcomes
             .iter()
-            .zip(&valid)
+            .zip(valid.iter())
             .filter_map(|(o, r)| match o {
                 UsageOutcome::Inserted { id } => Some((*id, r)),
                 UsageOutcome::Duplicate { .. } => None,

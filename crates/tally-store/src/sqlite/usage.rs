@@ -29,7 +29,7 @@ fn cost_source(s: CostSource) -> &'static str {
 fn insert_tx(
     conn: &Connection,
     tenant: TenantId,
-    records: Vec<UsageRecord>,
+    records: &[UsageRecord],
 ) -> StoreResult<Vec<UsageOutcome>> {
     let mut insert = conn.prepare_cached(
         "INSERT OR IGNORE INTO llm_usage (tenant_id, client_id, dedup_ts, user_id, conversation_id, job_id,
@@ -89,24 +89,24 @@ fn insert_tx(
                         model: r.model.clone(),
                         ..Default::default()
                     })
-                    .add(&r);
+                    .add(r);
             }
             if let Some(user) = &r.user_id {
                 users
                     .entry((day_of(r.timestamp), user.clone()))
                     .or_default()
-                    .add(&r);
+                    .add(r);
             }
             if let Some(conv) = &r.conversation_id {
                 conversations
                     .entry(conv.clone())
                     .or_insert_with(|| (r.user_id.clone(), UsageTotals::default()))
                     .1
-                    .add(&r);
+                    .add(r);
             }
             continue;
         }
-        let client_id = r.client_id.unwrap_or_default();
+        let client_id = r.client_id.as_deref().unwrap_or_default();
         let id: i64 = find
             .query_row(params![tenant_bytes, dedup_ts, client_id], |row| row.get(0))
             .optional()?
@@ -460,14 +460,14 @@ impl UsageStore for SqliteStore {
     async fn insert_usage(
         &self,
         tenant: TenantId,
-        records: Vec<UsageRecord>,
+        records: std::sync::Arc<[UsageRecord]>,
     ) -> StoreResult<Vec<UsageOutcome>> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let weight = records.len();
         self.writer
-            .job_with_state(weight, move |conn, _| insert_tx(conn, tenant, records))
+            .job_with_state(weight, move |conn, _| insert_tx(conn, tenant, &records))
             .await
     }
 
