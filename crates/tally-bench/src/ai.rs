@@ -14,7 +14,9 @@ use tally_core::usage::{CallStatus, CostSource, UsageRecord};
 use tally_core::TenantId;
 use tally_store::{SqliteConfig, SqliteStore, UsageStore};
 
-use crate::load::{bench_tenant, print_stats, stats};
+use crate::load::{
+    bench_tenant, fresh_server, print_memory, print_stats, sequential_baseline, stats,
+};
 use crate::server::Server;
 
 /// (provider, model, weight, mean input tokens, mean output tokens, mean latency ms)
@@ -60,16 +62,15 @@ fn usage_json(rng: &mut StdRng, id: u64, ts: &str) -> String {
 /// clients for `seconds`, each answered after its commit.
 pub async fn ingest(seconds: u64, connections: usize, batch: usize) -> anyhow::Result<()> {
     println!("== AI usage ingestion: batches of {batch}, {connections} connections, {seconds}s");
-    let (dir, _, key) = bench_tenant("ingest,read")?;
-    let server = Server::start(dir.path())?;
-    let base = server.base.clone();
+    let f = fresh_server().await?;
+    let base = f.server.base.clone();
     let next = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let (base, key, next, acked) = (base.clone(), key.clone(), next.clone(), acked.clone());
+        let (base, key, next, acked) = (base.clone(), f.key.clone(), next.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut rng = StdRng::seed_from_u64(c as u64);
@@ -107,7 +108,7 @@ pub async fn ingest(seconds: u64, connections: usize, batch: usize) -> anyhow::R
         n as f64 / elapsed
     );
     print_stats("POST /ai/usage batch latency", &stats(all));
-    server.stop();
+    f.server.stop();
     Ok(())
 }
 
@@ -313,23 +314,12 @@ pub async fn reads(n: u64, queries: usize) -> anyhow::Result<()> {
             results[k].push(t0.elapsed().as_micros() as u64);
         }
     }
-    let mut health = Vec::new();
-    for _ in 0..per_kind.max(200) {
-        let t0 = Instant::now();
-        client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await?
-            .bytes()
-            .await?;
-        health.push(t0.elapsed().as_micros() as u64);
-    }
+    let health = sequential_baseline(&client, &base, per_kind.max(200)).await?;
     for (k, v) in results.into_iter().enumerate() {
         print_stats(&kinds[k].0, &stats(v));
     }
     print_stats("baseline GET /healthz", &stats(health));
-    let (rss, peak) = server.memory_mb();
-    println!("  server memory                      rss={rss:.0} MiB peak={peak:.0} MiB");
+    print_memory(&server);
     server.stop();
     Ok(())
 }

@@ -50,6 +50,32 @@ fn batch_body(rng: &mut StdRng, next_id: &AtomicU64, n: usize) -> String {
     format!(r#"{{"events":[{}]}}"#, events.join(","))
 }
 
+/// `n` sequential `GET /healthz` latencies (µs): the baseline of sequential read benches.
+pub async fn sequential_baseline(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        out.push(t0.elapsed().as_micros() as u64);
+    }
+    Ok(out)
+}
+
+/// Prints the server's current and peak memory.
+pub fn print_memory(server: &Server) {
+    let (rss, peak) = server.memory_mb();
+    println!("  server memory                      rss={rss:.0} MiB peak={peak:.0} MiB");
+}
+
 pub struct Stats {
     pub n: usize,
     pub p50: f64,
@@ -84,10 +110,10 @@ pub fn print_stats(label: &str, s: &Stats) {
     );
 }
 
-struct Fixture {
+pub struct Fixture {
     _dir: tempfile::TempDir,
-    server: Server,
-    key: String,
+    pub server: Server,
+    pub key: String,
 }
 
 /// A fresh data dir (under `TALLY_BENCH_DIR`) with one tenant and a key of `scopes`.
@@ -104,7 +130,8 @@ pub fn bench_tenant(scopes: &str) -> anyhow::Result<(tempfile::TempDir, String, 
     Ok((dir, tenant, key))
 }
 
-async fn fresh_server() -> anyhow::Result<Fixture> {
+/// A fresh data dir with a tenant, an ingest+read key, and the server started on it.
+pub async fn fresh_server() -> anyhow::Result<Fixture> {
     let (dir, _, key) = bench_tenant("ingest,read")?;
     let server = Server::start(dir.path())?;
     Ok(Fixture {
@@ -214,8 +241,7 @@ pub async fn ingest(seconds: u64, connections: usize, batch: usize) -> anyhow::R
         "  baseline: dry run, no storage      {:>10.0} events/s   (HTTP + validation + enrichment + scan)",
         n3 as f64 / e3.as_secs_f64()
     );
-    let (rss, peak) = f.server.memory_mb();
-    println!("  server memory                      rss={rss:.0} MiB peak={peak:.0} MiB");
+    print_memory(&f.server);
     f.server.stop();
     Ok(())
 }
@@ -283,8 +309,7 @@ pub async fn track(rate: u64, seconds: u64) -> anyhow::Result<()> {
     print_stats("POST /insights/track/ (durable)", &stats(lat));
     print_stats("baseline GET /healthz", &stats(health));
     println!("  errors: {errors}");
-    let (rss, peak) = f.server.memory_mb();
-    println!("  server memory                      rss={rss:.0} MiB peak={peak:.0} MiB");
+    print_memory(&f.server);
     f.server.stop();
     Ok(())
 }
@@ -415,24 +440,13 @@ pub async fn activities(n: usize, queries: usize) -> anyhow::Result<()> {
         per_kind[k].push(us);
         all.push(us);
     }
-    let mut health = Vec::new();
-    for _ in 0..queries.min(500) {
-        let t0 = Instant::now();
-        client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await?
-            .bytes()
-            .await?;
-        health.push(t0.elapsed().as_micros() as u64);
-    }
+    let health = sequential_baseline(&client, &base, queries.min(500)).await?;
     for (k, v) in per_kind.into_iter().enumerate() {
         print_stats(kinds[k].0, &stats(v));
     }
     print_stats("all listing queries", &stats(all));
     print_stats("baseline GET /healthz", &stats(health));
-    let (rss, peak) = server.memory_mb();
-    println!("  server memory                      rss={rss:.0} MiB peak={peak:.0} MiB");
+    print_memory(&server);
     server.stop();
     Ok(())
 }
