@@ -128,6 +128,25 @@ fn ratio(part: u64, whole: u64, digits: i32) -> f64 {
     }
 }
 
+/// Average USD per call, 6 decimals (0 without calls).
+fn per_call(cost: Nanos, calls: u64) -> f64 {
+    if calls > 0 {
+        round(cost.0 as f64 / calls as f64 / 1e9, 6)
+    } else {
+        0.0
+    }
+}
+
+/// A CSV cell for an optional figure (empty when absent).
+fn cell(v: Option<f64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// The summed cost of every model (no sketch merging).
+fn total_cost(totals: &ModelTotals) -> Nanos {
+    Nanos(totals.values().map(|r| r.cost.0).sum())
+}
+
 fn share(part: Nanos, whole: Nanos) -> f64 {
     if whole.0 > 0 {
         round(part.0 as f64 / whole.0 as f64 * 100.0, 1)
@@ -318,9 +337,7 @@ impl TenantStats {
             "all".into(),
             self.total_cost_usd.to_string(),
             self.total_messages.to_string(),
-            self.avg_response_time_ms
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
+            cell(self.avg_response_time_ms),
             self.error_rate.to_string(),
         ]];
         for p in &self.provider_breakdown {
@@ -417,7 +434,6 @@ pub struct PerformanceReport {
 
 impl PerformanceReport {
     pub fn table(&self) -> Table {
-        let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
         Table {
             headers: vec![
                 "period",
@@ -442,12 +458,12 @@ impl PerformanceReport {
                         r.model.clone().unwrap_or_default(),
                         r.calls.to_string(),
                         r.error_rate.to_string(),
-                        opt(r.latency_ms.p50),
-                        opt(r.latency_ms.p95),
-                        opt(r.latency_ms.p99),
-                        opt(r.latency_ms.avg),
-                        opt(r.time_to_first_token_ms.p50),
-                        opt(r.previous.latency_p95_ms),
+                        cell(r.latency_ms.p50),
+                        cell(r.latency_ms.p95),
+                        cell(r.latency_ms.p99),
+                        cell(r.latency_ms.avg),
+                        cell(r.time_to_first_token_ms.p50),
+                        cell(r.previous.latency_p95_ms),
                     ]
                 })
                 .collect(),
@@ -629,11 +645,7 @@ fn cost_row(provider: &str, model: Option<&str>, r: &UsageRollup, total: Nanos) 
         calls: r.calls,
         input_tokens: r.tokens.input,
         output_tokens: r.tokens.output,
-        avg_cost_per_call: if r.calls > 0 {
-            round(r.cost.0 as f64 / r.calls as f64 / 1e9, 6)
-        } else {
-            0.0
-        },
+        avg_cost_per_call: per_call(r.cost, r.calls),
         share_percent: share(r.cost, total),
     }
 }
@@ -854,7 +866,6 @@ pub struct GlobalUsage {
 
 impl GlobalUsage {
     pub fn table(&self) -> Table {
-        let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
         Table {
             headers: vec![
                 "rank",
@@ -878,9 +889,9 @@ impl GlobalUsage {
                         self.period.clone(),
                         t.total_cost_usd.to_string(),
                         t.total_messages.to_string(),
-                        opt(t.avg_response_time),
+                        cell(t.avg_response_time),
                         t.error_rate.to_string(),
-                        opt(t.growth_rate),
+                        cell(t.growth_rate),
                     ]
                 })
                 .collect(),
@@ -1102,6 +1113,28 @@ impl Analytics {
         }
     }
 
+    /// The most expensive users over the whole UTC days `period` overlaps.
+    async fn top_users(&self, tenant: TenantId, period: Period) -> ApiResult<Vec<UserCostRow>> {
+        let users = self
+            .stores
+            .usage
+            .user_usage(
+                tenant,
+                day_of(period.from),
+                day_of(period.to - 1) + 1,
+                None,
+                TOP_N,
+            )
+            .await?;
+        Ok(users
+            .into_iter()
+            .map(|u| UserCostRow {
+                user_id: u.user_id,
+                totals: TotalsRow::of(&u.totals),
+            })
+            .collect())
+    }
+
     pub async fn stats(
         &self,
         tenant: TenantId,
@@ -1110,9 +1143,21 @@ impl Analytics {
         now: i64,
     ) -> ApiResult<TenantStats> {
         let totals = self.usage.totals(tenant, period).await?;
+        self.stats_of(tenant, label, period, now, &totals).await
+    }
+
+    /// The stats of `period` from its already merged `totals`.
+    async fn stats_of(
+        &self,
+        tenant: TenantId,
+        label: String,
+        period: Period,
+        now: i64,
+        totals: &ModelTotals,
+    ) -> ApiResult<TenantStats> {
         let previous = self.usage.totals(tenant, period.previous()).await?;
-        let all = overall(&totals)?;
-        let mut provider_breakdown: Vec<ProviderShare> = by_provider(&totals)?
+        let all = overall(totals)?;
+        let mut provider_breakdown: Vec<ProviderShare> = by_provider(totals)?
             .into_iter()
             .map(|(provider, r)| ProviderShare {
                 provider,
@@ -1133,7 +1178,7 @@ impl Analytics {
         });
 
         let catalog = self.usage.catalog(tenant).await?;
-        let mut insights: Vec<Insight> = recommendations(&totals, &catalog, now)
+        let mut insights: Vec<Insight> = recommendations(totals, &catalog, now)
             .into_iter()
             .map(|r| Insight {
                 kind: "cost_optimization",
@@ -1146,7 +1191,7 @@ impl Analytics {
                 estimated_saving_usd: Some(r.estimated_saving_usd),
             })
             .collect();
-        for ((provider, model), r) in &totals {
+        for ((provider, model), r) in totals {
             if r.calls >= 20 && r.errors as f64 / r.calls as f64 > DEGRADED_ERROR_RATE {
                 insights.push(Insight {
                     kind: "high_error_rate",
@@ -1171,7 +1216,7 @@ impl Analytics {
                 });
             }
         }
-        let previous_cost = Nanos(previous.values().map(|r| r.cost.0).sum());
+        let previous_cost = total_cost(&previous);
         Ok(TenantStats {
             tenant_id: tenant.0,
             period: label,
@@ -1251,17 +1296,7 @@ impl Analytics {
             .usage
             .top_conversations(tenant, period.from, period.to, TOP_N)
             .await?;
-        let users = self
-            .stores
-            .usage
-            .user_usage(
-                tenant,
-                day_of(period.from),
-                day_of(period.to - 1) + 1,
-                None,
-                TOP_N,
-            )
-            .await?;
+        let by_user = self.top_users(tenant, period).await?;
         let catalog = self.usage.catalog(tenant).await?;
         let recs = recommendations(&totals, &catalog, now);
         let potential = recs.iter().map(|r| r.estimated_saving_usd).sum::<f64>();
@@ -1281,13 +1316,7 @@ impl Analytics {
                     totals: TotalsRow::of(&c.totals),
                 })
                 .collect(),
-            by_user: users
-                .into_iter()
-                .map(|u| UserCostRow {
-                    user_id: u.user_id,
-                    totals: TotalsRow::of(&u.totals),
-                })
-                .collect(),
+            by_user,
             recommendations: recs,
             potential_saving_usd: round(potential, 2),
         })
@@ -1339,11 +1368,7 @@ impl Analytics {
         Ok(ConversationCost {
             conversation_id: conv.conversation_id,
             user_id: conv.user_id,
-            avg_cost_per_message: if t.calls > 0 {
-                round(t.cost.0 as f64 / t.calls as f64 / 1e9, 6)
-            } else {
-                0.0
-            },
+            avg_cost_per_message: per_call(t.cost, t.calls),
             totals: TotalsRow::of(t),
             by_model,
             calls: rows
@@ -1454,7 +1479,8 @@ impl Analytics {
         period: Period,
         now: i64,
     ) -> ApiResult<Dashboard> {
-        let summary = self.stats(tenant, label, period, now).await?;
+        let totals = self.usage.totals(tenant, period).await?;
+        let summary = self.stats_of(tenant, label, period, now, &totals).await?;
         let (days, from, to) = self.daily(tenant, period).await?;
         let day24 = Period::last_hours(now, 24);
         let hours = self
@@ -1462,7 +1488,6 @@ impl Analytics {
             .usage
             .usage_rollups(tenant, Granularity::Hour, day24.from, day24.to)
             .await?;
-        let totals = self.usage.totals(tenant, period).await?;
         let all = overall(&totals)?;
         let mut top: Vec<CostRow> = totals
             .iter()
@@ -1496,7 +1521,7 @@ impl Analytics {
             let totals = self.usage.totals(t.id, period).await?;
             let previous = self.usage.totals(t.id, period.previous()).await?;
             let all = overall(&totals)?;
-            let prev = Nanos(previous.values().map(|r| r.cost.0).sum());
+            let prev = total_cost(&previous);
             cost = cost.saturating_add(all.cost);
             prev_cost = prev_cost.saturating_add(prev);
             calls += all.calls;
@@ -1597,11 +1622,7 @@ impl Analytics {
                         percentage: share(r.cost, all.cost),
                         avg_quality: (r.quality_count > 0)
                             .then(|| round(r.quality_sum / r.quality_count as f64, 2)),
-                        avg_cost: if r.calls > 0 {
-                            round(r.cost.0 as f64 / r.calls as f64 / 1e9, 6)
-                        } else {
-                            0.0
-                        },
+                        avg_cost: per_call(r.cost, r.calls),
                         avg_execution_time: avg_latency(&r).map(|ms| round(ms / 1000.0, 2)),
                     },
                 )
@@ -1677,22 +1698,7 @@ impl Analytics {
             .collect();
         // Users are counted over every model: the per-user rollup is not split by model.
         let by_user = if model.is_none() {
-            self.stores
-                .usage
-                .user_usage(
-                    tenant,
-                    day_of(period.from),
-                    day_of(period.to - 1) + 1,
-                    None,
-                    TOP_N,
-                )
-                .await?
-                .into_iter()
-                .map(|u| UserCostRow {
-                    user_id: u.user_id,
-                    totals: TotalsRow::of(&u.totals),
-                })
-                .collect()
+            self.top_users(tenant, period).await?
         } else {
             Vec::new()
         };
@@ -1701,11 +1707,7 @@ impl Analytics {
             model,
             total_cost_usd: all.cost.usd_rounded(4),
             total_calls: all.calls,
-            avg_cost_per_call: if all.calls > 0 {
-                round(all.cost.0 as f64 / all.calls as f64 / 1e9, 6)
-            } else {
-                0.0
-            },
+            avg_cost_per_call: per_call(all.cost, all.calls),
             by_model,
             by_day,
             by_user,
