@@ -182,24 +182,14 @@ const AI_MODELS: [(&str, &str, u32, u64, u64, f64); 6] = [
 /// Budgets a team would set: a daily and a monthly USD budget, a token cap on the most
 /// expensive model, and a per-user request limit.
 async fn load_quotas(state: &AppState, tenant: TenantId) -> anyhow::Result<usize> {
-    let rules = json!([
+    let rules: Vec<tally_core::quota::QuotaInput> = serde_json::from_value(json!([
         {"name": "Daily AI budget", "metric": "cost_usd", "window": "day", "limit": "1.50"},
         {"name": "Monthly AI budget", "metric": "cost_usd", "window": "month", "limit": "40"},
         {"name": "GPT-4o tokens", "metric": "tokens", "window": "day", "limit": 60000,
          "provider": "openai", "model": "gpt-4o", "enforce": false},
         {"name": "Per-user daily calls", "metric": "requests", "window": "day", "limit": 25, "user_id": "101"}
-    ]);
-    let inputs = rules
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    serde_json::from_value::<tally_core::quota::QuotaInput>(r.clone())
-                        .map_err(|e| tally_core::FieldError::invalid("quotas", e.to_string()))
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    ]))?;
+    let inputs = rules.into_iter().map(Ok).collect();
     let stored = state
         .quotas
         .configure(tenant, inputs, now_micros())

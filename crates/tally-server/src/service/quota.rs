@@ -258,11 +258,15 @@ impl Quotas {
                 events
             })
             .await?;
-        let recorded = self
-            .stores
-            .quotas
-            .record_quota_events(tenant, events)
-            .await?;
+        let recorded = match self.stores.quotas.record_quota_events(tenant, events).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Drop the state: the next use reloads it, and a load records every
+                // threshold already reached, so these events are not lost.
+                *self.slot(tenant).lock().await = None;
+                return Err(e.into());
+            }
+        };
         for e in &recorded {
             tracing::warn!(tenant = %tenant.0, rule = e.rule_id, threshold = e.threshold,
                 used = e.used, limit = e.limit, "quota threshold crossed");
