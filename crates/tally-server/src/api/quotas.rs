@@ -9,7 +9,8 @@ use tally_core::activity::round_to as round;
 use tally_core::auth::Action;
 use tally_core::pricing::{Nanos, TokenUsage};
 use tally_core::quota::{
-    Decision, QuotaEvent, QuotaInput, QuotaMetric, QuotaScope, QuotaStatus, QuotaWindow,
+    percent, project, Decision, QuotaEvent, QuotaInput, QuotaMetric, QuotaScope, QuotaStatus,
+    QuotaWindow,
 };
 use tally_core::time::{now_micros, rfc3339, to_datetime};
 use tally_core::FieldError;
@@ -17,9 +18,7 @@ use tally_core::FieldError;
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
 use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::ApiResult;
-use crate::service::quota::{
-    display_amount, is_tenant_budget, percent, project, status, CallEstimate, Tracked,
-};
+use crate::service::quota::{display_amount, is_tenant_budget, CallEstimate, Tracked};
 use crate::service::usage::cheaper_sibling;
 use crate::AppState;
 
@@ -99,7 +98,7 @@ pub struct QuotaStatusResponse {
 
 fn view(t: &Tracked, now: i64) -> QuotaView {
     let m = t.rule.metric;
-    let p = project(t.used, t.rule.limit, t.window, now);
+    let p = t.projection(now);
     QuotaView {
         id: t.rule.id,
         name: t.rule.name.clone(),
@@ -109,8 +108,8 @@ fn view(t: &Tracked, now: i64) -> QuotaView {
         limit: display_amount(m, t.rule.limit),
         used: display_amount(m, t.used),
         remaining: display_amount(m, (t.rule.limit - t.used).max(0)),
-        usage_percent: round(percent(t.used, t.rule.limit), 1),
-        status: status(t.used, t.rule.limit, t.rule.warn_percent),
+        usage_percent: t.usage_percent(),
+        status: t.status(),
         warn_percent: t.rule.warn_percent,
         enforce: t.rule.enforce,
         window_start: rfc3339(t.window.0),
@@ -148,8 +147,8 @@ async fn status_of(
             .map(|t| BudgetStatus {
                 limit_usd: Nanos(t.rule.limit).usd_rounded(2),
                 used_usd: Nanos(t.used).usd_rounded(2),
-                usage_percent: round(percent(t.used, t.rule.limit), 1),
-                status: status(t.used, t.rule.limit, t.rule.warn_percent),
+                usage_percent: t.usage_percent(),
+                status: t.status(),
             })
     };
     let quotas: Vec<QuotaView> = snap.rules.iter().map(|t| view(t, now)).collect();
@@ -157,7 +156,7 @@ async fn status_of(
     let eta = snap
         .rules
         .iter()
-        .filter_map(|t| project(t.used, t.rule.limit, t.window, now).exhaustion_at)
+        .filter_map(|t| t.projection(now).exhaustion_at)
         .min();
     Ok(QuotaStatusResponse {
         tenant_id: tenant.0,

@@ -1506,8 +1506,8 @@ impl Analytics {
                 .iter()
                 .map(|t| DashboardQuota {
                     name: t.rule.name.clone(),
-                    usage_percent: round(tally_core::quota::percent(t.used, t.rule.limit), 1),
-                    status: tally_core::quota::status(t.used, t.rule.limit, t.rule.warn_percent),
+                    usage_percent: t.usage_percent(),
+                    status: t.status(),
                 })
                 .collect(),
         })

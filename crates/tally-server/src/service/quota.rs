@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use tally_core::pricing::Nanos;
 use tally_core::quota::{
-    self, check_unique, crossed, decide, validate_rule, Decision, QuotaEvent, QuotaInput,
-    QuotaMetric, QuotaRule, QuotaScope, QuotaWindow, WindowUsage, MAX_RULES,
+    self, check_unique, crossed, decide, validate_rule, Decision, Projection, QuotaEvent,
+    QuotaInput, QuotaMetric, QuotaRule, QuotaScope, QuotaStatus, QuotaWindow, WindowUsage,
+    MAX_RULES,
 };
 use tally_core::usage::UsageRecord;
 use tally_core::{FieldError, TenantId};
@@ -31,6 +32,22 @@ pub struct Tracked {
     pub window: (i64, i64),
     /// In the metric's unit (nano-dollars, tokens or calls).
     pub used: i64,
+}
+
+impl Tracked {
+    /// Percent of the limit used, one decimal.
+    pub fn usage_percent(&self) -> f64 {
+        tally_core::activity::round_to(quota::percent(self.used, self.rule.limit), 1)
+    }
+
+    pub fn status(&self) -> QuotaStatus {
+        quota::status(self.used, self.rule.limit, self.rule.warn_percent)
+    }
+
+    /// Where the window ends and when the limit is reached at the pace so far.
+    pub fn projection(&self, now: i64) -> Projection {
+        quota::project(self.used, self.rule.limit, self.window, now)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -339,5 +356,3 @@ pub fn is_tenant_budget(t: &Tracked, window: QuotaWindow) -> bool {
         && t.rule.window == window
         && t.rule.scope.is_tenant_wide()
 }
-
-pub use quota::{percent, project, status, Projection, QuotaStatus};
