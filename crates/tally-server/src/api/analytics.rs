@@ -19,7 +19,7 @@ use super::insights::{parse_u32, require, tenant_for, TenantQuery};
 use crate::error::{ApiError, ApiResult};
 use crate::service::analytics::{
     parse_instant, ConversationCost, CostBreakdown, CostReport, Dashboard, Efficiency, GlobalUsage,
-    ModelComparison, PerformanceReport, PeriodQuery, Realtime, Table, TenantStats, Trends,
+    ModelComparison, PerformanceReport, PeriodQuery, Realtime, Table, Tabular, TenantStats, Trends,
 };
 use crate::service::usage::Period;
 use crate::AppState;
@@ -583,8 +583,7 @@ fn render_csv(table: &Table) -> ApiResult<Vec<u8>> {
 
 /// Renders an export as a download: JSON with metadata and summary, or the report's table
 /// as CSV.
-#[allow(clippy::too_many_arguments)]
-fn export<T: Serialize>(
+fn export<T: Serialize + Tabular>(
     kind: &'static str,
     format: Format,
     tenant: Option<TenantId>,
@@ -592,8 +591,8 @@ fn export<T: Serialize>(
     metrics: Vec<&'static str>,
     summary: Value,
     report: &T,
-    table: Table,
 ) -> ApiResult<Response> {
+    let table = report.table();
     let export_id = uuid::Uuid::new_v4();
     let scope = tenant.map_or_else(|| "all".to_owned(), |t| t.0.to_string());
     let (bytes, content_type, file_name) = match format {
@@ -670,7 +669,6 @@ pub async fn export_stats(
         vec!["cost", "usage", "reliability"],
         summary,
         &stats,
-        stats.table(),
     )
 }
 
@@ -700,7 +698,6 @@ pub async fn export_usage(
         vec!["cost", "usage", "growth"],
         summary,
         &usage,
-        usage.table(),
     )
 }
 
@@ -733,7 +730,6 @@ pub async fn export_costs(
         vec!["cost"],
         summary,
         &costs,
-        costs.table(),
     )
 }
 
@@ -765,6 +761,5 @@ pub async fn export_performance(
         vec!["performance"],
         summary,
         &perf,
-        perf.table(),
     )
 }

@@ -116,6 +116,11 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
+/// A report that can be exported as a table.
+pub trait Tabular {
+    fn table(&self) -> Table;
+}
+
 fn usd(n: Nanos) -> f64 {
     n.usd_rounded(2)
 }
@@ -329,8 +334,8 @@ pub struct TenantStats {
     pub projections: Projections,
 }
 
-impl TenantStats {
-    pub fn table(&self) -> Table {
+impl Tabular for TenantStats {
+    fn table(&self) -> Table {
         let mut rows = vec![vec![
             self.tenant_id.to_string(),
             self.period.clone(),
@@ -432,8 +437,8 @@ pub struct PerformanceReport {
     pub by_model: Vec<PerformanceRow>,
 }
 
-impl PerformanceReport {
-    pub fn table(&self) -> Table {
+impl Tabular for PerformanceReport {
+    fn table(&self) -> Table {
         Table {
             headers: vec![
                 "period",
@@ -584,8 +589,8 @@ pub struct CostReport {
     pub potential_saving_usd: f64,
 }
 
-impl CostReport {
-    pub fn table(&self) -> Table {
+impl Tabular for CostReport {
+    fn table(&self) -> Table {
         let mut rows = Vec::new();
         for (dimension, list) in [("provider", &self.by_provider), ("model", &self.by_model)] {
             for r in list {
@@ -864,8 +869,8 @@ pub struct GlobalUsage {
     pub tenants: Vec<TenantUsageRow>,
 }
 
-impl GlobalUsage {
-    pub fn table(&self) -> Table {
+impl Tabular for GlobalUsage {
+    fn table(&self) -> Table {
         Table {
             headers: vec![
                 "rank",
