@@ -48,7 +48,11 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
-            .env("TALLY_LOG", "warn")
+            // TALLY_BENCH_SERVER_LOG sets the server's log filter (e.g. `tally_store=debug`).
+            .env(
+                "TALLY_LOG",
+                std::env::var("TALLY_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("TALLY_ADMIN_PASSWORD", "bench admin password")
             .stdout(Stdio::piped())
             .spawn()
