@@ -665,6 +665,123 @@ async fn user_listing_is_exact_across_the_user_index_fold_and_a_restart() {
     );
 }
 
+/// `n` events of user "u", one a minute from `base`.
+fn user_batch(base: i64, n: i64) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| {
+            event(
+                base + i * 60_000_000,
+                Some("u"),
+                Some("p"),
+                EventType::UserAction,
+                "a",
+            )
+        })
+        .collect()
+}
+
+/// (listed count, rows listed, hourly rollup sum) for user "u".
+async fn user_totals(stores: &Stores, t: TenantId) -> (u64, usize, u64) {
+    let by_user = ActivityFilter {
+        user_id: Some("u".into()),
+        ..Default::default()
+    };
+    let (count, rows) = stores
+        .events
+        .list_activities(t, &by_user, 0, 1000)
+        .await
+        .unwrap();
+    let hours = stores
+        .events
+        .user_activity(t, "u", None, None)
+        .await
+        .unwrap();
+    (count, rows.len(), hours.iter().map(|h| h.count).sum())
+}
+
+async fn close(sqlite: Arc<SqliteStore>) {
+    tokio::task::spawn_blocking(move || sqlite.shutdown())
+        .await
+        .unwrap();
+}
+
+fn reopen(path: &std::path::Path) -> (Arc<SqliteStore>, Stores) {
+    let sqlite = Arc::new(SqliteStore::open(SqliteConfig::new(path)).unwrap());
+    (sqlite.clone(), Stores::sqlite(sqlite))
+}
+
+#[tokio::test]
+async fn a_lost_user_index_file_is_rebuilt_from_the_events() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    f.stores
+        .events
+        .insert_events(t, None, user_batch(T0, 30))
+        .await
+        .unwrap();
+    close(f.sqlite.clone()).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = f.path.file_name().unwrap().to_os_string();
+        name.push(format!(".users{suffix}"));
+        let _ = std::fs::remove_file(f.path.with_file_name(name));
+    }
+    let (sqlite, stores) = reopen(&f.path);
+    assert_eq!(user_totals(&stores, t).await, (30, 30, 30));
+    close(sqlite).await;
+}
+
+#[tokio::test]
+async fn an_event_folded_by_two_processes_counts_once() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    f.stores
+        .events
+        .insert_events(t, None, user_batch(T0, 25))
+        .await
+        .unwrap();
+    // A second store on the same files (as `tally admin` opens one while the server runs)
+    // folds the first one's staged events during its recovery; the first one folds them
+    // again later, together with newer ones, and must not add them twice.
+    let (other, other_stores) = reopen(&f.path);
+    assert_eq!(user_totals(&other_stores, t).await, (25, 25, 25));
+    close(other).await;
+    f.stores
+        .events
+        .insert_events(t, None, user_batch(T0 + MICROS_PER_HOUR, 5))
+        .await
+        .unwrap();
+    close(f.sqlite.clone()).await;
+    let (sqlite, stores) = reopen(&f.path);
+    assert_eq!(user_totals(&stores, t).await, (30, 30, 30));
+    close(sqlite).await;
+}
+
+#[tokio::test]
+async fn a_user_index_ahead_of_a_restored_database_is_rebuilt() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    f.stores
+        .events
+        .insert_events(t, None, user_batch(T0, 10))
+        .await
+        .unwrap();
+    close(f.sqlite.clone()).await;
+    let backup = f.path.with_file_name("backup.db");
+    std::fs::copy(&f.path, &backup).unwrap();
+    let (sqlite, stores) = reopen(&f.path);
+    stores
+        .events
+        .insert_events(t, None, user_batch(T0 + MICROS_PER_HOUR, 15))
+        .await
+        .unwrap();
+    close(sqlite).await;
+    // The main database goes back to its backup; the user index still holds 25 events.
+    std::fs::copy(&backup, &f.path).unwrap();
+    let (sqlite, stores) = reopen(&f.path);
+    assert_eq!(user_totals(&stores, t).await, (10, 10, 10));
+    close(sqlite).await;
+}
+
 #[tokio::test]
 async fn user_pages_across_days_match_the_full_list() {
     let f = open();

@@ -671,7 +671,10 @@ mod tests {
             "{}",
             plan(&conn, &sql)
         );
+        let mut users = Connection::open(dir.path().join("t.db.users")).unwrap();
+        crate::sqlite::schema::apply(&mut users, crate::sqlite::schema::USER_INDEX_MIGRATIONS)
+            .unwrap();
         let listing = "SELECT ts, event_id FROM user_events WHERE tenant_id = x'00' AND day = 1 AND user_id = 'u' ORDER BY ts DESC, event_id DESC LIMIT 20";
-        assert!(plan(&conn, listing).contains("PRIMARY KEY (tenant_id=? AND day=? AND user_id=?)"));
+        assert!(plan(&users, listing).contains("PRIMARY KEY (tenant_id=? AND day=? AND user_id=?)"));
     }
 }

@@ -46,6 +46,7 @@ impl SqliteConfig {
 
 pub struct SqliteStore {
     writer: Writer,
+    checkpointer: checkpoint::Checkpointer,
     user_index: Arc<user_index::UserIndex>,
     readers: Arc<ReaderPool>,
     path: PathBuf,
@@ -59,7 +60,11 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn open_connection(path: &Path, cache_mb: i64, read_only: bool) -> StoreResult<Connection> {
+pub(crate) fn open_connection(
+    path: &Path,
+    cache_mb: i64,
+    read_only: bool,
+) -> StoreResult<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -81,15 +86,33 @@ fn open_connection(path: &Path, cache_mb: i64, read_only: bool) -> StoreResult<C
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit has reached the disk before anyone is told it succeeded.
         conn.pragma_update(None, "synchronous", "FULL")?;
-        // Checkpoints run on the writer's tick (`checkpoint.rs`), not inside commits.
+        // Checkpoints run on their own thread (`checkpoint.rs`), not inside commits…
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // …and a log that grew under a burst is cut back to 64 MiB when it restarts.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     }
     Ok(conn)
 }
 
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Without `shutdown`, still let the fold thread finish and exit.
+        self.user_index.stop();
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10), for background work that must
+/// not take the CPU from the writer or request handling on a small machine.
+pub(crate) fn background_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        tracing::debug!(error = %e, "could not lower a background thread's priority");
+    }
+}
+
 /// Busy handler: retry every 50 µs for the first 10 ms, then every millisecond, and give
 /// up (SQLITE_BUSY) after about 10 s.
-fn retry_briefly(attempt: i32) -> bool {
+pub(crate) fn retry_briefly(attempt: i32) -> bool {
     let pause = if attempt < 200 {
         std::time::Duration::from_micros(50)
     } else {
@@ -111,14 +134,20 @@ impl SqliteStore {
         }
         let mut conn = open_connection(&config.path, config.cache_mb.max(8) * 2, false)?;
         schema::migrate(&mut conn)?;
+        let user_index = user_index::UserIndex::open(&config.path, &conn)?;
         let mut readers = Vec::with_capacity(config.readers.max(1));
         for _ in 0..config.readers.max(1) {
-            readers.push(open_connection(&config.path, config.cache_mb, true)?);
+            let reader = open_connection(&config.path, config.cache_mb, true)?;
+            // Opened with the reader's flags (read-only); its tables resolve unqualified.
+            reader.execute(
+                "ATTACH DATABASE ?1 AS ux",
+                [user_index.path().to_string_lossy()],
+            )?;
+            readers.push(reader);
         }
-        let user_index = Arc::new(user_index::UserIndex::default());
-        user_index.recover(&conn)?;
         Ok(Self {
             writer: Writer::start(conn, config.write_queue, user_index.clone())?,
+            checkpointer: checkpoint::Checkpointer::start(&config.path)?,
             user_index,
             readers: Arc::new(ReaderPool {
                 permits: Arc::new(Semaphore::new(readers.len())),
@@ -132,9 +161,12 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Stops accepting writes, commits everything queued, and waits for the writer.
+    /// Stops accepting writes, commits everything queued, folds the user index, and waits
+    /// for both threads.
     pub fn shutdown(&self) {
+        self.checkpointer.shutdown();
         self.writer.shutdown();
+        self.user_index.shutdown();
     }
 
     /// Runs `f` on a reader connection on a blocking thread.

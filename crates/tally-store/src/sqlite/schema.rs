@@ -274,11 +274,63 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (tenant_id, rule_id, window_start, threshold)
     );
     "#,
+    // 5: the tracked-user structures move to their own database file (`user_index.rs`),
+    // folded there by a thread of their own; it rebuilds them from `events`.
+    r#"
+    DROP TABLE user_events;
+    DROP TABLE user_activity_hourly;
+    DELETE FROM settings WHERE key = 'user_index.watermark';
+    "#,
 ];
 
+/// The user index's own database (`user_index.rs`): derived data, rebuilt from `events`
+/// when missing. Day first: today's entries of users with few events share leaf pages, so
+/// a fold dirties far fewer pages than one per active user.
+pub(crate) const USER_INDEX_MIGRATIONS: &[&str] = &[r#"
+    -- Events by tracked user. Covering: listing filters by project and type without
+    -- reading the event row.
+    CREATE TABLE user_events (
+        tenant_id BLOB NOT NULL,
+        day INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        event_id INTEGER NOT NULL,
+        project_id TEXT NOT NULL,
+        event_type INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, day, user_id, ts, event_id)
+    ) WITHOUT ROWID;
+
+    -- Hourly rollup per tracked user.
+    CREATE TABLE user_activity_hourly (
+        tenant_id BLOB NOT NULL,
+        day INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        project_id TEXT NOT NULL,
+        event_type INTEGER NOT NULL,
+        event_name TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, day, user_id, hour, project_id, event_type, event_name)
+    ) WITHOUT ROWID;
+
+    -- The highest event id folded into both tables (one row).
+    CREATE TABLE fold_watermark (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        event_id INTEGER NOT NULL
+    );
+    INSERT INTO fold_watermark (one, event_id) VALUES (1, 0);
+    "#];
+
+/// Applies the main database's migrations.
 pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    apply(conn, MIGRATIONS)
+}
+
+/// Applies the migrations of `list` that `conn`'s database has not seen yet, each in its
+/// own transaction.
+pub(crate) fn apply(conn: &mut Connection, list: &[&str]) -> StoreResult<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
+    for (i, sql) in list.iter().enumerate() {
         let version = i as i64 + 1;
         if version <= current {
             continue;

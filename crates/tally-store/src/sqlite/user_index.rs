@@ -1,15 +1,26 @@
 //! Structures keyed by tracked user (`user_events` and the `user_activity_hourly` rollup)
 //! are not written on every commit: with thousands of active users that would dirty about
 //! one B-tree page per event and per structure. Instead the writer stages each committed
-//! event here, in memory, and folds the staged entries into both tables in one sorted bulk
-//! transaction about once a second, recording a watermark (the highest event id folded).
+//! event here, in memory, and a fold thread of its own writes the staged entries into both
+//! tables in one sorted bulk transaction about once a second, recording a watermark (the
+//! highest event id folded) in the same transaction.
 //!
-//! Exactness: readers merge the staged entries with what the tables hold, dropping staged
-//! entries at or below the watermark they read in the same snapshot. After a crash, `open`
-//! re-stages every event above the watermark from the durable `events` table.
+//! The tables live in a database file of their own (`<db>.users`), so a fold never holds up
+//! the event writer: the two commit side by side. The file is derived data: its commits
+//! skip fsync (`synchronous=NORMAL`; WAL keeps them atomic) and, when it is missing, behind,
+//! or from another history, `open` rebuilds it from the durable `events` table.
+//!
+//! Exactness: readers take the staged entries first (those being folded and those staged
+//! since), then read the tables and the watermark in one snapshot, dropping staged entries
+//! at or below the watermark. Event ids grow in commit order and entries are staged in that
+//! order, so everything at or below a watermark is folded and nothing above it is. A fold
+//! writes only entries above the watermark it reads inside its own transaction, so folding
+//! the same entry twice (another process recovering, a retried fold) counts it once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -17,14 +28,21 @@ use tally_core::event::EventType;
 use tally_core::time;
 use tally_core::TenantId;
 
-use super::uuid_from;
+use super::{schema, uuid_from};
 use crate::{StoreError, StoreResult};
 
-const WATERMARK_KEY: &str = "user_index.watermark";
 /// Fold staged entries at least this often…
 const FLUSH_AGE: Duration = Duration::from_secs(1);
 /// …or as soon as this many are staged.
 const FLUSH_ROWS: usize = 100_000;
+/// Past this many entries in memory the writer waits for the fold (back-pressure), for at
+/// most `STALL_LIMIT` per commit.
+const MAX_STAGED: usize = 1_000_000;
+const STALL_LIMIT: Duration = Duration::from_secs(1);
+/// How often the fold thread looks at the staged entries' age.
+const TICK: Duration = Duration::from_millis(100);
+/// Events re-staged per fold when rebuilding from `events`.
+const RECOVERY_CHUNK: i64 = 100_000;
 
 /// One committed event of a tracked user, not yet folded into the tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,117 +64,299 @@ struct Staged {
     since: Option<Instant>,
 }
 
+impl Staged {
+    fn add(&mut self, entries: Vec<(UserKey, StagedEvent)>) {
+        self.rows += entries.len();
+        self.since.get_or_insert_with(Instant::now);
+        for (key, e) in entries {
+            self.by_user.entry(key).or_default().push(e);
+        }
+    }
+}
+
+/// What is in memory: the generation a fold is writing, and what was staged since.
 #[derive(Default)]
+struct Generations {
+    folding: Option<Arc<Staged>>,
+    current: Staged,
+    stopping: bool,
+}
+
+impl Generations {
+    fn rows(&self) -> usize {
+        self.current.rows + self.folding.as_ref().map_or(0, |f| f.rows)
+    }
+
+    fn fold_due(&self) -> bool {
+        self.stopping
+            || self.folding.is_some()
+            || self.current.rows >= FLUSH_ROWS
+            || self.current.since.is_some_and(|t| t.elapsed() >= FLUSH_AGE)
+    }
+}
+
 pub(crate) struct UserIndex {
-    staged: RwLock<Staged>,
+    path: PathBuf,
+    state: Mutex<Generations>,
+    /// Signalled when a fold is due early (many rows, shutdown) and when a fold finished.
+    changed: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// `<db>.users` next to the main database file.
+pub(crate) fn path_for(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".users");
+    db.with_file_name(name)
+}
+
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_handler(Some(super::retry_briefly))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Derived data: a commit lost to a power cut is re-folded from `events` at open.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "cache_size", -16 * 1024)?;
+    schema::apply(&mut conn, schema::USER_INDEX_MIGRATIONS)?;
+    Ok(conn)
 }
 
 impl UserIndex {
+    /// Opens (creating if needed) the index next to the main database, folds every event
+    /// of `main` above its watermark, and starts the fold thread.
+    pub(crate) fn open(db_path: &Path, main: &Connection) -> StoreResult<Arc<Self>> {
+        let path = path_for(db_path);
+        let conn = open_connection(&path)?;
+        let index = Arc::new(Self {
+            path,
+            state: Mutex::new(Generations::default()),
+            changed: Condvar::new(),
+            thread: Mutex::new(None),
+        });
+        index.recover(main, &conn)?;
+        let me = index.clone();
+        let handle = std::thread::Builder::new()
+            .name("tally-user-index".into())
+            .spawn(move || me.run(conn))
+            .map_err(|e| StoreError::Internal(format!("failed to start user index: {e}")))?;
+        *index.lock()? = Some(handle);
+        Ok(index)
+    }
+
+    /// The index's database file, attached to reader connections as `ux`.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Option<JoinHandle<()>>>> {
+        self.thread
+            .lock()
+            .map_err(|_| StoreError::Internal("user index lock poisoned".into()))
+    }
+
+    fn generations(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Called by the writer after a commit succeeded, before its callers are answered, so
-    /// that a client sees its own acknowledged events.
+    /// that a client sees its own acknowledged events. Waits (bounded) when the fold has
+    /// fallen far behind.
     pub(crate) fn publish(&self, entries: Vec<(UserKey, StagedEvent)>) {
         if entries.is_empty() {
             return;
         }
-        let Ok(mut s) = self.staged.write() else {
-            return;
-        };
-        s.rows += entries.len();
-        s.since.get_or_insert_with(Instant::now);
-        for (key, e) in entries {
-            s.by_user.entry(key).or_default().push(e);
+        let mut g = self.generations();
+        if g.rows() >= MAX_STAGED {
+            let deadline = Instant::now() + STALL_LIMIT;
+            self.changed.notify_all();
+            while g.rows() >= MAX_STAGED {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    tracing::warn!(staged = g.rows(), "user index fold is behind");
+                    break;
+                }
+                g = self
+                    .changed
+                    .wait_timeout(g, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
         }
-    }
-
-    pub(crate) fn flush_due(&self) -> bool {
-        self.staged
-            .read()
-            .map(|s| s.rows >= FLUSH_ROWS || s.since.is_some_and(|t| t.elapsed() >= FLUSH_AGE))
-            .unwrap_or(false)
+        g.current.add(entries);
+        if g.current.rows >= FLUSH_ROWS {
+            self.changed.notify_all();
+        }
     }
 
     /// The staged entries of one user (a snapshot; take it before reading the tables).
     pub(crate) fn staged_for(&self, tenant: TenantId, user: &str) -> Vec<StagedEvent> {
-        self.staged
-            .read()
-            .ok()
-            .and_then(|s| s.by_user.get(&(tenant, user.to_owned())).cloned())
-            .unwrap_or_default()
+        let g = self.generations();
+        let key = (tenant, user.to_owned());
+        let mut out = Vec::new();
+        if let Some(f) = &g.folding {
+            out.extend(f.by_user.get(&key).into_iter().flatten().cloned());
+        }
+        out.extend(g.current.by_user.get(&key).into_iter().flatten().cloned());
+        out
     }
 
-    /// Folds everything staged into the tables in one transaction. Runs on the writer
-    /// thread, between group commits.
-    pub(crate) fn flush(&self, conn: &Connection) -> StoreResult<()> {
-        let max_id = {
-            let s = self
-                .staged
-                .read()
-                .map_err(|_| StoreError::Internal("user index lock poisoned".into()))?;
-            if s.rows == 0 {
-                return Ok(());
+    /// Asks the fold thread to fold what is staged and exit, without waiting.
+    pub(crate) fn stop(&self) {
+        self.generations().stopping = true;
+        self.changed.notify_all();
+    }
+
+    /// Folds what is staged, then stops the fold thread. Blocks.
+    pub(crate) fn shutdown(&self) {
+        self.stop();
+        let handle = self.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("user index thread panicked");
             }
-            let keys: Vec<&UserKey> = s.by_user.keys().collect();
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            let result = write_sorted(conn, &s.by_user, &keys);
-            match result {
-                Ok(max_id) => {
-                    if let Err(e) = conn.execute_batch("COMMIT") {
-                        let _ = conn.execute_batch("ROLLBACK");
-                        return Err(e.into());
+        }
+    }
+
+    fn run(&self, conn: Connection) {
+        super::background_priority();
+        loop {
+            let (batch, stop) = {
+                let mut g = self.generations();
+                while !g.fold_due() {
+                    g = self
+                        .changed
+                        .wait_timeout(g, TICK)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+                if g.folding.is_none() && g.current.rows > 0 {
+                    g.folding = Some(Arc::new(std::mem::take(&mut g.current)));
+                }
+                (g.folding.clone(), g.stopping && g.current.rows == 0)
+            };
+            if let Some(batch) = batch {
+                let t0 = Instant::now();
+                match fold(&conn, &batch) {
+                    Ok(()) => {
+                        self.generations().folding = None;
+                        self.changed.notify_all();
+                        tracing::trace!(
+                            rows = batch.rows,
+                            ms = t0.elapsed().as_millis() as u64,
+                            "user index folded"
+                        );
                     }
-                    max_id
-                }
-                Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    return Err(e);
+                    Err(e) if stop => {
+                        // Derived data: the next open folds these from `events`.
+                        tracing::error!(error = %e, "failed to fold the user index at shutdown");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "failed to fold the user index; will retry");
+                        std::thread::sleep(TICK);
+                    }
                 }
             }
-        };
-        // Only the writer thread adds entries, and it is here: nothing was staged meanwhile.
-        if let Ok(mut s) = self.staged.write() {
-            *s = Staged::default();
+            if stop && self.generations().folding.is_none() {
+                break;
+            }
         }
-        tracing::trace!(max_id, "user index flushed");
-        Ok(())
     }
 
-    /// Re-stages events committed after the last flush (after a crash) and folds them.
-    pub(crate) fn recover(&self, conn: &Connection) -> StoreResult<()> {
-        let watermark = watermark(conn)?;
-        let mut stmt = conn.prepare(
-            "SELECT id, tenant_id, user_id, ts, project_id, event_type, event_name FROM events
-             WHERE id > ?1 AND user_id IS NOT NULL ORDER BY id",
-        )?;
-        let rows = stmt.query_map([watermark], |r| {
-            Ok((
-                (TenantId(uuid_from(r.get(1)?)?), r.get::<_, String>(2)?),
-                StagedEvent {
-                    id: r.get(0)?,
-                    ts: r.get(3)?,
-                    project: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                    event_type: r.get(5)?,
-                    event_name: r.get(6)?,
-                },
-            ))
-        })?;
-        let entries = rows.collect::<Result<Vec<_>, _>>()?;
-        if !entries.is_empty() {
-            tracing::info!(
-                events = entries.len(),
-                "re-indexing events committed after the last user-index flush"
+    /// Folds every event of `main` above the index's watermark, in chunks of event ids.
+    /// An index whose watermark is past the last event belongs to another history (a
+    /// restored backup): it is emptied and rebuilt.
+    fn recover(&self, main: &Connection, index: &Connection) -> StoreResult<()> {
+        let mut watermark = watermark(index)?;
+        let last: i64 =
+            main.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+        if watermark > last {
+            tracing::warn!(
+                watermark,
+                last,
+                "user index is ahead of the events table; rebuilding it"
             );
-            self.publish(entries);
-            self.flush(conn)?;
+            index.execute_batch(
+                "BEGIN IMMEDIATE;
+                 DELETE FROM user_events;
+                 DELETE FROM user_activity_hourly;
+                 UPDATE fold_watermark SET event_id = 0;
+                 COMMIT;",
+            )?;
+            watermark = 0;
+        }
+        if watermark < last {
+            tracing::info!(
+                from = watermark,
+                to = last,
+                "folding events not yet in the user index"
+            );
+        }
+        let mut stmt = main.prepare(
+            "SELECT id, tenant_id, user_id, ts, project_id, event_type, event_name FROM events
+             WHERE id > ?1 AND id <= ?2 AND user_id IS NOT NULL ORDER BY id",
+        )?;
+        while watermark < last {
+            let upto = watermark.saturating_add(RECOVERY_CHUNK).min(last);
+            let rows = stmt.query_map([watermark, upto], |r| {
+                Ok((
+                    (TenantId(uuid_from(r.get(1)?)?), r.get::<_, String>(2)?),
+                    StagedEvent {
+                        id: r.get(0)?,
+                        ts: r.get(3)?,
+                        project: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                        event_type: r.get(5)?,
+                        event_name: r.get(6)?,
+                    },
+                ))
+            })?;
+            let mut chunk = Staged::default();
+            chunk.add(rows.collect::<Result<Vec<_>, _>>()?);
+            fold_upto(index, &chunk, upto)?;
+            watermark = upto;
         }
         Ok(())
+    }
+}
+
+/// Writes one generation in one transaction.
+fn fold(conn: &Connection, staged: &Staged) -> StoreResult<()> {
+    let max_id = staged
+        .by_user
+        .values()
+        .flatten()
+        .map(|e| e.id)
+        .max()
+        .unwrap_or(0);
+    fold_upto(conn, staged, max_id)
+}
+
+/// Writes the entries of `staged` above the stored watermark and moves the watermark to
+/// `upto` (at least the highest entry), in one transaction.
+fn fold_upto(conn: &Connection, staged: &Staged, upto: i64) -> StoreResult<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = watermark(conn).and_then(|from| {
+        if upto > from {
+            write_sorted(conn, &staged.by_user, from, upto)
+        } else {
+            Ok(())
+        }
+    });
+    match result.and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::from)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
     }
 }
 
 fn write_sorted(
     conn: &Connection,
     by_user: &HashMap<UserKey, Vec<StagedEvent>>,
-    keys: &[&UserKey],
-) -> StoreResult<i64> {
+    from: i64,
+    upto: i64,
+) -> StoreResult<()> {
     let mut index = conn.prepare_cached(
         "INSERT OR IGNORE INTO user_events (tenant_id, day, user_id, ts, event_id, project_id, event_type)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -168,14 +368,14 @@ fn write_sorted(
     )?;
     // Everything in the tables' key order, so each leaf page is visited once.
     let mut entries: Vec<(&TenantId, i64, &str, &StagedEvent)> = Vec::new();
-    for key in keys {
-        let (tenant, user) = key;
-        for e in &by_user[*key] {
+    for ((tenant, user), events) in by_user {
+        for e in events.iter().filter(|e| e.id > from && e.id <= upto) {
             entries.push((tenant, time::day_of(e.ts), user.as_str(), e));
         }
     }
-    entries.sort_by(|a, b| (a.0, a.1, a.2, a.3.ts, a.3.id).cmp(&(b.0, b.1, b.2, b.3.ts, b.3.id)));
-    let mut max_id = 0;
+    entries.sort_unstable_by(|a, b| {
+        (a.0, a.1, a.2, a.3.ts, a.3.id).cmp(&(b.0, b.1, b.2, b.3.ts, b.3.id))
+    });
     type HourKey<'a> = (&'a TenantId, i64, &'a str, i64, &'a str, i64, &'a str);
     let mut hours: BTreeMap<HourKey<'_>, i64> = BTreeMap::new();
     for (tenant, day, user, e) in &entries {
@@ -198,7 +398,6 @@ fn write_sorted(
             e.event_name.as_str(),
         );
         *hours.entry(key).or_default() += 1;
-        max_id = max_id.max(e.id);
     }
     for ((tenant, day, user, hour, project, ty, name), n) in hours {
         rollup.execute(params![
@@ -212,21 +411,18 @@ fn write_sorted(
             n
         ])?;
     }
-    conn.execute(
-        "INSERT INTO settings (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![WATERMARK_KEY, max_id.to_string()],
-    )?;
-    Ok(max_id)
+    conn.execute("UPDATE fold_watermark SET event_id = ?1", [upto])?;
+    Ok(())
 }
 
-/// The highest event id folded into the user tables, as seen by `conn`'s snapshot.
+/// The highest event id folded into the user tables, as seen by `conn`'s snapshot (the
+/// index's own connection, or a reader with the index attached).
 pub(crate) fn watermark(conn: &Connection) -> StoreResult<i64> {
-    let v: Option<String> = conn
-        .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
-        .query_row([WATERMARK_KEY], |r| r.get(0))
+    let v: Option<i64> = conn
+        .prepare_cached("SELECT event_id FROM fold_watermark")?
+        .query_row([], |r| r.get(0))
         .optional()?;
-    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(v.unwrap_or(0))
 }
 
 /// Staged entries not yet visible in the snapshot whose watermark is `watermark`.

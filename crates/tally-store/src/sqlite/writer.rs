@@ -6,9 +6,9 @@
 //! is rolled back alone; a failed commit fails every caller of that transaction.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tally_core::TenantId;
@@ -29,18 +29,12 @@ type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 type JobFn = Box<dyn FnOnce(Option<(&Connection, &mut WriterState)>) -> (bool, Completion) + Send>;
 
 enum Msg {
-    Op {
-        weight: usize,
-        run: JobFn,
-    },
-    /// Periodic wake-up, so staged user-index entries are folded even when idle.
-    Tick,
+    Op { weight: usize, run: JobFn },
     Shutdown,
 }
 
-const TICK: std::time::Duration = std::time::Duration::from_millis(250);
-/// Ticks a checkpoint may be put off while writes are queued (5 s).
-const CHECKPOINT_DEFER_TICKS: u32 = 20;
+/// Writer steps at least this long are logged at debug level.
+const SLOW_STEP: Duration = Duration::from_millis(2);
 
 /// State that lives across transactions on the writer thread.
 #[derive(Default)]
@@ -56,7 +50,6 @@ pub(crate) struct WriterState {
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
     handle: Mutex<Option<JoinHandle<()>>>,
-    ticking: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -70,23 +63,9 @@ impl Writer {
             .name("tally-writer".into())
             .spawn(move || run(conn, rx, user_index))
             .map_err(|e| StoreError::Internal(format!("failed to start writer thread: {e}")))?;
-        let ticking = Arc::new(AtomicBool::new(true));
-        let (ticker, running) = (tx.clone(), ticking.clone());
-        std::thread::Builder::new()
-            .name("tally-writer-tick".into())
-            .spawn(move || {
-                while running.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    if let Err(mpsc::error::TrySendError::Closed(_)) = ticker.try_send(Msg::Tick) {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Internal(format!("failed to start writer ticker: {e}")))?;
         Ok(Self {
             tx,
             handle: Mutex::new(Some(handle)),
-            ticking,
         })
     }
 
@@ -136,14 +115,13 @@ impl Writer {
             Err(_) => None,
         };
         let Some(handle) = handle else { return };
-        self.ticking.store(false, Ordering::Relaxed);
         let mut msg = Msg::Shutdown;
         loop {
             match self.tx.try_send(msg) {
                 Ok(()) => break,
                 Err(mpsc::error::TrySendError::Full(m)) => {
                     msg = m;
-                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
@@ -157,14 +135,11 @@ impl Writer {
 fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, user_index: Arc<UserIndex>) {
     let mut state = WriterState::default();
     let mut batch: Vec<(usize, JobFn)> = Vec::new();
-    let mut uncheckpointed = false;
-    let mut deferred_ticks = 0;
     loop {
         let Some(first) = rx.blocking_recv() else {
             break;
         };
         let mut stop = false;
-        let mut tick = false;
         let mut rows = 0;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -173,7 +148,6 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, user_index: Arc<UserIn
                     rows += weight;
                     batch.push((weight, run));
                 }
-                Msg::Tick => tick = true,
                 Msg::Shutdown => {
                     stop = true;
                     break;
@@ -184,24 +158,9 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, user_index: Arc<UserIn
             }
         }
         if !batch.is_empty() {
+            let (ops, t0) = (batch.len(), Instant::now());
             commit_batch(&mut conn, &mut state, &mut batch, &user_index);
-            uncheckpointed = true;
-        }
-        if stop || user_index.flush_due() {
-            if let Err(e) = user_index.flush(&conn) {
-                tracing::error!(error = %e, "failed to fold the user index; will retry");
-            }
-        }
-        // Checkpoint when nobody is waiting on the writer; under sustained load, at least
-        // every few seconds so the log stays short.
-        if tick && uncheckpointed {
-            if rx.is_empty() || deferred_ticks >= CHECKPOINT_DEFER_TICKS {
-                super::checkpoint::checkpoint(&conn);
-                uncheckpointed = false;
-                deferred_ticks = 0;
-            } else {
-                deferred_ticks += 1;
-            }
+            slow_step("commit", t0, ops, rows);
         }
         if stop {
             break;
@@ -212,6 +171,20 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, user_index: Arc<UserIn
         tracing::warn!(error = %e, "final checkpoint failed");
     }
     tracing::info!("writer stopped");
+}
+
+/// Logs (at debug) a writer step that held up the queue noticeably.
+fn slow_step(step: &str, start: Instant, ops: usize, rows: usize) {
+    let took = start.elapsed();
+    if took >= SLOW_STEP {
+        tracing::debug!(
+            step,
+            ops,
+            rows,
+            ms = took.as_secs_f64() * 1e3,
+            "slow writer step"
+        );
+    }
 }
 
 fn commit_batch(
