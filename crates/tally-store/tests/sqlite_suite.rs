@@ -782,6 +782,34 @@ async fn a_user_index_ahead_of_a_restored_database_is_rebuilt() {
     close(sqlite).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_restarts_under_continuous_writes() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    let wal = f.path.with_file_name("tally.db-wal");
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(64 * 1024));
+    // 400 commits of 640 KiB: 250 MiB through the log, which would hold all of it if it
+    // were never started over.
+    let mut largest = 0;
+    for i in 0..400i64 {
+        let batch: Vec<NewEvent> = (0..10)
+            .map(|j| NewEvent {
+                properties: big.clone(),
+                ..event(T0 + i * 10 + j, None, None, EventType::PageView, "p")
+            })
+            .collect();
+        f.stores.events.insert_events(t, None, batch).await.unwrap();
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    assert_eq!(f.stores.events.event_count(t).await.unwrap(), 4000);
+    assert!(
+        largest < 160 * 1024 * 1024,
+        "the log grew to {} MiB",
+        largest / (1024 * 1024)
+    );
+    close(f.sqlite.clone()).await;
+}
+
 #[tokio::test]
 async fn user_pages_across_days_match_the_full_list() {
     let f = open();

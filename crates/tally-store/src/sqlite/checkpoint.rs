@@ -1,13 +1,20 @@
 //! WAL checkpoints on a background thread with a connection of its own, so a commit never
 //! waits for the log to be copied back into the database file. Only passive checkpoints:
-//! they never take the write lock and never wait for readers, and the writer restarts the
-//! log from its beginning once a checkpoint has caught up. `journal_size_limit` (set on
-//! the writer's connection) truncates a log that grew large under a burst.
+//! they never take the write lock and never wait for readers.
 //!
-//! The thread runs at background priority; the connection has its own page cache (see
+//! SQLite starts the log over from its beginning only when a write transaction begins
+//! after a checkpoint copied *every* frame, which never happens while commits keep
+//! arriving. So the background thread copies the bulk and reports the log's length; once
+//! the log passes `RESTART_AT_FRAMES` the writer runs one passive checkpoint itself between
+//! two commits (`catch_up`), which has only the last few frames left to copy, and its next
+//! commit restarts the log, overwriting the file from its start.
+//!
+//! The thread runs at normal priority: niced, it fell behind under full load and left the
+//! writer's catch-up most of the log to copy. Its connection has its own page cache (see
 //! `.cargo/config.toml`: no process-wide page cache lock), so it does not slow the writer.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -18,6 +25,31 @@ use crate::{StoreError, StoreResult};
 
 /// How often the log is checkpointed.
 const INTERVAL: Duration = Duration::from_millis(250);
+/// Pause between background passes while the log waits for the writer's catch-up.
+const CATCH_UP_GAP: Duration = Duration::from_millis(5);
+/// Log length (4 KiB frames) past which the writer catches up and restarts it: 64 MiB,
+/// which is also about the log file's size on disk while writes keep coming.
+const RESTART_AT_FRAMES: i64 = 16_384;
+
+/// The log's length in frames at the background thread's last checkpoint.
+#[derive(Default)]
+pub(crate) struct LogLength(AtomicI64);
+
+impl LogLength {
+    /// Called by the writer between commits: when the log is long, copies what the
+    /// background thread has not copied yet, so that the next commit starts it over.
+    pub(crate) fn catch_up(&self, conn: &Connection) {
+        if self.0.load(Ordering::Relaxed) < RESTART_AT_FRAMES {
+            return;
+        }
+        match passive(conn) {
+            // Busy: the background thread is copying right now; try after the next commit.
+            Ok((true, _)) => {}
+            Ok((false, _)) => self.0.store(0, Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+        }
+    }
+}
 
 pub(crate) struct Checkpointer {
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -25,24 +57,40 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub(crate) fn start(path: &Path) -> StoreResult<Self> {
+    pub(crate) fn start(path: &Path, log: Arc<LogLength>) -> StoreResult<Self> {
         let conn = super::open_connection(path, 2, false)?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("tally-checkpoint".into())
             .spawn(move || {
-                super::background_priority();
                 let (lock, wake) = &*flag;
                 let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut pause = INTERVAL;
                 while !*stopped {
                     stopped = wake
-                        .wait_timeout(stopped, INTERVAL)
+                        .wait_timeout(stopped, pause)
                         .map(|(g, _)| g)
                         .unwrap_or_else(|e| e.into_inner().0);
                     if !*stopped {
                         drop(stopped);
-                        checkpoint(&conn);
+                        pause = match passive(&conn) {
+                            Ok((_, frames)) => {
+                                log.0.store(frames, Ordering::Relaxed);
+                                // A long log is about to be restarted: keep its uncopied
+                                // tail short so the writer's catch-up is quick, leaving
+                                // the writer a gap to get in.
+                                if frames >= RESTART_AT_FRAMES {
+                                    CATCH_UP_GAP
+                                } else {
+                                    INTERVAL
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "checkpoint failed");
+                                INTERVAL
+                            }
+                        };
                         stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
                     }
                 }
@@ -76,8 +124,22 @@ impl Drop for Checkpointer {
     }
 }
 
-fn checkpoint(conn: &Connection) {
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        tracing::warn!(error = %e, "checkpoint failed");
-    }
+/// One passive checkpoint: (whether another checkpoint was running, frames in the log).
+fn passive(conn: &Connection) -> rusqlite::Result<(bool, i64)> {
+    let t0 = std::time::Instant::now();
+    let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    tracing::trace!(
+        busy = r.0,
+        log = r.1,
+        copied = r.2,
+        ms = t0.elapsed().as_millis() as u64,
+        "checkpoint pass"
+    );
+    Ok((r.0 != 0, r.1))
 }

@@ -117,6 +117,7 @@ fn open_connection(path: &Path) -> StoreResult<Connection> {
     // Derived data: a commit lost to a power cut is re-folded from `events` at open.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "cache_size", -16 * 1024)?;
+    conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
     schema::apply(&mut conn, schema::USER_INDEX_MIGRATIONS)?;
     Ok(conn)
 }

@@ -14,6 +14,7 @@ use rusqlite::Connection;
 use tally_core::TenantId;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::LogLength;
 use super::events::RollupDelta;
 use super::user_index::{StagedEvent, UserIndex, UserKey};
 use crate::{StoreError, StoreResult};
@@ -57,11 +58,12 @@ impl Writer {
         conn: Connection,
         queue: usize,
         user_index: Arc<UserIndex>,
+        log: Arc<LogLength>,
     ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = std::thread::Builder::new()
             .name("tally-writer".into())
-            .spawn(move || run(conn, rx, user_index))
+            .spawn(move || run(conn, rx, user_index, log))
             .map_err(|e| StoreError::Internal(format!("failed to start writer thread: {e}")))?;
         Ok(Self {
             tx,
@@ -132,7 +134,12 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, user_index: Arc<UserIndex>) {
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Msg>,
+    user_index: Arc<UserIndex>,
+    log: Arc<LogLength>,
+) {
     let mut state = WriterState::default();
     let mut batch: Vec<(usize, JobFn)> = Vec::new();
     loop {
@@ -161,6 +168,9 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, user_index: Arc<UserIn
             let (ops, t0) = (batch.len(), Instant::now());
             commit_batch(&mut conn, &mut state, &mut batch, &user_index);
             slow_step("commit", t0, ops, rows);
+            let t0 = Instant::now();
+            log.catch_up(&conn);
+            slow_step("checkpoint catch-up", t0, 0, 0);
         }
         if stop {
             break;
