@@ -2,7 +2,8 @@
 //! connection and group-commits: every operation queued while a commit is in flight joins
 //! the next transaction, and each caller is answered only after that transaction has
 //! committed (`synchronous=FULL`). Reads run on a small pool of connections on blocking
-//! threads.
+//! threads. Two background threads keep work off the writer: the user-index fold
+//! (`user_index.rs`, its own file `<db>.users`) and WAL checkpoints (`checkpoint.rs`).
 
 mod checkpoint;
 mod events;
