@@ -788,10 +788,11 @@ async fn the_log_restarts_under_continuous_writes() {
     let t = tenant(&f.stores, None).await;
     let wal = f.path.with_file_name("tally.db-wal");
     let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(64 * 1024));
-    // 400 commits of 640 KiB: 250 MiB through the log, which would hold all of it if it
-    // were never started over.
+    // 640 commits of 640 KiB: 400 MiB through the log, which would hold all of it if it
+    // were never started over. Restarted, it stays near 64 MiB plus what is written before
+    // the checkpointer's next look (250 ms); the bound leaves room for a fast disk.
     let mut largest = 0;
-    for i in 0..400i64 {
+    for i in 0..640i64 {
         let batch: Vec<NewEvent> = (0..10)
             .map(|j| NewEvent {
                 properties: big.clone(),
@@ -801,9 +802,9 @@ async fn the_log_restarts_under_continuous_writes() {
         f.stores.events.insert_events(t, None, batch).await.unwrap();
         largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
     }
-    assert_eq!(f.stores.events.event_count(t).await.unwrap(), 4000);
+    assert_eq!(f.stores.events.event_count(t).await.unwrap(), 6400);
     assert!(
-        largest < 160 * 1024 * 1024,
+        largest < 300 * 1024 * 1024,
         "the log grew to {} MiB",
         largest / (1024 * 1024)
     );
