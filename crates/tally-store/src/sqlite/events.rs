@@ -90,6 +90,29 @@ fn tenant_event_count(conn: &Connection, tenant: TenantId) -> StoreResult<u64> {
     Ok(n.max(0) as u64)
 }
 
+/// SQL for "the tenant's key", bound to the tenant's 16-byte id: uncorrelated, so SQLite
+/// runs it once per statement and seeks the event indexes with the integer it returns
+/// (NULL, matching nothing, for a tenant that never stored an event).
+const TENANT_KEY: &str = "(SELECT key FROM tenant_keys WHERE tenant_id = ?)";
+
+/// The tenant's key in `events`, created with its first event. One indexed lookup per
+/// operation, inside the operation's savepoint, so nothing outlives a rollback.
+fn tenant_key(conn: &Connection, tenant: TenantId) -> StoreResult<i64> {
+    let id = tenant.0.as_bytes();
+    let found: Option<i64> = conn
+        .prepare_cached("SELECT key FROM tenant_keys WHERE tenant_id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    match found {
+        Some(key) => Ok(key),
+        None => {
+            conn.prepare_cached("INSERT INTO tenant_keys (tenant_id) VALUES (?1)")?
+                .execute([id])?;
+            Ok(conn.last_insert_rowid())
+        }
+    }
+}
+
 /// Inserts inside the writer's transaction. Returns one outcome per event, in order.
 fn insert_events_tx(
     conn: &Connection,
@@ -112,20 +135,20 @@ fn insert_events_tx(
             limit.saturating_sub(committed + state.rollups.pending_for(tenant))
         }
     };
+    let key = tenant_key(conn, tenant)?;
     let mut insert = conn.prepare_cached(
-        "INSERT OR IGNORE INTO events (tenant_id, tracking_id, client_id, dedup_ts, event_type, event_name,
+        "INSERT OR IGNORE INTO events (tenant_key, tracking_id, client_id, dedup_ts, event_type, event_name,
              user_id, project_id, ts, received_at, properties, context, enriched)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
     let mut delta = RollupDelta::default();
     let mut staged = Vec::new();
     let mut out = Vec::with_capacity(events.len());
-    let tenant_bytes = tenant.0.as_bytes();
     for e in events {
         if room == 0 {
             // Out of room: a retry of a stored event is still a duplicate, not a refusal.
             let existing = match &e.client_id {
-                Some(client_id) => find_duplicate(conn, tenant, e.dedup_ts, client_id)?,
+                Some(client_id) => find_duplicate(conn, key, e.dedup_ts, client_id)?,
                 None => None,
             };
             out.push(existing.unwrap_or(InsertOutcome::OverLimit {
@@ -134,7 +157,7 @@ fn insert_events_tx(
             continue;
         }
         let inserted = insert.execute(params![
-            tenant_bytes,
+            key,
             e.tracking_id.as_bytes(),
             e.client_id,
             e.dedup_ts,
@@ -152,10 +175,9 @@ fn insert_events_tx(
             // Ignored: only the idempotency index can conflict (tracking ids are fresh
             // UUIDv7s), so this is a retry of an event already stored.
             let client_id = e.client_id.as_deref().unwrap_or_default();
-            let existing =
-                find_duplicate(conn, tenant, e.dedup_ts, client_id)?.ok_or_else(|| {
-                    StoreError::Internal("insert ignored without an idempotency conflict".into())
-                })?;
+            let existing = find_duplicate(conn, key, e.dedup_ts, client_id)?.ok_or_else(|| {
+                StoreError::Internal("insert ignored without an idempotency conflict".into())
+            })?;
             out.push(existing);
             continue;
         }
@@ -186,15 +208,15 @@ fn insert_events_tx(
 
 fn find_duplicate(
     conn: &Connection,
-    tenant: TenantId,
+    tenant_key: i64,
     dedup_ts: i64,
     client_id: &str,
 ) -> StoreResult<Option<InsertOutcome>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, tracking_id FROM events WHERE tenant_id = ?1 AND dedup_ts = ?2 AND client_id = ?3",
+        "SELECT id, tracking_id FROM events WHERE tenant_key = ?1 AND dedup_ts = ?2 AND client_id = ?3",
     )?;
     Ok(stmt
-        .query_row(params![tenant.0.as_bytes(), dedup_ts, client_id], |r| {
+        .query_row(params![tenant_key, dedup_ts, client_id], |r| {
             Ok(InsertOutcome::Duplicate {
                 id: r.get(0)?,
                 tracking_id: uuid_from(r.get(1)?)?,
@@ -265,8 +287,9 @@ fn list_from_events(
     } else {
         "events_by_time"
     };
-    let mut sql =
-        format!("SELECT {EVENT_COLUMNS} FROM events INDEXED BY {index} WHERE tenant_id = ?");
+    let mut sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events INDEXED BY {index} WHERE tenant_key = {TENANT_KEY}"
+    );
     let mut args: Vec<SqlValue> = vec![SqlValue::Blob(tenant.0.as_bytes().to_vec())];
     push_common_filters(&mut sql, &mut args, f, "ts");
     sql.push_str(" ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?");
@@ -443,19 +466,27 @@ fn list_for_user(
     Ok((count, fetch_events(conn, tenant, &page)?))
 }
 
-// Lookups by id name the tenant as `+tenant_id`: the unary plus keeps the filter but stops
+// Lookups by id name the tenant as `+tenant_key`: the unary plus keeps the filter but stops
 // the planner (which has no statistics) from scanning the tenant's whole index instead of
 // seeking the rowid: measured 1 s against 0.2 ms on 10M events.
 fn fetch_by_ids_sql(marks: &str) -> String {
-    format!("SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks}) AND +tenant_id = ?")
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks}) AND +tenant_key = {TENANT_KEY}"
+    )
 }
 
 fn by_id_sql() -> String {
-    format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1 AND +tenant_id = ?2")
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1
+         AND +tenant_key = (SELECT key FROM tenant_keys WHERE tenant_id = ?2)"
+    )
 }
 
 fn by_tracking_id_sql() -> String {
-    format!("SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = ?1 AND +tenant_id = ?2")
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = ?1
+         AND +tenant_key = (SELECT key FROM tenant_keys WHERE tenant_id = ?2)"
+    )
 }
 
 /// Rows by id, in the order given.
@@ -651,7 +682,7 @@ mod tests {
         let path = dir.path().join("t.db");
         let mut conn = Connection::open(&path).unwrap();
         crate::sqlite::schema::migrate(&mut conn).unwrap();
-        let sql = fetch_by_ids_sql("1,2,3").replace("+tenant_id = ?", "+tenant_id = x'00'");
+        let sql = fetch_by_ids_sql("1,2,3").replace("tenant_id = ?", "tenant_id = x'00'");
         assert!(
             plan(&conn, &sql).contains("INTEGER PRIMARY KEY"),
             "{}",
@@ -671,6 +702,22 @@ mod tests {
             "{}",
             plan(&conn, &sql)
         );
+        for (index, filter) in [
+            ("events_by_time", ""),
+            ("events_by_type", " AND event_type = 1"),
+            ("events_by_project", " AND project_id = 'p'"),
+        ] {
+            let listing = format!(
+                "SELECT id FROM events INDEXED BY {index} WHERE tenant_key = {TENANT_KEY}{filter} ORDER BY ts DESC, id DESC LIMIT 20"
+            )
+            .replace("tenant_id = ?", "tenant_id = x'00'");
+            let p = plan(&conn, &listing);
+            assert!(p.contains(&format!("{index} (tenant_key=?")), "{p}");
+            assert!(
+                !p.contains("TEMP B-TREE"),
+                "sorts instead of walking the index: {p}"
+            );
+        }
         let mut users = Connection::open(dir.path().join("t.db.users")).unwrap();
         crate::sqlite::schema::apply(&mut users, crate::sqlite::schema::USER_INDEX_MIGRATIONS)
             .unwrap();

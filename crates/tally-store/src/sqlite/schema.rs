@@ -281,6 +281,46 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE user_activity_hourly;
     DELETE FROM settings WHERE key = 'user_index.watermark';
     "#,
+    // 6: events and their indexes name the tenant by a small integer key instead of its
+    // 16-byte id: shorter index entries and integer comparisons on the write path, where
+    // key comparisons were over a third of the writer's time.
+    r#"
+    CREATE TABLE tenant_keys (
+        key INTEGER PRIMARY KEY,
+        tenant_id BLOB NOT NULL UNIQUE
+    );
+    INSERT INTO tenant_keys (tenant_id) SELECT id FROM tenants ORDER BY created_at, id;
+    INSERT OR IGNORE INTO tenant_keys (tenant_id) SELECT DISTINCT tenant_id FROM events;
+
+    CREATE TABLE events_v6 (
+        id INTEGER PRIMARY KEY,
+        tenant_key INTEGER NOT NULL,
+        tracking_id BLOB NOT NULL,
+        client_id TEXT,
+        dedup_ts INTEGER NOT NULL DEFAULT 0,
+        event_type INTEGER NOT NULL,
+        event_name TEXT NOT NULL,
+        user_id TEXT,
+        project_id TEXT,
+        ts INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        properties TEXT NOT NULL,
+        context TEXT NOT NULL,
+        enriched TEXT NOT NULL
+    );
+    INSERT INTO events_v6 (id, tenant_key, tracking_id, client_id, dedup_ts, event_type,
+        event_name, user_id, project_id, ts, received_at, properties, context, enriched)
+    SELECT e.id, k.key, e.tracking_id, e.client_id, e.dedup_ts, e.event_type, e.event_name,
+        e.user_id, e.project_id, e.ts, e.received_at, e.properties, e.context, e.enriched
+    FROM events e JOIN tenant_keys k ON k.tenant_id = e.tenant_id ORDER BY e.id;
+    DROP TABLE events;
+    ALTER TABLE events_v6 RENAME TO events;
+    CREATE INDEX events_by_time ON events(tenant_key, ts);
+    CREATE INDEX events_by_project ON events(tenant_key, project_id, ts) WHERE project_id IS NOT NULL;
+    CREATE INDEX events_by_type ON events(tenant_key, event_type, ts);
+    CREATE UNIQUE INDEX events_by_tracking_id ON events(tracking_id);
+    CREATE UNIQUE INDEX events_dedup ON events(tenant_key, dedup_ts, client_id) WHERE client_id IS NOT NULL;
+    "#,
 ];
 
 /// The user index's own database (`user_index.rs`): derived data, rebuilt from `events`
@@ -342,4 +382,58 @@ pub(crate) fn apply(conn: &mut Connection, list: &[&str]) -> StoreResult<()> {
         tracing::info!(version, "applied storage migration");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events stored before migration 6 keep their ids, tenants and every column.
+    #[test]
+    fn events_move_to_integer_tenant_keys_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        apply(&mut conn, &MIGRATIONS[..5]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tenants (id, name, created_at) VALUES (x'01', 'a', 1), (x'02', 'b', 2);
+             INSERT INTO events (id, tenant_id, tracking_id, client_id, dedup_ts, event_type,
+                 event_name, user_id, project_id, ts, received_at, properties, context, enriched)
+             VALUES (7, x'02', x'aa', 'c1', 5, 1, 'n', 'u', 'p', 10, 11, '{}', '{\"c\":1}', '{}'),
+                    (9, x'01', x'bb', NULL, 0, 2, 'm', NULL, NULL, 12, 13, '{}', '{}', '{}');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        type Row = (i64, Vec<u8>, Option<String>, String, i64);
+        let rows: Vec<Row> = conn
+            .prepare(
+                "SELECT e.id, k.tenant_id, e.client_id, e.context, e.ts FROM events e
+                 JOIN tenant_keys k ON k.key = e.tenant_key ORDER BY e.id",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (7, vec![2], Some("c1".into()), r#"{"c":1}"#.into(), 10),
+                (9, vec![1], None, "{}".into(), 12),
+            ]
+        );
+        // The idempotency index survived the rebuild.
+        let dup = conn.execute(
+            "INSERT INTO events (tenant_key, tracking_id, client_id, dedup_ts, event_type,
+                 event_name, ts, received_at, properties, context, enriched)
+             SELECT key, x'cc', 'c1', 5, 1, 'n', 10, 11, '{}', '{}', '{}' FROM tenant_keys
+             WHERE tenant_id = x'02'",
+            [],
+        );
+        assert!(
+            dup.is_err(),
+            "a second (tenant, ts, client id) must be refused"
+        );
+    }
 }

@@ -294,8 +294,9 @@ impl UserIndex {
             );
         }
         let mut stmt = main.prepare(
-            "SELECT id, tenant_id, user_id, ts, project_id, event_type, event_name FROM events
-             WHERE id > ?1 AND id <= ?2 AND user_id IS NOT NULL ORDER BY id",
+            "SELECT e.id, k.tenant_id, e.user_id, e.ts, e.project_id, e.event_type, e.event_name
+             FROM events e JOIN tenant_keys k ON k.key = e.tenant_key
+             WHERE e.id > ?1 AND e.id <= ?2 AND e.user_id IS NOT NULL ORDER BY e.id",
         )?;
         while watermark < last {
             let upto = watermark.saturating_add(RECOVERY_CHUNK).min(last);
