@@ -34,6 +34,18 @@ fn open() -> Fixture {
     }
 }
 
+/// Shuts the store down (commits, folds, truncates the log) from a blocking thread.
+async fn close(sqlite: Arc<SqliteStore>) {
+    tokio::task::spawn_blocking(move || sqlite.shutdown())
+        .await
+        .unwrap();
+}
+
+fn reopen(path: &std::path::Path) -> (Arc<SqliteStore>, Stores) {
+    let sqlite = Arc::new(SqliteStore::open(SqliteConfig::new(path)).unwrap());
+    (sqlite.clone(), Stores::sqlite(sqlite))
+}
+
 const T0: i64 = 1_705_761_000_000_000; // 2024-01-20T14:30:00Z
 
 fn event(
@@ -395,10 +407,7 @@ async fn data_survives_shutdown_and_reopen() {
         )
         .await
         .unwrap();
-    let sqlite = f.sqlite.clone();
-    tokio::task::spawn_blocking(move || sqlite.shutdown())
-        .await
-        .unwrap();
+    close(f.sqlite.clone()).await;
     let err = f
         .stores
         .events
@@ -409,9 +418,7 @@ async fn data_survives_shutdown_and_reopen() {
         )
         .await;
     assert!(matches!(err, Err(StoreError::Unavailable(_))));
-    let reopened = Stores::sqlite(Arc::new(
-        SqliteStore::open(SqliteConfig::new(&f.path)).unwrap(),
-    ));
+    let (_, reopened) = reopen(&f.path);
     assert_eq!(reopened.events.event_count(t).await.unwrap(), 1);
     assert!(reopened.identity.get_tenant(t).await.unwrap().is_some());
 }
@@ -640,13 +647,8 @@ async fn user_listing_is_exact_across_the_user_index_fold_and_a_restart() {
     );
 
     // Simulated crash: the staged part is lost from memory but re-derived from `events`.
-    let sqlite = f.sqlite.clone();
-    tokio::task::spawn_blocking(move || sqlite.shutdown())
-        .await
-        .unwrap();
-    let reopened = Stores::sqlite(Arc::new(
-        SqliteStore::open(SqliteConfig::new(&f.path)).unwrap(),
-    ));
+    close(f.sqlite.clone()).await;
+    let (_, reopened) = reopen(&f.path);
     let (count, rows) = reopened
         .events
         .list_activities(t, &by_user, 0, 100)
@@ -697,17 +699,6 @@ async fn user_totals(stores: &Stores, t: TenantId) -> (u64, usize, u64) {
         .await
         .unwrap();
     (count, rows.len(), hours.iter().map(|h| h.count).sum())
-}
-
-async fn close(sqlite: Arc<SqliteStore>) {
-    tokio::task::spawn_blocking(move || sqlite.shutdown())
-        .await
-        .unwrap();
-}
-
-fn reopen(path: &std::path::Path) -> (Arc<SqliteStore>, Stores) {
-    let sqlite = Arc::new(SqliteStore::open(SqliteConfig::new(path)).unwrap());
-    (sqlite.clone(), Stores::sqlite(sqlite))
 }
 
 #[tokio::test]

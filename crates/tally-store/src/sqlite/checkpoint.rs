@@ -60,41 +60,10 @@ impl Checkpointer {
     pub(crate) fn start(path: &Path, log: Arc<LogLength>) -> StoreResult<Self> {
         let conn = super::open_connection(path, 2, false)?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let flag = stop.clone();
+        let signal = stop.clone();
         let handle = std::thread::Builder::new()
             .name("tally-checkpoint".into())
-            .spawn(move || {
-                let (lock, wake) = &*flag;
-                let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let mut pause = INTERVAL;
-                while !*stopped {
-                    stopped = wake
-                        .wait_timeout(stopped, pause)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|e| e.into_inner().0);
-                    if !*stopped {
-                        drop(stopped);
-                        pause = match passive(&conn) {
-                            Ok((_, frames)) => {
-                                log.0.store(frames, Ordering::Relaxed);
-                                // A long log is about to be restarted: keep its uncopied
-                                // tail short so the writer's catch-up is quick, leaving
-                                // the writer a gap to get in.
-                                if frames >= RESTART_AT_FRAMES {
-                                    CATCH_UP_GAP
-                                } else {
-                                    INTERVAL
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "checkpoint failed");
-                                INTERVAL
-                            }
-                        };
-                        stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    }
-                }
-            })
+            .spawn(move || run(&conn, &signal, &log))
             .map_err(|e| StoreError::Internal(format!("failed to start checkpointer: {e}")))?;
         Ok(Self {
             stop,
@@ -102,25 +71,52 @@ impl Checkpointer {
         })
     }
 
+    fn signal_stop(&self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+    }
+
     /// Stops the thread (the writer runs the final, truncating checkpoint). Blocks.
     pub(crate) fn shutdown(&self) {
-        let (lock, wake) = &*self.stop;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        wake.notify_all();
-        let handle = self.handle.lock().ok().and_then(|mut h| h.take());
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!("checkpoint thread panicked");
-            }
-        }
+        self.signal_stop();
+        super::join(&self.handle, "checkpoint");
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        let (lock, wake) = &*self.stop;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        wake.notify_all();
+        self.signal_stop();
+    }
+}
+
+/// The background loop: a pass every `INTERVAL`, back to back (`CATCH_UP_GAP`) while a
+/// long log waits for the writer's catch-up, so the tail it leaves the writer is short.
+fn run(conn: &Connection, stop: &(Mutex<bool>, Condvar), log: &LogLength) {
+    let (stopped, wake) = stop;
+    let mut pause = INTERVAL;
+    loop {
+        if *super::wait(
+            wake,
+            stopped.lock().unwrap_or_else(|e| e.into_inner()),
+            pause,
+        ) {
+            return;
+        }
+        pause = match passive(conn) {
+            Ok((_, frames)) => {
+                log.0.store(frames, Ordering::Relaxed);
+                if frames >= RESTART_AT_FRAMES {
+                    CATCH_UP_GAP
+                } else {
+                    INTERVAL
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint failed");
+                INTERVAL
+            }
+        };
     }
 }
 

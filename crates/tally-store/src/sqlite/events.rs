@@ -99,10 +99,10 @@ const TENANT_KEY: &str = "(SELECT key FROM tenant_keys WHERE tenant_id = ?)";
 /// operation, inside the operation's savepoint, so nothing outlives a rollback.
 fn tenant_key(conn: &Connection, tenant: TenantId) -> StoreResult<i64> {
     let id = tenant.0.as_bytes();
+    // One row, NULL when the tenant has no key yet.
     let found: Option<i64> = conn
-        .prepare_cached("SELECT key FROM tenant_keys WHERE tenant_id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?;
+        .prepare_cached(&format!("SELECT {TENANT_KEY}"))?
+        .query_row([id], |r| r.get(0))?;
     match found {
         Some(key) => Ok(key),
         None => {
@@ -476,16 +476,13 @@ fn fetch_by_ids_sql(marks: &str) -> String {
 }
 
 fn by_id_sql() -> String {
-    format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1
-         AND +tenant_key = (SELECT key FROM tenant_keys WHERE tenant_id = ?2)"
-    )
+    // The unnumbered `?` after `?1` is parameter 2.
+    format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1 AND +tenant_key = {TENANT_KEY}")
 }
 
 fn by_tracking_id_sql() -> String {
     format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = ?1
-         AND +tenant_key = (SELECT key FROM tenant_keys WHERE tenant_id = ?2)"
+        "SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = ?1 AND +tenant_key = {TENANT_KEY}"
     )
 }
 
@@ -688,7 +685,9 @@ mod tests {
             "{}",
             plan(&conn, &sql)
         );
-        let sql = by_id_sql().replace("?1", "1").replace("?2", "x'00'");
+        let sql = by_id_sql()
+            .replace("?1", "1")
+            .replace("tenant_id = ?", "tenant_id = x'00'");
         assert!(
             plan(&conn, &sql).contains("INTEGER PRIMARY KEY"),
             "{}",
@@ -696,7 +695,7 @@ mod tests {
         );
         let sql = by_tracking_id_sql()
             .replace("?1", "x'00'")
-            .replace("?2", "x'00'");
+            .replace("tenant_id = ?", "tenant_id = x'00'");
         assert!(
             plan(&conn, &sql).contains("events_by_tracking_id"),
             "{}",

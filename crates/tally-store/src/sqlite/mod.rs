@@ -16,7 +16,9 @@ mod user_index;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
@@ -100,6 +102,28 @@ impl Drop for SqliteStore {
         // Without `shutdown`, still let the fold thread finish and exit.
         self.user_index.stop();
     }
+}
+
+/// Joins the thread in `handle` once (later calls do nothing), logging a panic.
+pub(crate) fn join(handle: &Mutex<Option<JoinHandle<()>>>, what: &str) {
+    let taken = handle.lock().ok().and_then(|mut h| h.take());
+    if let Some(thread) = taken {
+        if thread.join().is_err() {
+            tracing::error!("{what} thread panicked");
+        }
+    }
+}
+
+/// `Condvar::wait_timeout` that shrugs off poisoning: the guarded state stays valid.
+pub(crate) fn wait<'a, T>(
+    signal: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: Duration,
+) -> MutexGuard<'a, T> {
+    signal
+        .wait_timeout(guard, timeout)
+        .map(|(g, _)| g)
+        .unwrap_or_else(|e| e.into_inner().0)
 }
 
 /// Lowers the calling thread's scheduling priority (nice 10), for background work that must

@@ -104,7 +104,7 @@ pub(crate) struct UserIndex {
 }
 
 /// `<db>.users` next to the main database file.
-pub(crate) fn path_for(db: &Path) -> PathBuf {
+fn path_for(db: &Path) -> PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_os_string();
     name.push(".users");
     db.with_file_name(name)
@@ -140,19 +140,16 @@ impl UserIndex {
             .name("tally-user-index".into())
             .spawn(move || me.run(conn))
             .map_err(|e| StoreError::Internal(format!("failed to start user index: {e}")))?;
-        *index.lock()? = Some(handle);
+        *index
+            .thread
+            .lock()
+            .map_err(|_| StoreError::Internal("user index lock poisoned".into()))? = Some(handle);
         Ok(index)
     }
 
     /// The index's database file, attached to reader connections as `ux`.
     pub(crate) fn path(&self) -> &Path {
         &self.path
-    }
-
-    fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Option<JoinHandle<()>>>> {
-        self.thread
-            .lock()
-            .map_err(|_| StoreError::Internal("user index lock poisoned".into()))
     }
 
     fn generations(&self) -> std::sync::MutexGuard<'_, Generations> {
@@ -176,11 +173,7 @@ impl UserIndex {
                     tracing::warn!(staged = g.rows(), "user index fold is behind");
                     break;
                 }
-                g = self
-                    .changed
-                    .wait_timeout(g, left)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|e| e.into_inner().0);
+                g = super::wait(&self.changed, g, left);
             }
         }
         g.current.add(entries);
@@ -210,12 +203,7 @@ impl UserIndex {
     /// Folds what is staged, then stops the fold thread. Blocks.
     pub(crate) fn shutdown(&self) {
         self.stop();
-        let handle = self.lock().ok().and_then(|mut h| h.take());
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!("user index thread panicked");
-            }
-        }
+        super::join(&self.thread, "user index");
     }
 
     fn run(&self, conn: Connection) {
@@ -224,11 +212,7 @@ impl UserIndex {
             let (batch, stop) = {
                 let mut g = self.generations();
                 while !g.fold_due() {
-                    g = self
-                        .changed
-                        .wait_timeout(g, TICK)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|e| e.into_inner().0);
+                    g = super::wait(&self.changed, g, TICK);
                 }
                 if g.folding.is_none() && g.current.rows > 0 {
                     g.folding = Some(Arc::new(std::mem::take(&mut g.current)));

@@ -112,11 +112,9 @@ impl Writer {
     /// Commits everything queued so far, then stops the thread. Blocks; call it from a
     /// blocking context. Later writes fail with `Unavailable`.
     pub(crate) fn shutdown(&self) {
-        let handle = match self.handle.lock() {
-            Ok(mut h) => h.take(),
-            Err(_) => None,
-        };
-        let Some(handle) = handle else { return };
+        if self.handle.lock().map_or(true, |h| h.is_none()) {
+            return;
+        }
         let mut msg = Msg::Shutdown;
         loop {
             match self.tx.try_send(msg) {
@@ -128,9 +126,7 @@ impl Writer {
                 Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
-        if handle.join().is_err() {
-            tracing::error!("writer thread panicked");
-        }
+        super::join(&self.handle, "writer");
     }
 }
 
