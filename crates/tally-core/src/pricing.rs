@@ -1,7 +1,9 @@
 //! LLM prices and exact cost computation (seeds 000 and 003).
 //!
-//! Money is an integer number of nano-dollars (1e-9 USD): sums are exact, and rounding
-//! happens only at the edge (2 decimals in summaries, 6 in usage detail). Prices are per
+//! Money is an integer number of nano-dollars (1e-9 USD) held in an `i128`: sums are exact
+//! and cannot overflow for any amount tally accepts (one record is at most
+//! [`MAX_RECORD_COST`]), and rounding happens only at the edge, to 6 decimals in every money
+//! field (`docs/numbers.md`). Prices are per
 //! million tokens and carry the date they apply from, so a price change never rewrites the
 //! cost of past calls: a call is priced with the entry in force on its day.
 
@@ -10,14 +12,20 @@ use std::fmt;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-/// An amount of money in nano-dollars.
+/// An amount of money in nano-dollars. `i128`: a sum of `i64`-sized amounts never
+/// overflows (2^64 of them would be needed), so money arithmetic neither saturates nor
+/// wraps; storage keeps `i64` per row and converts with a checked conversion.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 #[serde(transparent)]
-pub struct Nanos(pub i64);
+pub struct Nanos(pub i128);
 
-pub const NANOS_PER_USD: i64 = 1_000_000_000;
+pub const NANOS_PER_USD: i128 = 1_000_000_000;
+
+/// The largest cost one usage record may carry (reported or computed): $1,000,000. Anything
+/// larger is a unit mistake, and the bound keeps every stored rollup row far from `i64`.
+pub const MAX_RECORD_COST: Nanos = Nanos(1_000_000 * NANOS_PER_USD);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("'{0}' is not a dollar amount with at most 9 decimals")]
@@ -42,12 +50,15 @@ impl Nanos {
         {
             return Err(err());
         }
-        let whole: i64 = if whole.is_empty() {
+        if whole.len() > 20 {
+            return Err(err());
+        }
+        let whole: i128 = if whole.is_empty() {
             0
         } else {
             whole.parse().map_err(|_| err())?
         };
-        let frac_nanos: i64 = if frac.is_empty() {
+        let frac_nanos: i128 = if frac.is_empty() {
             0
         } else {
             format!("{frac:0<9}").parse().map_err(|_| err())?
@@ -74,17 +85,55 @@ impl Nanos {
     /// float. Only for display: never feed it back into sums.
     pub fn usd_rounded(self, decimals: u32) -> f64 {
         let decimals = decimals.min(9);
-        let unit = 10i64.pow(9 - decimals);
-        let q = div_round_half_away(i128::from(self.0), i128::from(unit));
+        let unit = 10i128.pow(9 - decimals);
+        let q = div_round_half_away(self.0, unit);
         q as f64 / 10f64.powi(decimals as i32)
     }
 
-    pub fn checked_add(self, other: Nanos) -> Option<Nanos> {
-        self.0.checked_add(other.0).map(Nanos)
+    /// Dollars rounded to the 6 decimals of every money field.
+    pub fn usd(self) -> f64 {
+        self.usd_rounded(MONEY_DECIMALS)
     }
 
-    pub fn saturating_add(self, other: Nanos) -> Nanos {
-        Nanos(self.0.saturating_add(other.0))
+    /// The stored form of one row's amount; `None` when it does not fit a 64-bit column.
+    pub fn to_i64(self) -> Option<i64> {
+        i64::try_from(self.0).ok()
+    }
+}
+
+/// Decimals of every money field in answers (DESIGN: rounding only at the edge).
+pub const MONEY_DECIMALS: u32 = 6;
+
+impl std::ops::Add for Nanos {
+    type Output = Nanos;
+    /// Exact: operands are sums of amounts bounded far below `i128`'s range.
+    fn add(self, o: Nanos) -> Nanos {
+        Nanos(self.0 + o.0)
+    }
+}
+
+impl std::ops::AddAssign for Nanos {
+    fn add_assign(&mut self, o: Nanos) {
+        self.0 += o.0;
+    }
+}
+
+impl std::ops::Sub for Nanos {
+    type Output = Nanos;
+    fn sub(self, o: Nanos) -> Nanos {
+        Nanos(self.0 - o.0)
+    }
+}
+
+impl std::iter::Sum for Nanos {
+    fn sum<I: Iterator<Item = Nanos>>(iter: I) -> Nanos {
+        iter.fold(Nanos::ZERO, |a, b| a + b)
+    }
+}
+
+impl From<i64> for Nanos {
+    fn from(v: i64) -> Nanos {
+        Nanos(i128::from(v))
     }
 }
 
@@ -93,8 +142,8 @@ impl fmt::Display for Nanos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.0 < 0 { "-" } else { "" };
         let abs = self.0.unsigned_abs();
-        let whole = abs / NANOS_PER_USD as u64;
-        let frac = abs % NANOS_PER_USD as u64;
+        let whole = abs / NANOS_PER_USD as u128;
+        let frac = abs % NANOS_PER_USD as u128;
         if frac == 0 {
             return write!(f, "{sign}{whole}");
         }
@@ -142,11 +191,12 @@ impl ModelPrice {
         let cached = usage.cached_input.min(usage.input);
         let uncached = usage.input - cached;
         let cached_price = self.cached_input_per_mtok.unwrap_or(self.input_per_mtok);
-        let total = i128::from(uncached) * i128::from(self.input_per_mtok.0)
-            + i128::from(cached) * i128::from(cached_price.0)
-            + i128::from(usage.output) * i128::from(self.output_per_mtok.0);
-        let nanos = div_round_half_away(total, 1_000_000);
-        Nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
+        // Tokens are at most 10^9 and prices at most 10^15 nano-dollars per million tokens
+        // (validated at ingest), so these products stay far inside i128.
+        let total = i128::from(uncached) * self.input_per_mtok.0
+            + i128::from(cached) * cached_price.0
+            + i128::from(usage.output) * self.output_per_mtok.0;
+        Nanos(div_round_half_away(total, 1_000_000))
     }
 }
 
@@ -331,7 +381,7 @@ mod tests {
             "abc",
             "1.0000000001",
             "1e3",
-            "99999999999999999999",
+            "100000000000000000000000",
         ] {
             assert!(Nanos::parse_usd(bad).is_err(), "{bad}");
         }

@@ -40,7 +40,7 @@ impl QuotaMetric {
     }
 
     /// How much of this metric one call uses.
-    pub fn amount(self, cost: Nanos, tokens: u64) -> i64 {
+    pub fn amount(self, cost: Nanos, tokens: u64) -> i128 {
         self.of(&WindowUsage {
             calls: 1,
             tokens,
@@ -49,12 +49,12 @@ impl QuotaMetric {
     }
 
     /// How much of this metric a set of calls used.
-    pub fn of(self, u: &WindowUsage) -> i64 {
-        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    /// In `i128`, like money: usage sums never saturate.
+    pub fn of(self, u: &WindowUsage) -> i128 {
         match self {
             Self::CostUsd => u.cost.0.max(0),
-            Self::Tokens => clamp(u.tokens),
-            Self::Requests => clamp(u.calls),
+            Self::Tokens => i128::from(u.tokens),
+            Self::Requests => i128::from(u.calls),
         }
     }
 }
@@ -161,7 +161,7 @@ impl QuotaRule {
             .matches(&r.provider, &r.model, r.user_id.as_deref())
     }
 
-    pub fn amount_of(&self, r: &UsageRecord) -> i64 {
+    pub fn amount_of(&self, r: &UsageRecord) -> i128 {
         self.metric
             .amount(r.cost, r.tokens.input.saturating_add(r.tokens.output))
     }
@@ -182,16 +182,18 @@ pub enum QuotaStatus {
 }
 
 pub const CRITICAL_PERCENT: f64 = 95.0;
+/// The largest cost limit a quota may have: $1,000,000,000 (stored as `i64` nano-dollars).
+pub const MAX_QUOTA_COST: Nanos = Nanos(1_000_000_000 * crate::pricing::NANOS_PER_USD);
 pub const DEFAULT_WARN_PERCENT: u8 = 80;
 
-pub fn percent(used: i64, limit: i64) -> f64 {
+pub fn percent(used: i128, limit: i64) -> f64 {
     if limit <= 0 {
         return if used > 0 { f64::INFINITY } else { 0.0 };
     }
     used as f64 / limit as f64 * 100.0
 }
 
-pub fn status(used: i64, limit: i64, warn_percent: u8) -> QuotaStatus {
+pub fn status(used: i128, limit: i64, warn_percent: u8) -> QuotaStatus {
     let p = percent(used, limit);
     if p >= 100.0 {
         QuotaStatus::Exceeded
@@ -206,11 +208,11 @@ pub fn status(used: i64, limit: i64, warn_percent: u8) -> QuotaStatus {
 
 /// The thresholds (percent) crossed when usage goes from `before` to `after`: the warning
 /// threshold and 100, each reported once per window.
-pub fn crossed(before: i64, after: i64, limit: i64, warn_percent: u8) -> Vec<u8> {
+pub fn crossed(before: i128, after: i128, limit: i64, warn_percent: u8) -> Vec<u8> {
     [warn_percent, 100]
         .into_iter()
         .filter(|t| {
-            let at = |u: i64| percent(u, limit) >= f64::from(*t);
+            let at = |u: i128| percent(u, limit) >= f64::from(*t);
             !at(before) && at(after)
         })
         .collect()
@@ -227,15 +229,15 @@ pub struct Projection {
     pub exhaustion_at: Option<i64>,
 }
 
-pub fn project(used: i64, limit: i64, window: (i64, i64), now: i64) -> Projection {
+pub fn project(used: i128, limit: i64, window: (i64, i64), now: i64) -> Projection {
     let (start, end) = window;
     // At least one minute elapsed, so a window's first seconds do not extrapolate wildly.
     let elapsed = (now - start).max(60 * time::MICROS_PER_SEC) as f64;
     let rate = used as f64 / elapsed;
     let at_window_end = used as f64 + rate * (end - now).max(0) as f64;
-    let exhaustion_at = if used < limit && rate > 0.0 {
-        // Float-to-int casts saturate; the sum must too (limits may be huge).
-        let at = now.saturating_add((limit.saturating_sub(used) as f64 / rate).ceil() as i64);
+    let exhaustion_at = if used < i128::from(limit) && rate > 0.0 {
+        // A time, not money: float-to-int casts saturate and so does this sum.
+        let at = now.saturating_add(((i128::from(limit) - used) as f64 / rate).ceil() as i64);
         (at < end).then_some(at)
     } else {
         None
@@ -257,9 +259,10 @@ pub enum Decision {
     Block,
 }
 
-pub fn decide(rule: &QuotaRule, used: i64, amount: i64) -> Decision {
-    let after = used.saturating_add(amount);
-    if after > rule.limit || (used >= rule.limit && amount > 0) {
+pub fn decide(rule: &QuotaRule, used: i128, amount: i128) -> Decision {
+    let limit = i128::from(rule.limit);
+    let after = used + amount;
+    if after > limit || (used >= limit && amount > 0) {
         if rule.enforce {
             Decision::Block
         } else {
@@ -343,11 +346,11 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
     let limit = match (metric, input.limit) {
         (_, None | Some(Value::Null)) => return Err(FieldError::required(f("limit"))),
         (QuotaMetric::CostUsd, Some(v)) => match Nanos::parse_usd_json(&v) {
-            Ok(n) if n > Nanos::ZERO => n.0,
+            Ok(n) if n > Nanos::ZERO && n <= MAX_QUOTA_COST => n.0 as i64,
             _ => {
                 return Err(FieldError::invalid(
                     f("limit"),
-                    "must be a positive amount in USD, e.g. \"100.00\"",
+                    format!("must be a positive amount in USD up to {MAX_QUOTA_COST}, e.g. \"100.00\""),
                 ))
             }
         },
@@ -542,7 +545,7 @@ mod tests {
     #[test]
     fn decisions_warn_then_block_enforced_limits() {
         let r = rule(json!({"metric": "cost_usd", "window": "day", "limit": "10"})).unwrap();
-        let usd = |x: i64| x * 1_000_000_000;
+        let usd = |x: i128| x * 1_000_000_000;
         assert_eq!(decide(&r, usd(1), usd(1)), Decision::Allow);
         assert_eq!(decide(&r, usd(7), usd(1)), Decision::Warn);
         assert_eq!(decide(&r, usd(7), usd(3)), Decision::Warn);

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{codes, FieldError};
-use crate::pricing::{Nanos, PriceCatalog, TokenUsage};
+use crate::pricing::{Nanos, PriceCatalog, TokenUsage, MAX_RECORD_COST};
 use crate::sketch::LatencySketch;
 use crate::time::{self, MICROS_PER_SEC};
 
@@ -214,12 +214,30 @@ pub fn validate_usage(
             if cost < Nanos::ZERO {
                 return Err(FieldError::invalid("cost_usd", "must not be negative"));
             }
+            if cost > MAX_RECORD_COST {
+                return Err(FieldError::invalid(
+                    "cost_usd",
+                    format!("must be at most {MAX_RECORD_COST} USD per call"),
+                ));
+            }
             (cost, CostSource::Reported)
         }
         None => {
             let day = time::to_datetime(timestamp).date_naive();
             match catalog.lookup(&provider, &model, day) {
-                Some(price) => (price.cost(&tokens), CostSource::Catalog),
+                Some(price) => {
+                    let cost = price.cost(&tokens);
+                    if cost > MAX_RECORD_COST {
+                        return Err(FieldError::invalid(
+                            "cost_usd",
+                            format!(
+                                "the tokens priced at the catalog's price cost {cost} USD, \
+                                 above the {MAX_RECORD_COST} USD a call may cost"
+                            ),
+                        ));
+                    }
+                    (cost, CostSource::Catalog)
+                }
                 None => (Nanos::ZERO, CostSource::Unpriced),
             }
         }
@@ -530,7 +548,7 @@ impl UsageRollup {
         self.tokens.output += r.tokens.output;
         self.tokens.cached_input += r.tokens.cached_input;
         self.tokens.reasoning += r.tokens.reasoning;
-        self.cost = self.cost.saturating_add(r.cost);
+        self.cost += r.cost;
         if let Some(l) = r.latency_ms {
             self.latency.add(l);
             self.latency_sum_ms += l;
@@ -554,7 +572,7 @@ impl UsageRollup {
         self.tokens.output += o.tokens.output;
         self.tokens.cached_input += o.tokens.cached_input;
         self.tokens.reasoning += o.tokens.reasoning;
-        self.cost = self.cost.saturating_add(o.cost);
+        self.cost += o.cost;
         self.latency.merge(&o.latency)?;
         self.latency_sum_ms += o.latency_sum_ms;
         self.ttft.merge(&o.ttft)?;
@@ -588,7 +606,7 @@ impl UsageTotals {
         self.errors += u64::from(r.status != CallStatus::Success);
         self.input_tokens += r.tokens.input;
         self.output_tokens += r.tokens.output;
-        self.cost = self.cost.saturating_add(r.cost);
+        self.cost += r.cost;
         self.latency_sum_ms += r.latency_ms.unwrap_or(0.0);
         self.first_ts = if first {
             r.timestamp

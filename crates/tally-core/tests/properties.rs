@@ -125,7 +125,7 @@ proptest! {
 
 mod money {
     use proptest::prelude::*;
-    use tally_core::pricing::{default_catalog, Nanos, TokenUsage};
+    use tally_core::pricing::{default_catalog, Nanos, TokenUsage, MAX_RECORD_COST};
 
     fn usage() -> impl Strategy<Value = TokenUsage> {
         (0u64..5_000_000, 0u64..5_000_000, 0u64..6_000_000).prop_map(|(input, output, cached)| {
@@ -140,9 +140,38 @@ mod money {
 
     proptest! {
         #[test]
-        fn dollar_text_round_trips_exactly(n in -10i64.pow(15)..10i64.pow(15)) {
+        fn dollar_text_round_trips_exactly(n in -10i128.pow(20)..10i128.pow(20)) {
             let text = Nanos(n).to_string();
             prop_assert_eq!(Nanos::parse_usd(&text).unwrap(), Nanos(n));
+        }
+
+        /// Money sums neither saturate nor wrap: any number of amounts up to the largest a
+        /// record may carry adds up exactly, in any grouping, past `i64`'s range.
+        #[test]
+        fn money_sums_are_exact_past_sixty_four_bits(
+            amounts in prop::collection::vec(0i128..=MAX_RECORD_COST.0, 1..50),
+            copies in 1i128..20_000,
+            split in 0usize..50,
+        ) {
+            let one_pass: Nanos = amounts.iter().map(|a| Nanos(*a)).sum();
+            let split = split.min(amounts.len());
+            let (left, right) = amounts.split_at(split);
+            let grouped = left.iter().map(|a| Nanos(*a)).sum::<Nanos>()
+                + right.iter().map(|a| Nanos(*a)).sum::<Nanos>();
+            prop_assert_eq!(one_pass, grouped);
+            // `copies` of the batch, added one by one, equal the product computed directly.
+            let mut total = Nanos::ZERO;
+            for _ in 0..copies.min(200) {
+                total += one_pass;
+            }
+            prop_assert_eq!(total.0, one_pass.0 * copies.min(200));
+            let big = Nanos(i128::from(i64::MAX)) + Nanos(i128::from(i64::MAX));
+            prop_assert_eq!(big.0, 2 * i128::from(i64::MAX));
+            prop_assert!(big.to_i64().is_none(), "a 64-bit column refuses it instead of wrapping");
+            // The 6-decimal edge rounding of a sum is the sum's exact value to 1e-6 dollars.
+            let usd = Nanos(one_pass.0 * copies).usd();
+            let exact = (one_pass.0 * copies) as f64 / 1e9;
+            prop_assert!((usd - exact).abs() <= exact * 1e-15 + 5e-7, "{usd} vs {exact}");
         }
 
         /// Splitting a call's tokens in two changes the total by at most one rounding step

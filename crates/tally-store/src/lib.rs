@@ -217,7 +217,11 @@ pub trait UsageStore: Send + Sync {
         limit: u32,
     ) -> StoreResult<Vec<UserUsage>>;
 
-    /// Conversations whose last call falls in `[from, to)`, most expensive first.
+    /// Conversations with calls in `[from, to)`, ranked by their cost within the range,
+    /// most expensive first; totals count only the calls in the range. The candidates are
+    /// the range's conversations with the highest lifetime cost (ten per row asked for, at
+    /// least 100), so a cheap-for-life conversation that was expensive in a short range
+    /// can be missed.
     async fn top_conversations(
         &self,
         tenant: TenantId,

@@ -67,7 +67,8 @@ pub struct QuotaView {
 pub struct QuotaPredictions {
     /// The tenant's USD cost expected by the end of today (UTC) at today's pace.
     pub daily_usage_projection: f64,
-    /// The earliest exhaustion ETA among the quotas; null when none is on course.
+    /// The earliest exhaustion ETA among the quotas: the current time when one is already
+    /// exhausted, null when none is on course to be within its window.
     pub quota_exhaustion_eta: Option<String>,
 }
 
@@ -105,17 +106,17 @@ fn view(t: &Tracked, now: i64) -> QuotaView {
         metric: m,
         window: t.rule.window,
         scope: t.rule.scope.clone(),
-        limit: display_amount(m, t.rule.limit),
+        limit: display_amount(m, t.rule.limit.into()),
         used: display_amount(m, t.used),
-        remaining: display_amount(m, (t.rule.limit - t.used).max(0)),
+        remaining: display_amount(m, (i128::from(t.rule.limit) - t.used).max(0)),
         usage_percent: t.usage_percent(),
         status: t.status(),
         warn_percent: t.rule.warn_percent,
         enforce: t.rule.enforce,
         window_start: rfc3339(t.window.0),
         resets_at: rfc3339(t.window.1),
-        projected_usage: display_amount(m, p.at_window_end.round() as i64),
-        projected_percent: round(percent(p.at_window_end.round() as i64, t.rule.limit), 1),
+        projected_usage: display_amount(m, p.at_window_end.round() as i128),
+        projected_percent: round(percent(p.at_window_end.round() as i128, t.rule.limit), 1),
         exhaustion_eta: p.exhaustion_at.map(rfc3339),
     }
 }
@@ -127,8 +128,8 @@ fn event_view(e: QuotaEvent) -> QuotaEventView {
         rule_name: e.rule_name,
         metric: e.metric,
         threshold: e.threshold,
-        used: display_amount(e.metric, e.used),
-        limit: display_amount(e.metric, e.limit),
+        used: display_amount(e.metric, e.used.into()),
+        limit: display_amount(e.metric, e.limit.into()),
         window_start: rfc3339(e.window_start),
         at: rfc3339(e.ts),
     }
@@ -145,19 +146,28 @@ async fn status_of(
             .iter()
             .find(|t| is_tenant_budget(t, window))
             .map(|t| BudgetStatus {
-                limit_usd: Nanos(t.rule.limit).usd_rounded(2),
-                used_usd: Nanos(t.used).usd_rounded(2),
+                limit_usd: Nanos::from(t.rule.limit).usd(),
+                used_usd: Nanos(t.used).usd(),
                 usage_percent: t.usage_percent(),
                 status: t.status(),
             })
     };
     let quotas: Vec<QuotaView> = snap.rules.iter().map(|t| view(t, now)).collect();
     let daily = project(snap.today.cost.0, i64::MAX, snap.today_window, now);
-    let eta = snap
+    // A quota already exhausted is the earliest exhaustion: it is now, whatever the pace
+    // of the others.
+    let eta = if snap
         .rules
         .iter()
-        .filter_map(|t| t.projection(now).exhaustion_at)
-        .min();
+        .any(|t| t.used >= i128::from(t.rule.limit))
+    {
+        Some(now)
+    } else {
+        snap.rules
+            .iter()
+            .filter_map(|t| t.projection(now).exhaustion_at)
+            .min()
+    };
     Ok(QuotaStatusResponse {
         tenant_id: tenant.0,
         timestamp: rfc3339(now),
@@ -167,7 +177,7 @@ async fn status_of(
         },
         quotas,
         predictions: QuotaPredictions {
-            daily_usage_projection: round(daily.at_window_end / 1e9, 2),
+            daily_usage_projection: round(daily.at_window_end / 1e9, 6),
             quota_exhaustion_eta: eta.map(rfc3339),
         },
         recent_events: state
@@ -397,9 +407,9 @@ pub async fn test(
                     "'{}' would reach {pct} % of its {} limit of {}; it is enforced",
                     t.rule.name,
                     t.rule.window.as_str(),
-                    display_amount(m, t.rule.limit)
+                    display_amount(m, t.rule.limit.into())
                 )),
-                Decision::Warn if after > t.rule.limit => reasons.push(format!(
+                Decision::Warn if after > i128::from(t.rule.limit) => reasons.push(format!(
                     "'{}' would reach {pct} % of its limit; it is not enforced, so the call is only reported",
                     t.rule.name
                 )),
@@ -414,11 +424,11 @@ pub async fn test(
                 name: t.rule.name.clone(),
                 metric: m,
                 window: t.rule.window,
-                limit: display_amount(m, t.rule.limit),
+                limit: display_amount(m, t.rule.limit.into()),
                 used: display_amount(m, t.used),
                 amount: display_amount(m, r.amount),
                 usage_percent_after: pct,
-                remaining_after: display_amount(m, (t.rule.limit - after).max(0)),
+                remaining_after: display_amount(m, (i128::from(t.rule.limit) - after).max(0)),
                 decision: r.decision,
             }
         })

@@ -150,7 +150,7 @@ pub async fn ingest(
                 ok += 1;
                 dup += usize::from(duplicate);
                 if !duplicate {
-                    total = total.saturating_add(cost);
+                    total += cost;
                 }
                 UsageItem {
                     index,

@@ -678,10 +678,10 @@ pub struct ConversationCost {
     pub avg_cost_per_message: f64,
     /// Cost by model within the conversation (from the listed calls).
     pub by_model: Vec<CostRow>,
-    /// The most recent calls, newest first (at most 500).
-    pub calls: Vec<CallRow>,
+    /// The most recent calls, newest first (at most 500); `calls` is their count.
+    pub recent_calls: Vec<CallRow>,
     /// Whether the conversation has more calls than listed.
-    pub calls_truncated: bool,
+    pub recent_calls_truncated: bool,
 }
 
 pub const CONVERSATION_CALLS: u32 = 500;
@@ -1376,7 +1376,7 @@ impl Analytics {
             avg_cost_per_message: per_call(t.cost, t.calls),
             totals: TotalsRow::of(t),
             by_model,
-            calls: rows
+            recent_calls: rows
                 .into_iter()
                 .map(|s| CallRow {
                     id: s.id,
@@ -1391,7 +1391,7 @@ impl Analytics {
                     status: s.record.status.as_str(),
                 })
                 .collect(),
-            calls_truncated: count > u64::from(CONVERSATION_CALLS),
+            recent_calls_truncated: count > u64::from(CONVERSATION_CALLS),
         })
     }
 
@@ -1527,8 +1527,8 @@ impl Analytics {
             let previous = self.usage.totals(t.id, period.previous()).await?;
             let all = overall(&totals)?;
             let prev = total_cost(&previous);
-            cost = cost.saturating_add(all.cost);
-            prev_cost = prev_cost.saturating_add(prev);
+            cost += all.cost;
+            prev_cost += prev;
             calls += all.calls;
             let top_provider = by_provider(&totals)?
                 .into_iter()

@@ -31,7 +31,7 @@ pub struct Tracked {
     /// `[start, end)` of the current window, UTC microseconds.
     pub window: (i64, i64),
     /// In the metric's unit (nano-dollars, tokens or calls).
-    pub used: i64,
+    pub used: i128,
 }
 
 impl Tracked {
@@ -80,7 +80,7 @@ pub struct CallEstimate {
 pub struct RuleVerdict {
     pub tracked: Tracked,
     /// What the call would add, in the metric's unit.
-    pub amount: i64,
+    pub amount: i128,
     pub decision: Decision,
 }
 
@@ -147,7 +147,7 @@ impl Quotas {
         let events: Vec<QuotaEvent> = tracked
             .iter()
             .flat_map(|t| {
-                crossed(i64::MIN, t.used, t.rule.limit, t.rule.warn_percent)
+                crossed(i128::MIN, t.used, t.rule.limit, t.rule.warn_percent)
                     .into_iter()
                     .map(move |threshold| event(t, threshold, now))
             })
@@ -258,14 +258,14 @@ impl Quotas {
                     if (s.today_window.0..s.today_window.1).contains(&r.timestamp) {
                         s.today.calls += 1;
                         s.today.tokens += r.tokens.input + r.tokens.output;
-                        s.today.cost = s.today.cost.saturating_add(r.cost);
+                        s.today.cost += r.cost;
                     }
                     for t in &mut s.rules {
                         if !(t.window.0..t.window.1).contains(&r.timestamp) || !t.rule.counts(r) {
                             continue;
                         }
                         let before = t.used;
-                        t.used = t.used.saturating_add(t.rule.amount_of(r));
+                        t.used += t.rule.amount_of(r);
                         for threshold in crossed(before, t.used, t.rule.limit, t.rule.warn_percent)
                         {
                             events.push(event(t, threshold, now));
@@ -335,7 +335,8 @@ fn event(t: &Tracked, threshold: u8, now: i64) -> QuotaEvent {
         metric: t.rule.metric,
         window_start: t.window.0,
         threshold,
-        used: t.used,
+        // At a crossing, usage is at most the limit plus one record: it fits the column.
+        used: i64::try_from(t.used).unwrap_or(i64::MAX),
         limit: t.rule.limit,
         ts: now,
     }
@@ -343,7 +344,7 @@ fn event(t: &Tracked, threshold: u8, now: i64) -> QuotaEvent {
 
 /// An amount in a metric's unit as the API shows it: USD (6 decimals) for cost, else the
 /// count.
-pub fn display_amount(metric: QuotaMetric, amount: i64) -> f64 {
+pub fn display_amount(metric: QuotaMetric, amount: i128) -> f64 {
     match metric {
         QuotaMetric::CostUsd => Nanos(amount).usd_rounded(6),
         QuotaMetric::Tokens | QuotaMetric::Requests => amount as f64,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use tally_core::error::codes;
-use tally_core::pricing::{default_catalog, ModelPrice, Nanos, PriceCatalog};
+use tally_core::pricing::{default_catalog, ModelPrice, Nanos, PriceCatalog, MAX_RECORD_COST};
 use tally_core::time::now_micros;
 use tally_core::usage::{validate_usage, CostSource, UsageInput, UsageRecord};
 use tally_core::{FieldError, TenantId};
@@ -141,10 +141,12 @@ impl Usage {
         };
         let money = |field: &str, v: &str| -> Result<Nanos, FieldError> {
             match Nanos::parse_usd(v) {
-                Ok(n) if n >= Nanos::ZERO => Ok(n),
+                Ok(n) if n >= Nanos::ZERO && n <= MAX_RECORD_COST => Ok(n),
                 _ => Err(FieldError::invalid(
                     field,
-                    "must be a non-negative decimal string, e.g. \"2.50\"",
+                    format!(
+                        "must be a non-negative decimal string up to {MAX_RECORD_COST}, e.g. \"2.50\""
+                    ),
                 )),
             }
         };

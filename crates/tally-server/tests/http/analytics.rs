@@ -112,14 +112,14 @@ async fn costs_by_provider_model_conversation_and_user_with_a_computed_saving() 
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(
         (
-            r.body["calls"].as_array().unwrap().len(),
+            r.body["recent_calls"].as_array().unwrap().len(),
             r.body["cost_usd"].as_f64()
         ),
         (3, Some(0.0105))
     );
     assert_eq!(r.body["user_id"], "alice");
     assert_eq!(r.body["avg_cost_per_message"], 0.0035);
-    assert_eq!(r.body["calls"][0]["cost_usd"], 0.0035);
+    assert_eq!(r.body["recent_calls"][0]["cost_usd"], 0.0035);
     assert_eq!(r.body["by_model"][0]["share_percent"], 100.0);
     assert_eq!(
         t.get("/api/v1/ai/costs/nope").await.status,

@@ -7,6 +7,7 @@ mod activities;
 mod analytics;
 mod auth;
 mod edges;
+mod numbers;
 mod quotas;
 mod support;
 mod tracking;

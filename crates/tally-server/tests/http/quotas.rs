@@ -57,7 +57,7 @@ async fn usage_against_configured_quotas_gives_statuses_and_events() {
     assert_eq!(s.status, StatusCode::OK, "{}", s.body);
     assert_eq!(
         s.body["tenant_quotas"]["daily_limit"],
-        json!({"limit_usd": 0.02, "used_usd": 0.02, "usage_percent": 75.0, "status": "safe"})
+        json!({"limit_usd": 0.02, "used_usd": 0.015, "usage_percent": 75.0, "status": "safe"})
     );
     let daily = quota(&s.body, "daily budget");
     assert_eq!(
@@ -137,7 +137,7 @@ async fn usage_against_configured_quotas_gives_statuses_and_events() {
         .snapshot(t.tenant, tally_core::time::now_micros())
         .await
         .unwrap();
-    let used: Vec<i64> = snap.rules.iter().map(|r| r.used).collect();
+    let used: Vec<i128> = snap.rules.iter().map(|r| r.used).collect();
     assert_eq!(used, vec![22_500_000, 3, 3000, 0]);
     assert_eq!(
         t.stores

@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
+use tally_core::pricing::{Nanos, NANOS_PER_USD};
 use tokio::sync::Semaphore;
 
 use crate::{StoreError, StoreResult};
@@ -257,6 +258,36 @@ pub(crate) fn conversion_error(col: usize, msg: String) -> rusqlite::Error {
         rusqlite::types::Type::Text,
         Box::new(StoreError::Internal(msg)),
     )
+}
+
+/// An exact SQL sum of a nano-dollar column over any number of rows, as two sums that
+/// cannot overflow `i64` (whole dollars, then the remaining nano-dollars); read it back
+/// with [`money_sum_at`].
+pub(crate) fn money_sum_sql(column: &str) -> String {
+    format!("coalesce(sum({column} / 1000000000), 0), coalesce(sum({column} % 1000000000), 0)")
+}
+
+/// Reads the two columns of [`money_sum_sql`] starting at `at`.
+pub(crate) fn money_sum_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Nanos> {
+    let whole: i64 = r.get(at)?;
+    let rest: i64 = r.get(at + 1)?;
+    Ok(Nanos(i128::from(whole) * NANOS_PER_USD + i128::from(rest)))
+}
+
+/// Reads a stored nano-dollar amount.
+pub(crate) fn nanos_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Nanos> {
+    r.get::<_, i64>(at).map(Nanos::from)
+}
+
+/// The stored form of one row's amount; an amount beyond a 64-bit column is refused
+/// instead of wrapping or turning into a float.
+pub(crate) fn money_column(n: Nanos) -> StoreResult<i64> {
+    n.to_i64().ok_or_else(|| {
+        StoreError::Conflict(format!(
+            "a stored cost total would exceed {} USD",
+            Nanos::from(i64::MAX)
+        ))
+    })
 }
 
 /// Converts a stored 16-byte blob to a UUID.

@@ -2,7 +2,6 @@
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use tally_core::pricing::Nanos;
 use tally_core::quota::{QuotaEvent, QuotaMetric, QuotaRule, QuotaScope, QuotaWindow, WindowUsage};
 use tally_core::time::day_of;
 use tally_core::TenantId;
@@ -214,24 +213,23 @@ impl QuotaStore for SqliteStore {
                 tx.query_row("SELECT coalesce(max(id), 0) FROM llm_usage", [], |r| {
                     r.get(0)
                 })?;
-            let mut by_model = tx.prepare_cached(
-                "SELECT coalesce(sum(calls), 0), coalesce(sum(input_tokens + output_tokens), 0),
-                        coalesce(sum(cost_nanos), 0)
+            let money = super::money_sum_sql("cost_nanos");
+            let mut by_model = tx.prepare_cached(&format!(
+                "SELECT coalesce(sum(calls), 0), coalesce(sum(input_tokens + output_tokens), 0), {money}
                  FROM llm_usage_rollup
                  WHERE tenant_id = ?1 AND granularity = 'day' AND bucket >= ?2 AND bucket < ?3
-                   AND (?4 IS NULL OR provider = ?4) AND (?5 IS NULL OR model = ?5)",
-            )?;
-            let mut by_user = tx.prepare_cached(
-                "SELECT coalesce(sum(calls), 0), coalesce(sum(input_tokens + output_tokens), 0),
-                        coalesce(sum(cost_nanos), 0)
+                   AND (?4 IS NULL OR provider = ?4) AND (?5 IS NULL OR model = ?5)"
+            ))?;
+            let mut by_user = tx.prepare_cached(&format!(
+                "SELECT coalesce(sum(calls), 0), coalesce(sum(input_tokens + output_tokens), 0), {money}
                  FROM llm_user_daily
-                 WHERE tenant_id = ?1 AND day >= ?2 AND day < ?3 AND user_id = ?4",
-            )?;
+                 WHERE tenant_id = ?1 AND day >= ?2 AND day < ?3 AND user_id = ?4"
+            ))?;
             let usage = |r: &rusqlite::Row<'_>| -> rusqlite::Result<WindowUsage> {
                 Ok(WindowUsage {
                     calls: r.get::<_, i64>(0)?.max(0) as u64,
                     tokens: r.get::<_, i64>(1)?.max(0) as u64,
-                    cost: Nanos(r.get(2)?),
+                    cost: super::money_sum_at(r, 2)?,
                 })
             };
             let t = tenant.0.as_bytes();

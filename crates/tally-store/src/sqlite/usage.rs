@@ -15,7 +15,7 @@ use tally_core::usage::{
 };
 use tally_core::TenantId;
 
-use super::{conversion_error, SqliteStore};
+use super::{conversion_error, money_column, money_sum_at, money_sum_sql, nanos_at, SqliteStore};
 use crate::{StoreError, StoreResult, UsageOutcome, UsageStore};
 
 fn cost_source(s: CostSource) -> &'static str {
@@ -69,7 +69,7 @@ fn insert_tx(
             r.status.as_str(),
             r.error_type,
             r.quality_score,
-            r.cost.0,
+            money_column(r.cost)?,
             cost_source(r.cost_source),
             r.timestamp,
             r.received_at,
@@ -123,6 +123,10 @@ fn insert_tx(
     Ok(out)
 }
 
+/// How many lifetime-ranked conversations are considered per conversation asked for when
+/// ranking a period's most expensive ones.
+const CONVERSATION_CANDIDATE_FACTOR: u32 = 10;
+
 /// The SQL that adds a batch's totals to a stored row (`excluded` is the batch's delta).
 const TOTALS_UPSERT: &str = "calls = calls + excluded.calls, errors = errors + excluded.errors,
     input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
@@ -146,13 +150,13 @@ fn fold_users(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET {TOTALS_UPSERT}"
     ))?;
-    let mut monthly: HashMap<(i64, &str), (u64, i64)> = HashMap::new();
+    let mut monthly: HashMap<(i64, &str), (u64, Nanos)> = HashMap::new();
     for ((day, user), t) in &users {
         let m = monthly
             .entry((month_of_day(*day), user.as_str()))
             .or_default();
         m.0 += t.calls;
-        m.1 = m.1.saturating_add(t.cost.0);
+        m.1 += t.cost;
     }
     let mut month_stmt = conn.prepare_cached(
         "INSERT INTO llm_user_monthly (tenant_id, month, user_id, calls, cost_nanos)
@@ -166,7 +170,7 @@ fn fold_users(
             month,
             user,
             as_i64(calls),
-            cost
+            money_column(cost)?
         ])?;
     }
     for ((day, user), t) in users {
@@ -192,7 +196,7 @@ fn upsert_totals(
         as_i64(t.errors),
         as_i64(t.input_tokens),
         as_i64(t.output_tokens),
-        t.cost.0,
+        money_column(t.cost)?,
         t.latency_sum_ms,
         t.first_ts,
         t.last_ts
@@ -234,7 +238,7 @@ fn totals_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UsageTo
         errors: u(1)?,
         input_tokens: u(2)?,
         output_tokens: u(3)?,
-        cost: Nanos(r.get(at + 4)?),
+        cost: nanos_at(r, at + 4)?,
         latency_sum_ms: r.get(at + 5)?,
         first_ts: r.get(at + 6)?,
         last_ts: r.get(at + 7)?,
@@ -272,7 +276,7 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredUsage> {
                 .ok_or_else(|| conversion_error(13, format!("unknown status {status}")))?,
             error_type: r.get(14)?,
             quality_score: r.get(15)?,
-            cost: Nanos(r.get(16)?),
+            cost: nanos_at(r, 16)?,
             cost_source: match source.as_str() {
                 "reported" => CostSource::Reported,
                 "catalog" => CostSource::Catalog,
@@ -307,10 +311,10 @@ fn filter_sql(tenant: TenantId, f: &UsageFilter) -> (String, Vec<Value>) {
         push(&mut sql, " AND ts < ?", Value::Integer(to));
     }
     if let Some(c) = f.min_cost {
-        push(&mut sql, " AND cost_nanos >= ?", Value::Integer(c.0));
+        push(&mut sql, " AND cost_nanos >= ?", Value::Integer(c.to_i64().unwrap_or(i64::MAX)));
     }
     if let Some(c) = f.max_cost {
-        push(&mut sql, " AND cost_nanos <= ?", Value::Integer(c.0));
+        push(&mut sql, " AND cost_nanos <= ?", Value::Integer(c.to_i64().unwrap_or(i64::MAX)));
     }
     if let Some(p) = &f.provider {
         push(&mut sql, " AND provider = ?", Value::Text(p.clone()));
@@ -391,7 +395,7 @@ fn rollup_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UsageRollup> {
             cached_input: u(7)?,
             reasoning: u(8)?,
         },
-        cost: Nanos(r.get(9)?),
+        cost: nanos_at(r, 9)?,
         latency: sketch_from(10, r.get(10)?)?,
         latency_sum_ms: r.get(11)?,
         ttft: sketch_from(12, r.get(12)?)?,
@@ -443,7 +447,7 @@ fn fold_rollup(
         as_i64(merged.tokens.output),
         as_i64(merged.tokens.cached_input),
         as_i64(merged.tokens.reasoning),
-        merged.cost.0,
+        money_column(merged.cost)?,
         merged.latency.to_bytes(),
         merged.latency_sum_ms,
         merged.ttft.to_bytes(),
@@ -540,15 +544,20 @@ impl UsageStore for SqliteStore {
                     out
                 }
             };
-            let mut sums = conn.prepare_cached(
+            // The cost column of `TOTALS_COLUMNS` is a placeholder: the exact sum follows.
+            let mut sums = conn.prepare_cached(&format!(
                 "SELECT coalesce(sum(calls), 0), coalesce(sum(errors), 0), coalesce(sum(input_tokens), 0),
-                        coalesce(sum(output_tokens), 0), coalesce(sum(cost_nanos), 0),
-                        coalesce(sum(latency_sum_ms), 0.0), coalesce(min(first_ts), 0), coalesce(max(last_ts), 0)
+                        coalesce(sum(output_tokens), 0), 0,
+                        coalesce(sum(latency_sum_ms), 0.0), coalesce(min(first_ts), 0), coalesce(max(last_ts), 0),
+                        {}
                  FROM llm_user_daily WHERE tenant_id = ?1 AND user_id = ?2 AND day >= ?3 AND day < ?4",
-            )?;
+                money_sum_sql("cost_nanos")
+            ))?;
             let mut rows = Vec::with_capacity(candidates.len());
             for user_id in candidates {
-                let totals = sums.query_row(params![t, user_id, from_day, to_day], |r| totals_from_row(r, 0))?;
+                let totals = sums.query_row(params![t, user_id, from_day, to_day], |r| {
+                    Ok(UsageTotals { cost: money_sum_at(r, 8)?, ..totals_from_row(r, 0)? })
+                })?;
                 if totals.calls > 0 {
                     rows.push(UserUsage { user_id, totals });
                 }
@@ -568,20 +577,51 @@ impl UsageStore for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<ConversationUsage>> {
         self.read(move |conn| {
-            // Walk the cost index and stop after `limit` conversations in the range: the
-            // most expensive are found without sorting every conversation of the period.
+            // Candidates: the most expensive conversations (lifetime) with a call in the
+            // range, walking the cost index. Each one's cost within the range is then
+            // exact: its stored totals when every call is inside the range, else a sum of
+            // its raw calls in the range (one index range per conversation).
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT conversation_id, user_id, {TOTALS_COLUMNS}
                  FROM llm_conversations INDEXED BY llm_conversations_by_cost
-                 WHERE tenant_id = ?1 AND last_ts >= ?2 AND last_ts < ?3
+                 WHERE tenant_id = ?1 AND last_ts >= ?2 AND first_ts < ?3
                  ORDER BY cost_nanos DESC LIMIT ?4"
             ))?;
-            let rows = stmt
+            let candidates = stmt
                 .query_map(
-                    params![tenant.0.as_bytes(), from, to, limit],
+                    params![
+                        tenant.0.as_bytes(),
+                        from,
+                        to,
+                        limit.saturating_mul(CONVERSATION_CANDIDATE_FACTOR).max(100)
+                    ],
                     conversation_from_row,
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut in_range = conn.prepare_cached(&format!(
+                "SELECT count(*), coalesce(sum(status != 'success'), 0), coalesce(sum(input_tokens), 0),
+                        coalesce(sum(output_tokens), 0), 0, coalesce(sum(latency_ms), 0.0),
+                        coalesce(min(ts), 0), coalesce(max(ts), 0), {}
+                 FROM llm_usage INDEXED BY llm_usage_by_conversation
+                 WHERE tenant_id = ?1 AND conversation_id = ?2 AND ts >= ?3 AND ts < ?4",
+                money_sum_sql("cost_nanos")
+            ))?;
+            let mut rows = Vec::with_capacity(candidates.len());
+            for mut c in candidates {
+                if c.totals.first_ts < from || c.totals.last_ts >= to {
+                    c.totals = in_range.query_row(
+                        params![tenant.0.as_bytes(), c.conversation_id, from, to],
+                        |r| Ok(UsageTotals { cost: money_sum_at(r, 8)?, ..totals_from_row(r, 0)? }),
+                    )?;
+                }
+                if c.totals.calls > 0 {
+                    rows.push(c);
+                }
+            }
+            rows.sort_by(|a, b| {
+                b.totals.cost.cmp(&a.totals.cost).then_with(|| a.conversation_id.cmp(&b.conversation_id))
+            });
+            rows.truncate(limit as usize);
             Ok(rows)
         })
         .await
@@ -671,9 +711,9 @@ impl UsageStore for SqliteStore {
                         effective_from: NaiveDate::parse_from_str(&day, "%Y-%m-%d").map_err(|e| {
                             rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
                         })?,
-                        input_per_mtok: Nanos(r.get(3)?),
-                        output_per_mtok: Nanos(r.get(4)?),
-                        cached_input_per_mtok: r.get::<_, Option<i64>>(5)?.map(Nanos),
+                        input_per_mtok: nanos_at(r, 3)?,
+                        output_per_mtok: nanos_at(r, 4)?,
+                        cached_input_per_mtok: r.get::<_, Option<i64>>(5)?.map(Nanos::from),
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -697,9 +737,9 @@ impl UsageStore for SqliteStore {
                     p.provider.to_ascii_lowercase(),
                     p.model.to_ascii_lowercase(),
                     p.effective_from.to_string(),
-                    p.input_per_mtok.0,
-                    p.output_per_mtok.0,
-                    p.cached_input_per_mtok.map(|c| c.0)
+                    money_column(p.input_per_mtok)?,
+                    money_column(p.output_per_mtok)?,
+                    p.cached_input_per_mtok.map(money_column).transpose()?
                 ],
             )?;
             Ok(())

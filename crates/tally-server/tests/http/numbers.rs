@@ -1,0 +1,202 @@
+//! Numbers users act on, checked against values worked out by hand: nearest-rank
+//! percentiles, period-bounded conversation costs, per-model user costs, exact money past
+//! 64 bits, and exhaustion ETAs.
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+use tally_core::auth::Role;
+
+use crate::support::{app, TestApp};
+
+fn ago(minutes: i64) -> String {
+    (chrono::Utc::now() - chrono::Duration::minutes(minutes)).to_rfc3339()
+}
+
+async fn ingest(t: &TestApp, records: Vec<Value>) {
+    for chunk in records.chunks(1000) {
+        let r = t
+            .post("/api/v1/ai/usage", json!({ "records": chunk }))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+}
+
+fn model_row<'a>(body: &'a Value, model: &str) -> &'a Value {
+    body["by_model"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == model)
+        .unwrap_or_else(|| panic!("{model} missing from {body}"))
+}
+
+#[tokio::test]
+async fn latency_percentiles_use_the_nearest_rank_and_stay_within_the_observed_range() {
+    let t = app().await;
+    // gpt-4o: five calls at 400 ms and one at 5 s. 1 call in 6 is slow, so p95 and p99
+    // are 5,000 ms (the sketch's own rank gave 399.5 for both, below the mean).
+    let mut records: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("f{i}"), "provider": "openai", "model": "gpt-4o", "latency_ms": 400, "timestamp": ago(30)}))
+        .collect();
+    records.push(json!({"id": "slow", "provider": "openai", "model": "gpt-4o", "latency_ms": 5000, "timestamp": ago(30)}));
+    // o3: one call of 3 s: every percentile is 3,000 (was p50 3,011.6, above the max).
+    records.push(json!({"id": "one", "provider": "openai", "model": "o3", "latency_ms": 3000, "time_to_first_token_ms": 700, "timestamp": ago(30)}));
+    // gpt-4o-mini: 100, 200, …, 1,000 ms: p99 is 1,000 (was 907), p50 is 500 within 1 %.
+    for i in 1..=10 {
+        records.push(json!({"id": format!("m{i}"), "provider": "openai", "model": "gpt-4o-mini", "latency_ms": 100 * i, "timestamp": ago(30)}));
+    }
+    ingest(&t, records).await;
+    let r = t.get("/api/v1/ai/performance?period=last_24h").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let gpt4o = &model_row(&r.body, "gpt-4o")["latency_ms"];
+    assert_eq!((gpt4o["p95"].as_f64(), gpt4o["p99"].as_f64()), (Some(5000.0), Some(5000.0)));
+    assert!((gpt4o["p50"].as_f64().unwrap() - 400.0).abs() <= 4.0, "{gpt4o}");
+    assert!(gpt4o["p99"].as_f64() >= gpt4o["avg"].as_f64(), "{gpt4o}");
+    let o3 = model_row(&r.body, "o3");
+    for q in ["p50", "p95", "p99"] {
+        assert_eq!(o3["latency_ms"][q], 3000.0, "{q}: {o3}");
+        assert_eq!(o3["time_to_first_token_ms"][q], 700.0, "{q}: {o3}");
+    }
+    let mini = &model_row(&r.body, "gpt-4o-mini")["latency_ms"];
+    assert_eq!(mini["p99"], 1000.0, "{mini}");
+    assert!((mini["p50"].as_f64().unwrap() - 500.0).abs() <= 5.0, "{mini}");
+}
+
+#[tokio::test]
+async fn conversation_costs_count_only_the_period() {
+    let t = app().await;
+    // conv-old: $10 forty days ago and $0.50 an hour ago; conv-new: $1 an hour ago.
+    ingest(
+        &t,
+        vec![
+            json!({"id": "o1", "provider": "openai", "model": "gpt-4o", "conversation_id": "conv-old", "cost_usd": "10", "timestamp": ago(40 * 24 * 60)}),
+            json!({"id": "o2", "provider": "openai", "model": "gpt-4o", "conversation_id": "conv-old", "cost_usd": "0.5", "timestamp": ago(60)}),
+            json!({"id": "n1", "provider": "openai", "model": "gpt-4o", "conversation_id": "conv-new", "cost_usd": "1", "timestamp": ago(60)}),
+        ],
+    )
+    .await;
+    let r = t.get("/api/v1/ai/costs?period=last_7d").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["total_cost_usd"], 1.5);
+    let convs: Vec<(&str, f64, u64)> = r.body["by_conversation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["conversation_id"].as_str().unwrap(),
+                c["cost_usd"].as_f64().unwrap(),
+                c["calls"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(convs, vec![("conv-new", 1.0, 1), ("conv-old", 0.5, 1)]);
+    // The conversation's own page is lifetime, and names its call list apart from its
+    // call count (the key `calls` was written twice).
+    let r = t.get("/api/v1/ai/costs/conv-old").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!((r.body["cost_usd"].as_f64(), r.body["calls"].as_u64()), (Some(10.5), Some(2)));
+    assert_eq!(r.body["recent_calls"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_model_cost_breakdown_ranks_that_model_s_users() {
+    let t = app().await;
+    ingest(
+        &t,
+        vec![
+            json!({"id": "a", "provider": "openai", "model": "o3", "user_id": "alice", "cost_usd": "2", "timestamp": ago(60)}),
+            json!({"id": "b", "provider": "openai", "model": "o3", "user_id": "bob", "cost_usd": "0.25", "timestamp": ago(60)}),
+            json!({"id": "c", "provider": "openai", "model": "gpt-4o", "user_id": "bob", "cost_usd": "5", "timestamp": ago(60)}),
+        ],
+    )
+    .await;
+    let r = t
+        .get("/api/v1/ai/usage/cost_breakdown?model=o3&days=7")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let users: Vec<(&str, f64)> = r.body["by_user"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["user_id"].as_str().unwrap(), u["cost_usd"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(users, vec![("alice", 2.0), ("bob", 0.25)]);
+}
+
+#[tokio::test]
+async fn money_adds_up_exactly_past_sixty_four_bits_and_absurd_costs_are_refused() {
+    let t = app().await;
+    // One call may cost at most $1,000,000; $9e9 is refused naming the field.
+    let r = t
+        .post(
+            "/api/v1/ai/usage",
+            json!({"provider": "openai", "model": "gpt-4o", "cost_usd": "9000000000"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.field(), "cost_usd");
+    // 10,000 calls of $1,000,000 = $10,000,000,000, past i64 nano-dollars ($9.22e9),
+    // spread over ten models so that no stored row passes 64 bits.
+    let records: Vec<Value> = (0..10_000)
+        .map(|i| json!({"id": format!("r{i}"), "provider": "openai", "model": format!("m{}", i % 10),
+                        "user_id": format!("u{}", i % 10), "cost_usd": "1000000", "timestamp": ago(60)}))
+        .collect();
+    ingest(&t, records).await;
+    let r = t
+        .get(&format!("/api/v1/ai/stats/{}?period=last_24h", t.tenant))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["total_cost_usd"], 10_000_000_000.0);
+    // Another tenant spends $1: the shares are 99.99999999 % and 0.00000001 %, not 0 %.
+    let (_, other_key) = t.other_tenant().await;
+    let r = t
+        .call(
+            "POST",
+            "/api/v1/ai/usage",
+            Some(&other_key),
+            Some(&json!({"provider": "openai", "model": "gpt-4o", "cost_usd": "1", "timestamp": ago(60)})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let admin = t.login_as(t.tenant, Role::Admin).await;
+    let r = t
+        .call("GET", "/api/v1/ai/usage?period=last_24h", Some(&admin), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["total_cost_usd"], 10_000_000_001.0);
+    assert_eq!(r.body["tenants"][0]["total_cost_usd"], 10_000_000_000.0);
+    assert_eq!(r.body["tenants"][1]["total_cost_usd"], 1.0);
+}
+
+#[tokio::test]
+async fn an_exhausted_quota_is_the_earliest_exhaustion() {
+    let t = app().await;
+    let r = t
+        .post(
+            "/api/v1/ai/quotas/config",
+            json!({"quotas": [
+                {"name": "small", "metric": "requests", "window": "day", "limit": 1},
+                {"name": "big", "metric": "requests", "window": "month", "limit": 1000000},
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    ingest(
+        &t,
+        vec![
+            json!({"id": "q1", "provider": "openai", "model": "gpt-4o", "cost_usd": "1"}),
+            json!({"id": "q2", "provider": "openai", "model": "gpt-4o", "cost_usd": "1"}),
+        ],
+    )
+    .await;
+    let before = chrono::Utc::now();
+    let r = t.get("/api/v1/ai/quotas").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let eta = r.body["predictions"]["quota_exhaustion_eta"].as_str().unwrap();
+    let eta = chrono::DateTime::parse_from_rfc3339(eta).unwrap();
+    assert!(
+        (eta.timestamp() - before.timestamp()).abs() <= 5,
+        "{eta} should be now: the daily quota is already exhausted"
+    );
+}
