@@ -206,14 +206,16 @@ pub trait UsageStore: Send + Sync {
     ) -> StoreResult<Vec<UsageRollup>>;
 
     /// Per-user totals over UTC days `[from_day, to_day)` (days since the epoch), most
-    /// expensive first; only `user` when given. The ranking considers each overlapping
-    /// month's 200 (or 10 × `limit`) most expensive users; their totals are exact.
+    /// expensive first; only `user` when given, only `model`'s calls when given. The
+    /// ranking considers each overlapping month's 200 (or 10 × `limit`) most expensive users
+    /// (of that model); their totals are exact.
     async fn user_usage(
         &self,
         tenant: TenantId,
         from_day: i64,
         to_day: i64,
         user: Option<String>,
+        model: Option<String>,
         limit: u32,
     ) -> StoreResult<Vec<UserUsage>>;
 

@@ -1109,7 +1109,7 @@ async fn usage_folds_per_user_day_and_per_conversation_in_the_same_commit() {
     let users = f
         .stores
         .usage
-        .user_usage(t, d1, d1 + 3, None, 10)
+        .user_usage(t, d1, d1 + 3, None, None, 10)
         .await
         .unwrap();
     assert_eq!(users.len(), 2);
@@ -1122,7 +1122,7 @@ async fn usage_folds_per_user_day_and_per_conversation_in_the_same_commit() {
     let day2 = f
         .stores
         .usage
-        .user_usage(t, d1 + 1, d1 + 2, Some("alice".into()), 10)
+        .user_usage(t, d1 + 1, d1 + 2, Some("alice".into()), None, 10)
         .await
         .unwrap();
     assert_eq!((day2.len(), day2[0].totals.calls), (1, 1));
@@ -1420,7 +1420,7 @@ async fn user_ranking_spans_months_and_sums_only_the_period_days() {
     let both = f
         .stores
         .usage
-        .user_usage(t, june30, june30 + 2, None, 10)
+        .user_usage(t, june30, june30 + 2, None, None, 10)
         .await
         .unwrap();
     let got: Vec<(&str, u64)> = both
@@ -1433,7 +1433,7 @@ async fn user_ranking_spans_months_and_sums_only_the_period_days() {
     let july = f
         .stores
         .usage
-        .user_usage(t, june30 + 1, june30 + 2, None, 10)
+        .user_usage(t, june30 + 1, june30 + 2, None, None, 10)
         .await
         .unwrap();
     let got: Vec<(&str, u64)> = july
@@ -1444,7 +1444,7 @@ async fn user_ranking_spans_months_and_sums_only_the_period_days() {
     assert_eq!(
         f.stores
             .usage
-            .user_usage(t, june30, june30 + 2, None, 1)
+            .user_usage(t, june30, june30 + 2, None, None, 1)
             .await
             .unwrap()
             .len(),

@@ -1118,8 +1118,14 @@ impl Analytics {
         }
     }
 
-    /// The most expensive users over the whole UTC days `period` overlaps.
-    async fn top_users(&self, tenant: TenantId, period: Period) -> ApiResult<Vec<UserCostRow>> {
+    /// The most expensive users over the whole UTC days `period` overlaps, over every model
+    /// or `model`'s calls only.
+    async fn top_users(
+        &self,
+        tenant: TenantId,
+        period: Period,
+        model: Option<String>,
+    ) -> ApiResult<Vec<UserCostRow>> {
         let users = self
             .stores
             .usage
@@ -1128,6 +1134,7 @@ impl Analytics {
                 day_of(period.from),
                 day_of(period.to - 1) + 1,
                 None,
+                model,
                 TOP_N,
             )
             .await?;
@@ -1301,7 +1308,7 @@ impl Analytics {
             .usage
             .top_conversations(tenant, period.from, period.to, TOP_N)
             .await?;
-        let by_user = self.top_users(tenant, period).await?;
+        let by_user = self.top_users(tenant, period, None).await?;
         let catalog = self.usage.catalog(tenant).await?;
         let recs = recommendations(&totals, &catalog, now);
         let potential = recs.iter().map(|r| r.estimated_saving_usd).sum::<f64>();
@@ -1701,12 +1708,7 @@ impl Analytics {
                 calls: p.calls,
             })
             .collect();
-        // Users are counted over every model: the per-user rollup is not split by model.
-        let by_user = if model.is_none() {
-            self.top_users(tenant, period).await?
-        } else {
-            Vec::new()
-        };
+        let by_user = self.top_users(tenant, period, model.clone()).await?;
         Ok(CostBreakdown {
             period: label,
             model,

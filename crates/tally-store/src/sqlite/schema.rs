@@ -321,6 +321,48 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX events_by_tracking_id ON events(tracking_id);
     CREATE UNIQUE INDEX events_dedup ON events(tenant_key, dedup_ts, client_id) WHERE client_id IS NOT NULL;
     "#,
+    // 7: LLM usage by user and model (per day, and per month for ranking candidates), so a
+    // model's cost breakdown ranks that model's users; backfilled from the raw records.
+    r#"
+    CREATE TABLE llm_user_model_daily (
+        tenant_id BLOB NOT NULL,
+        model TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        calls INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        latency_sum_ms REAL NOT NULL,
+        first_ts INTEGER NOT NULL,
+        last_ts INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, model, user_id, day)
+    ) WITHOUT ROWID;
+    CREATE TABLE llm_user_model_monthly (
+        tenant_id BLOB NOT NULL,
+        model TEXT NOT NULL,
+        month INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        calls INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, model, month, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX llm_user_model_monthly_by_cost
+        ON llm_user_model_monthly(tenant_id, model, month, cost_nanos DESC);
+    INSERT INTO llm_user_model_daily
+    SELECT tenant_id, model, ts / 86400000000 - (ts < 0 AND ts % 86400000000 != 0), user_id,
+           count(*), sum(status != 'success'), sum(input_tokens), sum(output_tokens), sum(cost_nanos),
+           coalesce(sum(latency_ms), 0.0), min(ts), max(ts)
+    FROM llm_usage WHERE user_id IS NOT NULL GROUP BY 1, 2, 3, 4;
+    INSERT INTO llm_user_model_monthly
+    SELECT tenant_id, model, m, user_id, sum(calls), sum(cost_nanos) FROM (
+        SELECT tenant_id, model, user_id, calls, cost_nanos,
+               (CAST(strftime('%Y', day * 86400, 'unixepoch') AS INTEGER) - 1970) * 12
+                 + CAST(strftime('%m', day * 86400, 'unixepoch') AS INTEGER) - 1 AS m
+        FROM llm_user_model_daily)
+    GROUP BY tenant_id, model, m, user_id;
+    "#,
 ];
 
 /// The user index's own database (`user_index.rs`): derived data, rebuilt from `events`
@@ -387,6 +429,56 @@ pub(crate) fn apply(conn: &mut Connection, list: &[&str]) -> StoreResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Usage stored before migration 7 is counted per user and model by the backfill: days
+    /// and months as the write path computes them (including before 1970).
+    #[test]
+    fn usage_is_backfilled_per_user_and_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        apply(&mut conn, &MIGRATIONS[..6]).unwrap();
+        let day = 86_400_000_000i64;
+        // 2024-01-31 10:00 and 2024-02-01 01:00 (two months), and 1969-12-31 23:00.
+        let (jan31, feb1, before) = (19_753 * day + 10 * 3_600_000_000, 19_754 * day + 3_600_000_000, -3_600_000_000);
+        for (ts, model, cost, status) in [(jan31, "o3", 5, "success"), (jan31, "o3", 7, "error"), (feb1, "o3", 11, "success"), (jan31, "gpt-4o", 13, "success"), (before, "o3", 17, "success")] {
+            conn.execute(
+                "INSERT INTO llm_usage (tenant_id, user_id, provider, model, input_tokens, output_tokens,
+                     cached_tokens, reasoning_tokens, latency_ms, status, cost_nanos, cost_source, ts, received_at, metadata)
+                 VALUES (x'01', 'alice', 'openai', ?1, 10, 1, 0, 0, 100.0, ?2, ?3, 'reported', ?4, 0, '{}')",
+                rusqlite::params![model, status, cost, ts],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let daily: Vec<(String, i64, i64, i64, i64)> = conn
+            .prepare("SELECT model, day, calls, errors, cost_nanos FROM llm_user_model_daily ORDER BY model, day")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            daily,
+            vec![
+                ("gpt-4o".into(), 19_753, 1, 0, 13),
+                ("o3".into(), -1, 1, 0, 17),
+                ("o3".into(), 19_753, 2, 1, 12),
+                ("o3".into(), 19_754, 1, 0, 11),
+            ]
+        );
+        // Months since 1970-01: 2024-01 = 648, 2024-02 = 649, 1969-12 = -1.
+        let monthly: Vec<(String, i64, i64, i64)> = conn
+            .prepare("SELECT model, month, calls, cost_nanos FROM llm_user_model_monthly ORDER BY model, month")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            monthly,
+            vec![("gpt-4o".into(), 648, 1, 13), ("o3".into(), -1, 1, 17), ("o3".into(), 648, 2, 12), ("o3".into(), 649, 1, 11)]
+        );
+    }
 
     /// Events stored before migration 6 keep their ids, tenants and every column.
     #[test]

@@ -43,7 +43,8 @@ fn insert_tx(
     let tenant_bytes = tenant.0.as_bytes();
     let mut out = Vec::with_capacity(records.len());
     let mut rollups: HashMap<(Granularity, i64, String, String), UsageRollup> = HashMap::new();
-    let mut users: HashMap<(i64, String), UsageTotals> = HashMap::new();
+    // Per user and day over all models (model "") and per model.
+    let mut users: HashMap<(i64, String, String), UsageTotals> = HashMap::new();
     let mut conversations: HashMap<String, (Option<String>, UsageTotals)> = HashMap::new();
     for r in records {
         let dedup_ts = if r.client_id.is_some() && r.timestamp_provided {
@@ -92,8 +93,13 @@ fn insert_tx(
                     .add(r);
             }
             if let Some(user) = &r.user_id {
+                let day = day_of(r.timestamp);
                 users
-                    .entry((day_of(r.timestamp), user.clone()))
+                    .entry((day, user.clone(), String::new()))
+                    .or_default()
+                    .add(r);
+                users
+                    .entry((day, user.clone(), r.model.clone()))
                     .or_default()
                     .add(r);
             }
@@ -143,64 +149,85 @@ fn as_i64(n: u64) -> i64 {
 fn fold_users(
     conn: &Connection,
     tenant: TenantId,
-    users: HashMap<(i64, String), UsageTotals>,
+    users: HashMap<(i64, String, String), UsageTotals>,
 ) -> StoreResult<()> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "INSERT INTO llm_user_daily (tenant_id, day, user_id, {TOTALS_COLUMNS})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET {TOTALS_UPSERT}"
-    ))?;
-    let mut monthly: HashMap<(i64, &str), (u64, Nanos)> = HashMap::new();
-    for ((day, user), t) in &users {
+    let mut monthly: HashMap<(i64, &str, &str), (u64, Nanos)> = HashMap::new();
+    for ((day, user, model), t) in &users {
         let m = monthly
-            .entry((month_of_day(*day), user.as_str()))
+            .entry((month_of_day(*day), user.as_str(), model.as_str()))
             .or_default();
         m.0 += t.calls;
         m.1 += t.cost;
     }
-    let mut month_stmt = conn.prepare_cached(
+    let mut all_months = conn.prepare_cached(
         "INSERT INTO llm_user_monthly (tenant_id, month, user_id, calls, cost_nanos)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (tenant_id, month, user_id) DO UPDATE SET
              calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos",
     )?;
-    for ((month, user), (calls, cost)) in monthly {
-        month_stmt.execute(params![
-            tenant.0.as_bytes(),
-            month,
-            user,
-            as_i64(calls),
-            money_column(cost)?
-        ])?;
+    let mut model_months = conn.prepare_cached(
+        "INSERT INTO llm_user_model_monthly (tenant_id, month, user_id, calls, cost_nanos, model)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (tenant_id, model, month, user_id) DO UPDATE SET
+             calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos",
+    )?;
+    for ((month, user, model), (calls, cost)) in monthly {
+        let (t, calls, cost) = (tenant.0.as_bytes(), as_i64(calls), money_column(cost)?);
+        if model.is_empty() {
+            all_months.execute(params![t, month, user, calls, cost])?;
+        } else {
+            model_months.execute(params![t, month, user, calls, cost, model])?;
+        }
     }
-    for ((day, user), t) in users {
-        upsert_totals(&mut stmt, tenant, &day, &user, &t)?;
+    let mut all_days = conn.prepare_cached(&format!(
+        "INSERT INTO llm_user_daily (tenant_id, day, user_id, {TOTALS_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET {TOTALS_UPSERT}"
+    ))?;
+    let mut model_days = conn.prepare_cached(&format!(
+        "INSERT INTO llm_user_model_daily (tenant_id, day, user_id, {TOTALS_COLUMNS}, model)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (tenant_id, model, user_id, day) DO UPDATE SET {TOTALS_UPSERT}"
+    ))?;
+    for ((day, user, model), t) in users {
+        if model.is_empty() {
+            upsert_totals(&mut all_days, tenant, &day, &user, &t, None)?;
+        } else {
+            upsert_totals(&mut model_days, tenant, &day, &user, &t, Some(&model))?;
+        }
     }
     Ok(())
 }
 
 /// Runs a totals upsert whose parameters are the tenant, two key columns, then
-/// `TOTALS_COLUMNS`.
+/// `TOTALS_COLUMNS`, then `extra` if given.
 fn upsert_totals(
     stmt: &mut rusqlite::CachedStatement<'_>,
     tenant: TenantId,
     key_a: &dyn rusqlite::ToSql,
     key_b: &dyn rusqlite::ToSql,
     t: &UsageTotals,
+    extra: Option<&dyn rusqlite::ToSql>,
 ) -> StoreResult<()> {
-    stmt.execute(params![
-        tenant.0.as_bytes(),
+    let t_bytes = tenant.0.as_bytes();
+    let (calls, errors) = (as_i64(t.calls), as_i64(t.errors));
+    let (input, output) = (as_i64(t.input_tokens), as_i64(t.output_tokens));
+    let cost = money_column(t.cost)?;
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![
+        &t_bytes,
         key_a,
         key_b,
-        as_i64(t.calls),
-        as_i64(t.errors),
-        as_i64(t.input_tokens),
-        as_i64(t.output_tokens),
-        money_column(t.cost)?,
-        t.latency_sum_ms,
-        t.first_ts,
-        t.last_ts
-    ])?;
+        &calls,
+        &errors,
+        &input,
+        &output,
+        &cost,
+        &t.latency_sum_ms,
+        &t.first_ts,
+        &t.last_ts,
+    ];
+    values.extend(extra);
+    stmt.execute(values.as_slice())?;
     Ok(())
 }
 
@@ -225,7 +252,7 @@ fn fold_conversations(
              user_id = coalesce(user_id, excluded.user_id), {TOTALS_UPSERT}"
     ))?;
     for (conv, (user, t)) in conversations {
-        upsert_totals(&mut stmt, tenant, &conv, &user, &t)?;
+        upsert_totals(&mut stmt, tenant, &conv, &user, &t, None)?;
     }
     Ok(())
 }
@@ -517,25 +544,44 @@ impl UsageStore for SqliteStore {
         from_day: i64,
         to_day: i64,
         user: Option<String>,
+        model: Option<String>,
         limit: u32,
     ) -> StoreResult<Vec<UserUsage>> {
         self.read(move |conn| {
             let t = tenant.0.as_bytes();
+            // Over all models, or one model's tables (`?5` binds the model there).
+            let (daily, monthly, monthly_index, narrow) = match &model {
+                None => ("llm_user_daily", "llm_user_monthly", "llm_user_monthly_by_cost", ""),
+                Some(_) => (
+                    "llm_user_model_daily",
+                    "llm_user_model_monthly",
+                    "llm_user_model_monthly_by_cost",
+                    "AND model = ?5",
+                ),
+            };
+            let model = model.unwrap_or_default();
             let candidates: Vec<String> = match user {
                 Some(u) => vec![u],
                 None => {
                     // Each overlapping month's most expensive users, then exact sums over
                     // the days of the period for those users only.
-                    let mut stmt = conn.prepare_cached(
-                        "SELECT user_id FROM llm_user_monthly INDEXED BY llm_user_monthly_by_cost
-                         WHERE tenant_id = ?1 AND month = ?2 ORDER BY cost_nanos DESC LIMIT ?3",
-                    )?;
+                    let mut stmt = conn.prepare_cached(&format!(
+                        "SELECT user_id FROM {monthly} INDEXED BY {monthly_index}
+                         WHERE tenant_id = ?1 AND month = ?2 {} ORDER BY cost_nanos DESC LIMIT ?3",
+                        narrow.replace("?5", "?4")
+                    ))?;
                     let per_month = USER_CANDIDATES_PER_MONTH.max(limit.saturating_mul(10));
                     let mut seen = std::collections::HashSet::new();
                     let mut out = Vec::new();
                     for month in month_of_day(from_day)..=month_of_day((to_day - 1).max(from_day)) {
-                        for u in stmt.query_map(params![t, month, per_month], |r| r.get::<_, String>(0))? {
-                            let u = u?;
+                        let rows = if narrow.is_empty() {
+                            stmt.query_map(params![t, month, per_month], |r| r.get::<_, String>(0))?
+                                .collect::<Result<Vec<_>, _>>()?
+                        } else {
+                            stmt.query_map(params![t, month, per_month, model], |r| r.get::<_, String>(0))?
+                                .collect::<Result<Vec<_>, _>>()?
+                        };
+                        for u in rows {
                             if seen.insert(u.clone()) {
                                 out.push(u);
                             }
@@ -550,14 +596,19 @@ impl UsageStore for SqliteStore {
                         coalesce(sum(output_tokens), 0), 0,
                         coalesce(sum(latency_sum_ms), 0.0), coalesce(min(first_ts), 0), coalesce(max(last_ts), 0),
                         {}
-                 FROM llm_user_daily WHERE tenant_id = ?1 AND user_id = ?2 AND day >= ?3 AND day < ?4",
+                 FROM {daily} WHERE tenant_id = ?1 AND user_id = ?2 AND day >= ?3 AND day < ?4 {narrow}",
                 money_sum_sql("cost_nanos")
             ))?;
             let mut rows = Vec::with_capacity(candidates.len());
             for user_id in candidates {
-                let totals = sums.query_row(params![t, user_id, from_day, to_day], |r| {
+                let read = |r: &rusqlite::Row<'_>| {
                     Ok(UsageTotals { cost: money_sum_at(r, 8)?, ..totals_from_row(r, 0)? })
-                })?;
+                };
+                let totals = if narrow.is_empty() {
+                    sums.query_row(params![t, user_id, from_day, to_day], read)?
+                } else {
+                    sums.query_row(params![t, user_id, from_day, to_day, model], read)?
+                };
                 if totals.calls > 0 {
                     rows.push(UserUsage { user_id, totals });
                 }
