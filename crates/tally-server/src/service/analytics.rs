@@ -34,9 +34,11 @@ pub struct PeriodQuery {
     pub period: Option<String>,
     /// The last N days (1–366), as seed 003 does.
     pub days: Option<String>,
-    /// Start of an explicit range (RFC 3339 or YYYY-MM-DD), rounded down to the hour.
+    /// Start of an explicit range (RFC 3339 or YYYY-MM-DD), rounded down to the hour; not
+    /// in the future.
     pub from: Option<String>,
-    /// End of an explicit range, exclusive, rounded up to the hour; default now.
+    /// End of an explicit range, exclusive, rounded up to the hour and never past now;
+    /// default now.
     pub to: Option<String>,
 }
 
@@ -58,18 +60,56 @@ pub fn parse_instant(field: &str, s: &str) -> Result<i64, FieldError> {
 }
 
 impl PeriodQuery {
-    /// The label and range this query names, relative to `now`.
+    /// The label and range this query names, relative to `now`. One way of naming a period
+    /// at a time: `period`, `days` and `from`/`to` exclude each other. A range never ends in
+    /// the future (`to` is at most `now`, exclusive of the instant after it) and may not
+    /// end before 2000-01-01 or start after `now`: no data can lie there.
     pub fn resolve(&self, now: i64) -> Result<(String, Period), FieldError> {
         let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        if nonempty(&self.from).is_some() || nonempty(&self.to).is_some() {
+        let given: Vec<&str> = [
+            ("period", nonempty(&self.period).is_some()),
+            ("days", nonempty(&self.days).is_some()),
+            ("from", nonempty(&self.from).is_some()),
+            ("to", nonempty(&self.to).is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        let explicit = given.iter().any(|g| *g == "from" || *g == "to");
+        let named = given.iter().filter(|g| **g == "period" || **g == "days").count();
+        if named + usize::from(explicit) > 1 {
+            let (first, second) = (given[0], given[1]);
+            return Err(FieldError::new(
+                INVALID_PERIOD,
+                second,
+                format!(
+                    "cannot be combined with {first}: give one of period, days or from/to"
+                ),
+            ));
+        }
+        let end = now + 1;
+        if explicit {
             let from = nonempty(&self.from)
                 .ok_or_else(|| FieldError::new(INVALID_PERIOD, "from", "is required with to"))?;
             let from = parse_instant("from", &from)?.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR;
             let to = match nonempty(&self.to) {
                 Some(t) => parse_instant("to", &t)?,
-                None => now,
+                None => end,
             };
-            let to = (to + MICROS_PER_HOUR - 1).div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR;
+            let to = (to.saturating_add(MICROS_PER_HOUR - 1))
+                .div_euclid(MICROS_PER_HOUR)
+                .saturating_mul(MICROS_PER_HOUR)
+                .min(end);
+            if from > now {
+                return Err(FieldError::new(INVALID_PERIOD, "from", "is in the future"));
+            }
+            if to <= tally_core::event::MIN_TIMESTAMP_MICROS {
+                return Err(FieldError::new(
+                    INVALID_PERIOD,
+                    "to",
+                    "ends before 2000-01-01, before any data tally accepts",
+                ));
+            }
             if to <= from {
                 return Err(FieldError::new(INVALID_PERIOD, "to", "must be after from"));
             }

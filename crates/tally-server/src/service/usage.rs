@@ -201,13 +201,15 @@ pub struct Period {
 }
 
 impl Period {
-    /// The period ending at the end of the current hour and lasting `hours`.
+    /// The last `hours` hourly buckets, the current (partial) one included: from the start
+    /// of the hour `hours − 1` hours ago to now. The end is `now` itself (exclusive bound
+    /// one microsecond later), never in the future.
     pub fn last_hours(now: i64, hours: i64) -> Self {
         let h = tally_core::time::MICROS_PER_HOUR;
-        let to = now.div_euclid(h) * h + h;
+        let end_of_hour = now.div_euclid(h) * h + h;
         Period {
-            from: to - hours * h,
-            to,
+            from: end_of_hour - hours * h,
+            to: now + 1,
         }
     }
 

@@ -200,3 +200,36 @@ async fn an_exhausted_quota_is_the_earliest_exhaustion() {
         "{eta} should be now: the daily quota is already exhausted"
     );
 }
+
+#[tokio::test]
+async fn periods_never_end_in_the_future_and_ways_of_naming_them_do_not_mix() {
+    let t = app().await;
+    let before = chrono::Utc::now();
+    let month_ago = (before - chrono::Duration::days(30)).format("%Y-%m-%d");
+    for q in [
+        "period=last_7d".to_owned(),
+        "days=3".to_owned(),
+        format!("from={month_ago}"),
+        format!("from={month_ago}&to=2999-01-01"),
+    ] {
+        let r = t.get(&format!("/api/v1/ai/costs?{q}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{q}: {}", r.body);
+        let to = chrono::DateTime::parse_from_rfc3339(r.body["to"].as_str().unwrap()).unwrap();
+        let after = chrono::Utc::now();
+        assert!(to >= before - chrono::Duration::seconds(1) && to <= after, "{q}: to {to} is not now");
+    }
+    for (q, field, names) in [
+        ("period=last_24h&days=3", "days", "period"),
+        ("days=3&from=2025-01-01", "from", "days"),
+        ("period=last_7d&to=2025-01-01", "to", "period"),
+    ] {
+        let r = t.get(&format!("/api/v1/ai/costs?{q}")).await;
+        assert_eq!((r.status, r.code(), r.field()), (StatusCode::BAD_REQUEST, "INSIGHTS_003", field), "{q}");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains(names), "{q}: {}", r.body);
+    }
+    // Ranges where no data can be: a start in the future, an end before 2000.
+    let r = t.get("/api/v1/ai/costs?from=2999-01-01").await;
+    assert_eq!((r.status, r.field()), (StatusCode::BAD_REQUEST, "from"), "{}", r.body);
+    let r = t.get("/api/v1/ai/costs?from=1900-01-01&to=1900-02-01").await;
+    assert_eq!((r.status, r.field()), (StatusCode::BAD_REQUEST, "to"), "{}", r.body);
+}
