@@ -47,6 +47,27 @@ impl FieldError {
     }
 }
 
+/// Checks a client-chosen identifier (a user, project, conversation, model name …): 1 to
+/// `max` characters, none of them a control character (NUL, newlines, escapes).
+pub fn check_id<'a>(field: &str, id: &'a str, max: usize) -> Result<&'a str, FieldError> {
+    if id.is_empty() {
+        return Err(FieldError::invalid(field, "must not be empty"));
+    }
+    if id.chars().count() > max {
+        return Err(FieldError::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(FieldError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(id)
+}
+
 impl std::fmt::Display for FieldError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {} ({})", self.field, self.message, self.code)

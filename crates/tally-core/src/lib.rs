@@ -19,5 +19,5 @@ pub mod test_support;
 pub mod time;
 pub mod usage;
 
-pub use error::{FieldError, Violation};
+pub use error::{check_id, FieldError, Violation};
 pub use ids::{AccountId, ApiKeyId, TenantId};

@@ -343,33 +343,34 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
         Some(w) => QuotaWindow::parse(&w)
             .ok_or_else(|| FieldError::invalid(f("window"), "must be day or month"))?,
     };
-    let limit = match (metric, input.limit) {
-        (_, None | Some(Value::Null)) => return Err(FieldError::required(f("limit"))),
-        (QuotaMetric::CostUsd, Some(v)) => match Nanos::parse_usd_json(&v) {
-            Ok(n) if n > Nanos::ZERO && n <= MAX_QUOTA_COST => n.0 as i64,
-            _ => {
-                return Err(FieldError::invalid(
+    let limit =
+        match (metric, input.limit) {
+            (_, None | Some(Value::Null)) => return Err(FieldError::required(f("limit"))),
+            (QuotaMetric::CostUsd, Some(v)) => match Nanos::parse_usd_json(&v) {
+                Ok(n) if n > Nanos::ZERO && n <= MAX_QUOTA_COST => n.0 as i64,
+                _ => return Err(FieldError::invalid(
                     f("limit"),
-                    format!("must be a positive amount in USD up to {MAX_QUOTA_COST}, e.g. \"100.00\""),
-                ))
-            }
-        },
-        (_, Some(Value::Number(n))) => match n.as_i64().filter(|n| *n > 0) {
-            Some(n) => n,
-            None => {
+                    format!(
+                        "must be a positive amount in USD up to {MAX_QUOTA_COST}, e.g. \"100.00\""
+                    ),
+                )),
+            },
+            (_, Some(Value::Number(n))) => match n.as_i64().filter(|n| *n > 0) {
+                Some(n) => n,
+                None => {
+                    return Err(FieldError::invalid(
+                        f("limit"),
+                        "must be a positive integer",
+                    ))
+                }
+            },
+            (_, Some(_)) => {
                 return Err(FieldError::invalid(
                     f("limit"),
                     "must be a positive integer",
                 ))
             }
-        },
-        (_, Some(_)) => {
-            return Err(FieldError::invalid(
-                f("limit"),
-                "must be a positive integer",
-            ))
-        }
-    };
+        };
     let scope = QuotaScope {
         provider: text("provider", input.provider, 64)?.map(|p| p.to_ascii_lowercase()),
         model: text("model", input.model, 128)?,

@@ -10,6 +10,53 @@ use crate::pricing::{Nanos, PriceCatalog, TokenUsage, MAX_RECORD_COST};
 use crate::sketch::LatencySketch;
 use crate::time::{self, MICROS_PER_SEC};
 
+/// Seed 003's model generations: `new` (reasoning models, GPT-4.1 and later, Claude 4,
+/// Gemini 2.5) or `legacy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Generation {
+    New,
+    Legacy,
+}
+
+/// Model-name prefixes (lowercase) of the new generation.
+pub const NEW_GENERATION_PREFIXES: [&str; 8] = [
+    "o1",
+    "o3",
+    "o4",
+    "gpt-4.1",
+    "gpt-5",
+    "claude-opus-4",
+    "claude-sonnet-4",
+    "gemini-2.5",
+];
+
+impl Generation {
+    pub fn of(model: &str) -> Generation {
+        let m = model.to_ascii_lowercase();
+        if NEW_GENERATION_PREFIXES.iter().any(|p| m.starts_with(p)) {
+            Generation::New
+        } else {
+            Generation::Legacy
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Generation::New => "new",
+            Generation::Legacy => "legacy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Generation> {
+        match s {
+            "new" => Some(Generation::New),
+            "legacy" => Some(Generation::Legacy),
+            _ => None,
+        }
+    }
+}
+
 /// Outcome of the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -660,6 +707,10 @@ pub struct UsageFilter {
     pub job_id: Option<String>,
     pub status: Option<CallStatus>,
     pub min_quality: Option<f64>,
+    pub generation: Option<Generation>,
+    /// Minimum quality points per dollar (`quality_score / cost`); a call with a quality
+    /// score and no cost counts as infinitely efficient.
+    pub min_cost_efficiency: Option<f64>,
     /// Case-insensitive substring of the model, conversation, job, error type or metadata.
     pub search: Option<String>,
 }

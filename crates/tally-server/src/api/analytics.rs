@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use tally_core::auth::{Action, Principal};
 use tally_core::pricing::Nanos;
 use tally_core::time::{now_micros, rfc3339};
-use tally_core::usage::{CallStatus, UsageFilter};
+use tally_core::usage::{CallStatus, Generation, UsageFilter};
 use tally_core::{FieldError, TenantId};
 
 use super::extract::{ApiQuery, Auth, JsonBody};
@@ -115,9 +115,7 @@ pub async fn conversation_cost(
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<ConversationCost>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
-    if conversation_id.is_empty() || conversation_id.len() > 256 {
-        return Err(FieldError::invalid("conversation_id", "must be 1 to 256 characters").into());
-    }
+    tally_core::check_id("conversation_id", &conversation_id, 256)?;
     Ok(Json(
         state
             .analytics
@@ -182,10 +180,22 @@ pub async fn global_usage(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ModelsQuery {
-    /// Comma-separated models to keep (default: all).
+    /// Comma-separated models to keep (default: all), at most 50 of up to 128 characters.
+    #[param(max_length = 6450)]
     models: Option<String>,
-    /// One model (seed 003's `cost_breakdown/?model=o3`).
+    /// One model.
+    #[param(max_length = 128)]
+    model: Option<String>,
+}
+
+/// Seed 003's `cost_breakdown/?model=o3`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ModelQuery {
+    /// One model (default: all).
+    #[param(max_length = 128)]
     model: Option<String>,
 }
 
@@ -254,21 +264,21 @@ pub async fn efficiency(
 
 /// Seed 003: cost by model (with token kinds), by day and by user; `?model=` narrows it.
 #[utoipa::path(get, path = "/api/v1/ai/usage/cost_breakdown", tag = "ai",
-    params(PeriodQuery, ModelsQuery, TenantQuery),
+    params(PeriodQuery, ModelQuery, TenantQuery),
     responses((status = 200, body = CostBreakdown)), security(("bearer" = [])))]
 pub async fn cost_breakdown(
     State(state): State<AppState>,
     Auth(p): Auth,
     ApiQuery(q): ApiQuery<PeriodQuery>,
-    ApiQuery(m): ApiQuery<ModelsQuery>,
+    ApiQuery(m): ApiQuery<ModelQuery>,
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<CostBreakdown>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
     let (label, period, _) = period_of(&q)?;
-    let mut models = model_list(&m)?;
-    if models.len() > 1 {
-        return Err(FieldError::invalid("model", "give one model").into());
-    }
+    let mut models = model_list(&ModelsQuery {
+        models: None,
+        model: m.model,
+    })?;
     Ok(Json(
         state
             .analytics
@@ -293,32 +303,59 @@ pub async fn trends(
 
 /// Seed 003's Django-style filters on raw usage records.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 #[allow(non_snake_case)] // the names are seed 003's query parameters
 pub struct RecordsQuery {
     /// RFC 3339 or YYYY-MM-DD, inclusive.
+    #[param(
+        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
+    )]
     created_at__gte: Option<String>,
     /// RFC 3339 or YYYY-MM-DD, exclusive.
+    #[param(
+        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
+    )]
     created_at__lt: Option<String>,
-    /// USD.
+    /// USD, e.g. `0.05`.
+    #[param(pattern = r"^\d{1,15}(\.\d{1,9})?$")]
     total_cost__gte: Option<String>,
+    /// USD.
+    #[param(pattern = r"^\d{1,15}(\.\d{1,9})?$")]
     total_cost__lte: Option<String>,
+    #[param(pattern = r"^[^\u0000-\u001F\u007F]+$", max_length = 256)]
     model_name: Option<String>,
-    /// Comma-separated.
+    /// Comma-separated, at most 50.
+    #[param(pattern = r"^[^\u0000-\u001F\u007F]+$", max_length = 256)]
     model_name__in: Option<String>,
+    #[param(pattern = r"^[^\u0000-\u001F\u007F]+$", max_length = 256)]
     provider: Option<String>,
+    #[param(pattern = r"^[^\u0000-\u001F\u007F]+$", max_length = 256)]
     user_id: Option<String>,
+    #[param(pattern = r"^[^\u0000-\u001F\u007F]+$", max_length = 256)]
     conversation_id: Option<String>,
+    #[param(pattern = r"^[^\u0000-\u001F\u007F]+$", max_length = 256)]
     job_id: Option<String>,
-    /// `success`, `error`, `timeout`, `cancelled`.
+    #[param(value_type = Option<CallStatus>)]
     status: Option<String>,
+    #[param(value_type = Option<f64>)]
     quality_score__gte: Option<String>,
+    /// The model's generation: `new` (reasoning and latest models) or `legacy`.
+    #[param(value_type = Option<Generation>)]
+    generation: Option<String>,
+    /// Minimum cost efficiency: quality points per dollar.
+    #[param(value_type = Option<f64>, minimum = 0)]
+    cost_efficiency__gte: Option<String>,
     /// Case-insensitive text in the model, ids, error type or metadata.
+    #[param(pattern = r"^[^\u0000-\u001F\u007F]+$", max_length = 256)]
     search: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 10000)]
     page: Option<String>,
     /// 1 to 100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     page_size: Option<String>,
     /// Platform admins only: another tenant.
+    #[param(value_type = Option<uuid::Uuid>)]
     tenant_id: Option<String>,
 }
 
@@ -426,12 +463,25 @@ pub async fn records(
             })
         })
         .transpose()?;
-    let min_quality = text_filter("quality_score__gte", q.quality_score__gte.as_deref())?
-        .map(|s| {
-            s.parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| FieldError::invalid("quality_score__gte", "must be a number"))
+    let number = |field: &'static str, v: Option<&str>| {
+        text_filter(field, v)?
+            .map(|s| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| FieldError::invalid(field, "must be a number"))
+            })
+            .transpose()
+    };
+    let min_quality = number("quality_score__gte", q.quality_score__gte.as_deref())?;
+    let min_cost_efficiency = number("cost_efficiency__gte", q.cost_efficiency__gte.as_deref())?;
+    if min_cost_efficiency.is_some_and(|e| e < 0.0) {
+        return Err(FieldError::invalid("cost_efficiency__gte", "must not be negative").into());
+    }
+    let generation = text_filter("generation", q.generation.as_deref())?
+        .map(|g| {
+            Generation::parse(&g)
+                .ok_or_else(|| FieldError::invalid("generation", "must be new or legacy"))
         })
         .transpose()?;
     let filter = UsageFilter {
@@ -446,12 +496,14 @@ pub async fn records(
         job_id: text_filter("job_id", q.job_id.as_deref())?,
         status,
         min_quality,
+        generation,
+        min_cost_efficiency,
         search: text_filter("search", q.search.as_deref())?,
     };
     let page = parse_u32("page", q.page.as_deref(), 1, 1, 10_000)?;
     let page_size = parse_u32("page_size", q.page_size.as_deref(), 20, 1, 100)?;
     let mut applied = Map::new();
-    let pairs: [(&str, &Option<String>); 13] = [
+    let pairs: [(&str, &Option<String>); 15] = [
         ("created_at__gte", &q.created_at__gte),
         ("created_at__lt", &q.created_at__lt),
         ("total_cost__gte", &q.total_cost__gte),
@@ -464,6 +516,8 @@ pub async fn records(
         ("job_id", &q.job_id),
         ("status", &q.status),
         ("quality_score__gte", &q.quality_score__gte),
+        ("generation", &q.generation),
+        ("cost_efficiency__gte", &q.cost_efficiency__gte),
         ("search", &q.search),
     ];
     for (k, v) in pairs {

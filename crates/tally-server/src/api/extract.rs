@@ -55,11 +55,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 }
 
 /// Parses JSON, telling syntax errors (`INVALID_JSON`) from type errors on a named field
-/// (`VALIDATION_ERROR`).
+/// (`VALIDATION_ERROR`). Anything but white space after the value is a syntax error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize::<_, T>(de) {
-        Ok(v) => Ok(v),
+    match serde_path_to_error::deserialize::<_, T>(&mut *de) {
+        Ok(v) => de
+            .end()
+            .map(|()| v)
+            .map_err(|e| ApiError::InvalidJson(e.to_string())),
         Err(err) => {
             let path = err.path().to_string();
             let inner = err.into_inner();

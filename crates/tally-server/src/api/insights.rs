@@ -14,7 +14,7 @@ use tally_core::auth::{Action, Principal};
 use tally_core::error::codes;
 use tally_core::event::{EventInput, EventType};
 use tally_core::time::{now_micros, rfc3339};
-use tally_core::{FieldError, TenantId};
+use tally_core::{check_id, FieldError, TenantId};
 use uuid::Uuid;
 
 use super::dto::*;
@@ -295,20 +295,29 @@ pub async fn track_test(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ActivityQuery {
+    #[param(pattern = r"^[^\u0000-\u001F\u007F]+$", max_length = 128)]
     user_id: Option<String>,
+    #[param(pattern = r"^[^\u0000-\u001F\u007F]+$", max_length = 128)]
     project_id: Option<String>,
     /// One of the six event types.
+    #[param(value_type = Option<tally_core::event::EventType>)]
     event_type: Option<String>,
     /// YYYY-MM-DD (UTC), inclusive.
+    #[param(value_type = Option<chrono::NaiveDate>)]
     date_from: Option<String>,
-    /// YYYY-MM-DD (UTC), inclusive.
+    /// YYYY-MM-DD (UTC), inclusive; not before `date_from`.
+    #[param(value_type = Option<chrono::NaiveDate>)]
     date_to: Option<String>,
     /// From 1.
+    #[param(value_type = Option<u32>, minimum = 1)]
     page: Option<String>,
     /// 1 to 100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     page_size: Option<String>,
     /// Platform admins only: another tenant.
+    #[param(value_type = Option<uuid::Uuid>)]
     tenant_id: Option<String>,
 }
 
@@ -354,14 +363,8 @@ pub(crate) fn parse_u32(
 }
 
 fn non_empty_id(field: &str, v: Option<&str>) -> Result<Option<String>, FieldError> {
-    match v {
-        None => Ok(None),
-        Some("") => Err(FieldError::invalid(field, "must not be empty")),
-        Some(s) if s.chars().count() > 128 => {
-            Err(FieldError::invalid(field, "must be at most 128 characters"))
-        }
-        Some(s) => Ok(Some(s.to_owned())),
-    }
+    v.map(|s| check_id(field, s, 128).map(str::to_owned))
+        .transpose()
 }
 
 fn json_object(text: &str) -> Value {
@@ -486,8 +489,10 @@ pub async fn list_activities(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TenantQuery {
     /// Platform admins only: another tenant.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub(crate) tenant_id: Option<String>,
 }
 
@@ -502,6 +507,7 @@ pub async fn get_activity(
     Path(activity_id): Path<String>,
     ApiQuery(q): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<Activity>> {
+    check_id("activity_id", &activity_id, 256)?;
     require(&p, Action::Read)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
     let ActivityDetail {
@@ -518,11 +524,16 @@ pub async fn get_activity(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SummaryQuery {
     /// YYYY-MM-DD; defaults to the user's first activity.
+    #[param(value_type = Option<chrono::NaiveDate>)]
     date_from: Option<String>,
-    /// YYYY-MM-DD; defaults to today.
+    /// YYYY-MM-DD; defaults to today; not before `date_from`.
+    #[param(value_type = Option<chrono::NaiveDate>)]
     date_to: Option<String>,
+    /// Platform admins only: another tenant.
+    #[param(value_type = Option<uuid::Uuid>)]
     tenant_id: Option<String>,
 }
 
@@ -537,6 +548,7 @@ pub async fn user_summary(
     Path(user_id): Path<String>,
     ApiQuery(q): ApiQuery<SummaryQuery>,
 ) -> ApiResult<Json<UserSummaryResponse>> {
+    check_id("user_id", &user_id, 128)?;
     require(&p, Action::Read)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
     let from = parse_date("date_from", q.date_from.as_deref())?;
@@ -635,7 +647,7 @@ fn profile_from(user_id: String, body: UserProfileBody) -> Result<UserProfile, F
 
 fn user_id_from(v: Option<Value>) -> Result<String, FieldError> {
     match v {
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 128 => Ok(s),
+        Some(Value::String(s)) => check_id("user_id", &s, 128).map(|_| s.clone()),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
         None | Some(Value::Null) => Err(FieldError::new(
             codes::MISSING_REQUIRED,
@@ -678,6 +690,7 @@ pub async fn put_user(
     Path(user_id): Path<String>,
     JsonBody(mut body): JsonBody<UserProfileBody>,
 ) -> ApiResult<(StatusCode, Json<UserProfileResponse>)> {
+    check_id("user_id", &user_id, 128)?;
     require(&p, Action::Ingest)?;
     let path_id = user_id_from(Some(Value::String(user_id)))?;
     if let Some(v) = body.user_id.take() {
@@ -695,9 +708,16 @@ pub async fn put_user(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// From 1.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     page: Option<String>,
+    /// 1 to 100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     page_size: Option<String>,
+    /// Platform admins only: another tenant.
+    #[param(value_type = Option<uuid::Uuid>)]
     tenant_id: Option<String>,
 }
 
@@ -748,6 +768,7 @@ pub async fn get_user(
     Path(user_id): Path<String>,
     ApiQuery(q): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<UserProfileResponse>> {
+    check_id("user_id", &user_id, 128)?;
     require(&p, Action::Read)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
     let mut found = state
@@ -820,6 +841,7 @@ pub async fn put_project(
     Path(project_id): Path<String>,
     JsonBody(mut body): JsonBody<ProjectBody>,
 ) -> ApiResult<(StatusCode, Json<ProjectResponse>)> {
+    check_id("project_id", &project_id, 128)?;
     require(&p, Action::Ingest)?;
     let id = project_id_ok(project_id)?;
     if let Some(b) = body.project_id.take() {
@@ -873,6 +895,7 @@ pub async fn get_project(
     Path(project_id): Path<String>,
     ApiQuery(q): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<ProjectResponse>> {
+    check_id("project_id", &project_id, 128)?;
     require(&p, Action::Read)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
     let mut found = state

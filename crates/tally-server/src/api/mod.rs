@@ -5,6 +5,7 @@
 mod admin;
 mod analytics;
 mod auth;
+pub mod contract;
 pub mod dto;
 pub mod extract;
 mod health;
@@ -105,7 +106,11 @@ pub fn app(state: AppState) -> Router {
         .route("/ai/quotas", get(quotas::quota_status))
         .route("/ai/quotas/config", post(quotas::configure))
         .route("/ai/quotas/test", post(quotas::test))
-        .route("/openapi.json", get(openapi::serve));
+        .route("/openapi.json", get(openapi::serve))
+        .route_layer(axum::middleware::from_fn_with_state(
+            query_contract(),
+            contract::strict_query,
+        ));
 
     Router::new()
         .nest("/api/v1", api)
@@ -127,6 +132,17 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The query contract, read once from the OpenAPI document.
+fn query_contract() -> std::sync::Arc<contract::QueryContract> {
+    static CONTRACT: std::sync::OnceLock<std::sync::Arc<contract::QueryContract>> =
+        std::sync::OnceLock::new();
+    CONTRACT
+        .get_or_init(|| {
+            std::sync::Arc::new(contract::QueryContract::from_document(openapi::document()))
+        })
+        .clone()
 }
 
 /// The router behind trailing-slash normalisation: `/insights/track/` and

@@ -1,7 +1,12 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
+use std::sync::OnceLock;
+
 use axum::Json;
+use utoipa::openapi::content::Content;
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{admin, analytics, auth, dto, health, insights, quotas, usage};
@@ -24,9 +29,10 @@ use super::{admin, analytics, auth, dto, health, insights, quotas, usage};
         analytics::dashboard, analytics::usage_dashboard, analytics::model_comparison,
         analytics::efficiency, analytics::cost_breakdown, analytics::trends, analytics::records,
         quotas::quota_status, quotas::configure, quotas::test,
+        serve,
     ),
     components(schemas(crate::error::ErrorEnvelope, crate::error::ErrorBody, dto::EventBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorResponses),
     tags(
         (name = "insights", description = "Event tracking and activity analytics (seed 001)"),
         (name = "ai", description = "LLM usage and costs (seeds 000 and 003)"),
@@ -49,7 +55,88 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The OpenAPI 3 document of this server.
-pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The error answers every operation can give, added to each operation from what it
+/// takes, so that no operation documents fewer statuses than the server's layers produce:
+/// 400 for bad parameters or bodies, 401/403 for secured operations, 404 for resources
+/// named in the path, 413/415 for bodies.
+struct ErrorResponses;
+
+fn error_response(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorEnvelope"))),
+            )
+            .build(),
+    )
+}
+
+fn add_errors(op: &mut Operation, path: &str) {
+    let params = op.parameters.as_deref().unwrap_or_default();
+    let takes_path = path.contains('{');
+    let takes_query = params
+        .iter()
+        .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let body = op.request_body.is_some();
+    let mut add = |status: &str, description: &str| {
+        op.responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| error_response(description));
+    };
+    if body || takes_query || takes_path {
+        add(
+            "400",
+            "VALIDATION_ERROR, INVALID_JSON, UNKNOWN_PARAMETER or a seed code, naming the field",
+        );
+    }
+    if secured {
+        add("401", "missing, malformed, expired or revoked credentials");
+        add(
+            "403",
+            "the credentials lack the role or scope, or name another tenant",
+        );
+    }
+    if takes_path {
+        add("404", "no such resource in the caller's tenant");
+    }
+    if body {
+        add("413", "the body exceeds the size limit");
+        add("415", "the body is not application/json");
+    }
+}
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_errors(op, path);
+            }
+        }
+    }
+}
+
+/// The OpenAPI 3.1 document of this server, generated once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(ApiDoc::openapi)
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health",
+    responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn serve() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(document())
 }

@@ -325,11 +325,7 @@ pub struct QuotaTestResponse {
 
 fn text(field: &str, v: Option<String>) -> Result<String, FieldError> {
     let v = v.ok_or_else(|| FieldError::required(field))?;
-    let t = v.trim();
-    if t.is_empty() || t.len() > 128 {
-        return Err(FieldError::invalid(field, "must be 1 to 128 characters"));
-    }
-    Ok(t.to_owned())
+    Ok(tally_core::check_id(field, v.trim(), 128)?.to_owned())
 }
 
 /// Would a call of this estimated cost pass, warn or be blocked, and why. Nothing is

@@ -29,17 +29,44 @@ pub const TOP_N: u32 = 20;
 /// A period as the API takes it: `period=last_24h|last_7d|last_30d|last_90d`, `days=N`
 /// (seed 003), or `from`/`to` (RFC 3339 or YYYY-MM-DD; `to` exclusive).
 #[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams, utoipa::ToSchema)]
+#[into_params(parameter_in = Query)]
 pub struct PeriodQuery {
     /// `last_24h`, `last_7d` (default), `last_30d` or `last_90d`.
+    #[param(value_type = Option<PeriodName>)]
+    #[schema(value_type = Option<PeriodName>)]
     pub period: Option<String>,
     /// The last N days (1–366), as seed 003 does.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 366)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 366)]
     pub days: Option<String>,
     /// Start of an explicit range (RFC 3339 or YYYY-MM-DD), rounded down to the hour; not
     /// in the future.
+    #[param(
+        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
+    )]
+    #[schema(
+        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
+    )]
     pub from: Option<String>,
     /// End of an explicit range, exclusive, rounded up to the hour and never past now;
     /// default now.
+    #[param(
+        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
+    )]
+    #[schema(
+        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
+    )]
     pub to: Option<String>,
+}
+
+/// The named periods.
+#[derive(utoipa::ToSchema)]
+#[allow(non_camel_case_types, dead_code)] // documentation only: the wire names
+pub enum PeriodName {
+    last_24h,
+    last_7d,
+    last_30d,
+    last_90d,
 }
 
 /// An RFC 3339 time or a YYYY-MM-DD date (midnight UTC), in microseconds.
@@ -76,15 +103,16 @@ impl PeriodQuery {
         .filter_map(|(name, set)| set.then_some(name))
         .collect();
         let explicit = given.iter().any(|g| *g == "from" || *g == "to");
-        let named = given.iter().filter(|g| **g == "period" || **g == "days").count();
+        let named = given
+            .iter()
+            .filter(|g| **g == "period" || **g == "days")
+            .count();
         if named + usize::from(explicit) > 1 {
             let (first, second) = (given[0], given[1]);
             return Err(FieldError::new(
                 INVALID_PERIOD,
                 second,
-                format!(
-                    "cannot be combined with {first}: give one of period, days or from/to"
-                ),
+                format!("cannot be combined with {first}: give one of period, days or from/to"),
             ));
         }
         let end = now + 1;
@@ -239,22 +267,7 @@ fn by_provider(totals: &ModelTotals) -> ApiResult<BTreeMap<String, UsageRollup>>
 /// Whether a model is of the current generation (reasoning models, GPT-4.1 and later,
 /// Claude 4, Gemini 2.5) or legacy, as seed 003 compares them.
 pub fn generation(model: &str) -> &'static str {
-    let m = model.to_ascii_lowercase();
-    let new = [
-        "o1",
-        "o3",
-        "o4",
-        "gpt-4.1",
-        "gpt-5",
-        "claude-opus-4",
-        "claude-sonnet-4",
-        "gemini-2.5",
-    ];
-    if new.iter().any(|p| m.starts_with(p)) {
-        "new"
-    } else {
-        "legacy"
-    }
+    tally_core::usage::Generation::of(model).as_str()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 mod activities;
 mod analytics;
 mod auth;
+mod contract;
 mod edges;
 mod numbers;
 mod quotas;

@@ -49,8 +49,14 @@ async fn latency_percentiles_use_the_nearest_rank_and_stay_within_the_observed_r
     let r = t.get("/api/v1/ai/performance?period=last_24h").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let gpt4o = &model_row(&r.body, "gpt-4o")["latency_ms"];
-    assert_eq!((gpt4o["p95"].as_f64(), gpt4o["p99"].as_f64()), (Some(5000.0), Some(5000.0)));
-    assert!((gpt4o["p50"].as_f64().unwrap() - 400.0).abs() <= 4.0, "{gpt4o}");
+    assert_eq!(
+        (gpt4o["p95"].as_f64(), gpt4o["p99"].as_f64()),
+        (Some(5000.0), Some(5000.0))
+    );
+    assert!(
+        (gpt4o["p50"].as_f64().unwrap() - 400.0).abs() <= 4.0,
+        "{gpt4o}"
+    );
     assert!(gpt4o["p99"].as_f64() >= gpt4o["avg"].as_f64(), "{gpt4o}");
     let o3 = model_row(&r.body, "o3");
     for q in ["p50", "p95", "p99"] {
@@ -59,7 +65,10 @@ async fn latency_percentiles_use_the_nearest_rank_and_stay_within_the_observed_r
     }
     let mini = &model_row(&r.body, "gpt-4o-mini")["latency_ms"];
     assert_eq!(mini["p99"], 1000.0, "{mini}");
-    assert!((mini["p50"].as_f64().unwrap() - 500.0).abs() <= 5.0, "{mini}");
+    assert!(
+        (mini["p50"].as_f64().unwrap() - 500.0).abs() <= 5.0,
+        "{mini}"
+    );
 }
 
 #[tokio::test]
@@ -95,7 +104,10 @@ async fn conversation_costs_count_only_the_period() {
     // call count (the key `calls` was written twice).
     let r = t.get("/api/v1/ai/costs/conv-old").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!((r.body["cost_usd"].as_f64(), r.body["calls"].as_u64()), (Some(10.5), Some(2)));
+    assert_eq!(
+        (r.body["cost_usd"].as_f64(), r.body["calls"].as_u64()),
+        (Some(10.5), Some(2))
+    );
     assert_eq!(r.body["recent_calls"].as_array().unwrap().len(), 2);
 }
 
@@ -119,7 +131,12 @@ async fn a_model_cost_breakdown_ranks_that_model_s_users() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|u| (u["user_id"].as_str().unwrap(), u["cost_usd"].as_f64().unwrap()))
+        .map(|u| {
+            (
+                u["user_id"].as_str().unwrap(),
+                u["cost_usd"].as_f64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(users, vec![("alice", 2.0), ("bob", 0.25)]);
 }
@@ -161,7 +178,12 @@ async fn money_adds_up_exactly_past_sixty_four_bits_and_absurd_costs_are_refused
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let admin = t.login_as(t.tenant, Role::Admin).await;
     let r = t
-        .call("GET", "/api/v1/ai/usage?period=last_24h", Some(&admin), None)
+        .call(
+            "GET",
+            "/api/v1/ai/usage?period=last_24h",
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["total_cost_usd"], 10_000_000_001.0);
@@ -193,7 +215,9 @@ async fn an_exhausted_quota_is_the_earliest_exhaustion() {
     let before = chrono::Utc::now();
     let r = t.get("/api/v1/ai/quotas").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let eta = r.body["predictions"]["quota_exhaustion_eta"].as_str().unwrap();
+    let eta = r.body["predictions"]["quota_exhaustion_eta"]
+        .as_str()
+        .unwrap();
     let eta = chrono::DateTime::parse_from_rfc3339(eta).unwrap();
     assert!(
         (eta.timestamp() - before.timestamp()).abs() <= 5,
@@ -216,7 +240,10 @@ async fn periods_never_end_in_the_future_and_ways_of_naming_them_do_not_mix() {
         assert_eq!(r.status, StatusCode::OK, "{q}: {}", r.body);
         let to = chrono::DateTime::parse_from_rfc3339(r.body["to"].as_str().unwrap()).unwrap();
         let after = chrono::Utc::now();
-        assert!(to >= before - chrono::Duration::seconds(1) && to <= after, "{q}: to {to} is not now");
+        assert!(
+            to >= before - chrono::Duration::seconds(1) && to <= after,
+            "{q}: to {to} is not now"
+        );
     }
     for (q, field, names) in [
         ("period=last_24h&days=3", "days", "period"),
@@ -224,12 +251,32 @@ async fn periods_never_end_in_the_future_and_ways_of_naming_them_do_not_mix() {
         ("period=last_7d&to=2025-01-01", "to", "period"),
     ] {
         let r = t.get(&format!("/api/v1/ai/costs?{q}")).await;
-        assert_eq!((r.status, r.code(), r.field()), (StatusCode::BAD_REQUEST, "INSIGHTS_003", field), "{q}");
-        assert!(r.body["error"]["message"].as_str().unwrap().contains(names), "{q}: {}", r.body);
+        assert_eq!(
+            (r.status, r.code(), r.field()),
+            (StatusCode::BAD_REQUEST, "INSIGHTS_003", field),
+            "{q}"
+        );
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains(names),
+            "{q}: {}",
+            r.body
+        );
     }
     // Ranges where no data can be: a start in the future, an end before 2000.
     let r = t.get("/api/v1/ai/costs?from=2999-01-01").await;
-    assert_eq!((r.status, r.field()), (StatusCode::BAD_REQUEST, "from"), "{}", r.body);
-    let r = t.get("/api/v1/ai/costs?from=1900-01-01&to=1900-02-01").await;
-    assert_eq!((r.status, r.field()), (StatusCode::BAD_REQUEST, "to"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.field()),
+        (StatusCode::BAD_REQUEST, "from"),
+        "{}",
+        r.body
+    );
+    let r = t
+        .get("/api/v1/ai/costs?from=1900-01-01&to=1900-02-01")
+        .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (StatusCode::BAD_REQUEST, "to"),
+        "{}",
+        r.body
+    );
 }

@@ -218,11 +218,17 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
             fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
                 Ok(UniqueKeys)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<UniqueKeys, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<UniqueKeys, A::Error> {
                 while a.next_element::<UniqueKeys>()?.is_some() {}
                 Ok(UniqueKeys)
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<UniqueKeys, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<UniqueKeys, A::Error> {
                 let mut seen = std::collections::HashSet::new();
                 while let Some(k) = a.next_key::<String>()? {
                     if !seen.insert(k.clone()) {

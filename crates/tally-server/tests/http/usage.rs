@@ -240,7 +240,10 @@ async fn tenant_stats_from_known_calls() {
     let days = (at("to") - at("from")).num_microseconds().unwrap() as f64 / 86_400e6;
     assert!(days > 23.0 / 24.0 && days <= 1.0, "{days}");
     let want = (0.056 / days * 30.0 * 100.0).round() / 100.0;
-    assert_eq!(s["projections"]["monthly_cost_estimate"].as_f64(), Some(want));
+    assert_eq!(
+        s["projections"]["monthly_cost_estimate"].as_f64(),
+        Some(want)
+    );
     assert_eq!(s["projections"]["growth_rate"], 220.0); // 0.056 vs 0.0175
 
     let r = t

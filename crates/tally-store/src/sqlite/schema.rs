@@ -439,8 +439,18 @@ mod tests {
         apply(&mut conn, &MIGRATIONS[..6]).unwrap();
         let day = 86_400_000_000i64;
         // 2024-01-31 10:00 and 2024-02-01 01:00 (two months), and 1969-12-31 23:00.
-        let (jan31, feb1, before) = (19_753 * day + 10 * 3_600_000_000, 19_754 * day + 3_600_000_000, -3_600_000_000);
-        for (ts, model, cost, status) in [(jan31, "o3", 5, "success"), (jan31, "o3", 7, "error"), (feb1, "o3", 11, "success"), (jan31, "gpt-4o", 13, "success"), (before, "o3", 17, "success")] {
+        let (jan31, feb1, before) = (
+            19_753 * day + 10 * 3_600_000_000,
+            19_754 * day + 3_600_000_000,
+            -3_600_000_000,
+        );
+        for (ts, model, cost, status) in [
+            (jan31, "o3", 5, "success"),
+            (jan31, "o3", 7, "error"),
+            (feb1, "o3", 11, "success"),
+            (jan31, "gpt-4o", 13, "success"),
+            (before, "o3", 17, "success"),
+        ] {
             conn.execute(
                 "INSERT INTO llm_usage (tenant_id, user_id, provider, model, input_tokens, output_tokens,
                      cached_tokens, reasoning_tokens, latency_ms, status, cost_nanos, cost_source, ts, received_at, metadata)
@@ -476,7 +486,12 @@ mod tests {
             .unwrap();
         assert_eq!(
             monthly,
-            vec![("gpt-4o".into(), 648, 1, 13), ("o3".into(), -1, 1, 17), ("o3".into(), 648, 2, 12), ("o3".into(), 649, 1, 11)]
+            vec![
+                ("gpt-4o".into(), 648, 1, 13),
+                ("o3".into(), -1, 1, 17),
+                ("o3".into(), 648, 2, 12),
+                ("o3".into(), 649, 1, 11)
+            ]
         );
     }
 

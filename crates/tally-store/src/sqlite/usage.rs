@@ -10,8 +10,8 @@ use rusqlite::types::Value;
 use tally_core::sketch::LatencySketch;
 use tally_core::time::day_of;
 use tally_core::usage::{
-    CallStatus, ConversationUsage, CostSource, Granularity, StoredUsage, UsageFilter, UsageRecord,
-    UsageRollup, UsageTotals, UserUsage,
+    CallStatus, ConversationUsage, CostSource, Generation, Granularity, StoredUsage, UsageFilter,
+    UsageRecord, UsageRollup, UsageTotals, UserUsage, NEW_GENERATION_PREFIXES,
 };
 use tally_core::TenantId;
 
@@ -338,10 +338,18 @@ fn filter_sql(tenant: TenantId, f: &UsageFilter) -> (String, Vec<Value>) {
         push(&mut sql, " AND ts < ?", Value::Integer(to));
     }
     if let Some(c) = f.min_cost {
-        push(&mut sql, " AND cost_nanos >= ?", Value::Integer(c.to_i64().unwrap_or(i64::MAX)));
+        push(
+            &mut sql,
+            " AND cost_nanos >= ?",
+            Value::Integer(c.to_i64().unwrap_or(i64::MAX)),
+        );
     }
     if let Some(c) = f.max_cost {
-        push(&mut sql, " AND cost_nanos <= ?", Value::Integer(c.to_i64().unwrap_or(i64::MAX)));
+        push(
+            &mut sql,
+            " AND cost_nanos <= ?",
+            Value::Integer(c.to_i64().unwrap_or(i64::MAX)),
+        );
     }
     if let Some(p) = &f.provider {
         push(&mut sql, " AND provider = ?", Value::Text(p.clone()));
@@ -370,6 +378,32 @@ fn filter_sql(tenant: TenantId, f: &UsageFilter) -> (String, Vec<Value>) {
     }
     if let Some(q) = f.min_quality {
         push(&mut sql, " AND quality_score >= ?", Value::Real(q));
+    }
+    if let Some(g) = f.generation {
+        sql.push_str(match g {
+            Generation::New => " AND (",
+            Generation::Legacy => " AND NOT (",
+        });
+        for (i, prefix) in NEW_GENERATION_PREFIXES.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            // substr, not LIKE: a prefix is compared as it is, whatever its characters.
+            push(
+                &mut sql,
+                &format!("substr(lower(model), 1, {}) = ?", prefix.len()),
+                Value::Text((*prefix).to_owned()),
+            );
+        }
+        sql.push(')');
+    }
+    if let Some(e) = f.min_cost_efficiency {
+        // quality / (cost_nanos / 1e9) >= e, without dividing by a zero cost.
+        push(
+            &mut sql,
+            " AND quality_score IS NOT NULL AND quality_score * 1e9 >= ? * cost_nanos",
+            Value::Real(e),
+        );
     }
     if let Some(s) = &f.search {
         let pattern = format!(
