@@ -225,6 +225,8 @@ pub fn generate_password() -> String {
 }
 
 pub const MIN_PASSWORD_LEN: usize = 10;
+/// Long enough for any passphrase, short enough that hashing it costs nothing extra.
+pub const MAX_PASSWORD_LEN: usize = 256;
 
 fn random_alphanumeric(n: usize) -> String {
     rand::thread_rng()

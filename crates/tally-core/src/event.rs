@@ -249,7 +249,7 @@ pub fn validate(
                     "event_name must not be empty",
                 ));
             }
-            check_text("event_name", trimmed, limits.max_name_len)?;
+            check_text("event_name", &s, limits.max_name_len)?;
             trimmed.to_owned()
         }
         Some(_) => return Err(FieldError::invalid("event_name", "must be a string")),
@@ -413,7 +413,7 @@ fn lift_identifier(
             check_text(&field, &s, limits.max_id_len)?;
             Ok(Some(s))
         }
-        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
+        Value::Number(n) if crate::number::integer(&n).is_some() => Ok(crate::number::id_text(&n)),
         _ => Err(FieldError::invalid(field, "must be a string or an integer")),
     }
 }

@@ -9,6 +9,7 @@ pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod number;
 pub mod pricing;
 pub mod quota;
 pub mod sensitive;

@@ -70,11 +70,21 @@ impl Nanos {
         Ok(Nanos(if neg { -v } else { v }))
     }
 
-    /// A dollar amount given in JSON as a decimal string (`"2.50"`) or a number (`2.5`).
+    /// A dollar amount given in JSON as a decimal string (`"2.50"`, exact) or a number
+    /// (`2.5`, `1e-4`: a binary float, so rounded to the nearest nano-dollar).
     pub fn parse_usd_json(v: &serde_json::Value) -> Result<Self, MoneyParseError> {
         match v {
             serde_json::Value::String(s) => Self::parse_usd(s),
-            serde_json::Value::Number(n) => Self::parse_usd(&n.to_string()),
+            serde_json::Value::Number(n) => match crate::number::integer(n) {
+                Some(i) => i
+                    .checked_mul(NANOS_PER_USD)
+                    .map(Nanos)
+                    .ok_or_else(|| MoneyParseError(n.to_string())),
+                None => match n.as_f64().filter(|f| f.is_finite() && f.abs() < 1e18) {
+                    Some(f) => Self::parse_usd(&format!("{f:.9}")),
+                    None => Err(MoneyParseError(n.to_string())),
+                },
+            },
             other => Err(MoneyParseError(
                 other.to_string().chars().take(40).collect(),
             )),

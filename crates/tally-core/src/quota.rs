@@ -317,7 +317,7 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => {
                 let t = s.trim();
-                if t.is_empty() || t.chars().count() > max || t.chars().any(char::is_control) {
+                if t.is_empty() || s.chars().count() > max || s.chars().any(char::is_control) {
                     Err(FieldError::invalid(
                         f(name),
                         format!("must be 1 to {max} printable characters"),
@@ -326,8 +326,8 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
                     Ok(Some(t.to_owned()))
                 }
             }
-            Some(Value::Number(n)) if name == "user_id" && (n.is_u64() || n.is_i64()) => {
-                Ok(Some(n.to_string()))
+            Some(Value::Number(n)) if name == "user_id" && crate::number::integer(&n).is_some() => {
+                Ok(crate::number::id_text(&n))
             }
             Some(_) => Err(FieldError::invalid(f(name), "must be a string")),
         }
@@ -343,34 +343,38 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
         Some(w) => QuotaWindow::parse(&w)
             .ok_or_else(|| FieldError::invalid(f("window"), "must be day or month"))?,
     };
-    let limit =
-        match (metric, input.limit) {
-            (_, None | Some(Value::Null)) => return Err(FieldError::required(f("limit"))),
-            (QuotaMetric::CostUsd, Some(v)) => match Nanos::parse_usd_json(&v) {
-                Ok(n) if n > Nanos::ZERO && n <= MAX_QUOTA_COST => n.0 as i64,
-                _ => return Err(FieldError::invalid(
+    let limit = match (metric, input.limit) {
+        (_, None | Some(Value::Null)) => return Err(FieldError::required(f("limit"))),
+        (QuotaMetric::CostUsd, Some(v)) => match Nanos::parse_usd_json(&v) {
+            Ok(n) if n > Nanos::ZERO && n <= MAX_QUOTA_COST => n.0 as i64,
+            _ => {
+                return Err(FieldError::invalid(
                     f("limit"),
                     format!(
                         "must be a positive amount in USD up to {MAX_QUOTA_COST}, e.g. \"100.00\""
                     ),
-                )),
-            },
-            (_, Some(Value::Number(n))) => match n.as_i64().filter(|n| *n > 0) {
-                Some(n) => n,
-                None => {
-                    return Err(FieldError::invalid(
-                        f("limit"),
-                        "must be a positive integer",
-                    ))
-                }
-            },
-            (_, Some(_)) => {
+                ))
+            }
+        },
+        (_, Some(Value::Number(n))) => match crate::number::integer(&n)
+            .and_then(|i| i64::try_from(i).ok())
+            .filter(|n| *n > 0)
+        {
+            Some(n) => n,
+            None => {
                 return Err(FieldError::invalid(
                     f("limit"),
                     "must be a positive integer",
                 ))
             }
-        };
+        },
+        (_, Some(_)) => {
+            return Err(FieldError::invalid(
+                f("limit"),
+                "must be a positive integer",
+            ))
+        }
+    };
     let scope = QuotaScope {
         provider: text("provider", input.provider, 64)?.map(|p| p.to_ascii_lowercase()),
         model: text("model", input.model, 128)?,
@@ -384,8 +388,7 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
     }
     let warn_percent = match input.warn_percent {
         None | Some(Value::Null) => DEFAULT_WARN_PERCENT,
-        Some(Value::Number(n)) => n
-            .as_u64()
+        Some(Value::Number(n)) => crate::number::unsigned(&n)
             .filter(|p| (1..=99).contains(p))
             .map(|p| p as u8)
             .ok_or_else(|| {

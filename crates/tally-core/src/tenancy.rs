@@ -56,8 +56,9 @@ pub fn valid_email(s: &str) -> bool {
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && !s.contains(char::is_whitespace)
+        && !s.contains(char::is_control)
         && !domain.contains('@')
-        && s.len() <= 254
+        && s.chars().count() <= 254
 }
 
 #[cfg(test)]

@@ -241,8 +241,7 @@ pub fn validate_usage(
 
     let reported = match input.cost_usd {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(Value::String(s)) => Some(s),
+        Some(v @ (Value::Number(_) | Value::String(_))) => Some(v),
         Some(_) => {
             return Err(FieldError::invalid(
                 "cost_usd",
@@ -251,8 +250,8 @@ pub fn validate_usage(
         }
     };
     let (cost, cost_source) = match reported {
-        Some(text) => {
-            let cost = Nanos::parse_usd(&text).map_err(|_| {
+        Some(value) => {
+            let cost = Nanos::parse_usd_json(&value).map_err(|_| {
                 FieldError::invalid(
                     "cost_usd",
                     "must be a non-negative decimal with at most 9 places",
@@ -325,15 +324,15 @@ fn required_text(field: &str, v: Option<Value>, max: usize) -> Result<String, Fi
 fn optional_text(field: &str, v: Option<Value>, max: usize) -> Result<Option<String>, FieldError> {
     match v {
         None | Some(Value::Null) => Ok(None),
+        // Kept exactly as sent: an identifier is matched byte for byte later.
         Some(Value::String(s)) => {
-            let t = s.trim();
-            if t.is_empty() || t.chars().count() > max || t.chars().any(char::is_control) {
+            if s.is_empty() || s.chars().count() > max || s.chars().any(char::is_control) {
                 return Err(FieldError::invalid(
                     field,
                     format!("must be 1 to {max} printable characters"),
                 ));
             }
-            Ok(Some(t.to_owned()))
+            Ok(Some(s))
         }
         Some(_) => Err(FieldError::invalid(field, "must be a string")),
     }
@@ -342,7 +341,9 @@ fn optional_text(field: &str, v: Option<Value>, max: usize) -> Result<Option<Str
 /// Identifiers may be strings or integers (kept as decimal text).
 fn optional_id(field: &str, v: Option<Value>) -> Result<Option<String>, FieldError> {
     match v {
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
+        Some(Value::Number(n)) if crate::number::integer(&n).is_some() => {
+            Ok(crate::number::id_text(&n))
+        }
         Some(Value::Number(_)) => Err(FieldError::invalid(field, "must be a string or an integer")),
         other => optional_text(field, other, MAX_ID_LEN),
     }
@@ -351,9 +352,11 @@ fn optional_id(field: &str, v: Option<Value>) -> Result<Option<String>, FieldErr
 fn count(field: &str, v: Option<Value>) -> Result<u64, FieldError> {
     match v {
         None | Some(Value::Null) => Ok(0),
-        Some(Value::Number(n)) => n.as_u64().filter(|n| *n <= MAX_TOKENS).ok_or_else(|| {
-            FieldError::invalid(field, format!("must be an integer from 0 to {MAX_TOKENS}"))
-        }),
+        Some(Value::Number(n)) => crate::number::unsigned(&n)
+            .filter(|n| *n <= MAX_TOKENS)
+            .ok_or_else(|| {
+                FieldError::invalid(field, format!("must be an integer from 0 to {MAX_TOKENS}"))
+            }),
         Some(_) => Err(FieldError::invalid(field, "must be an integer")),
     }
 }

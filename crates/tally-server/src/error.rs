@@ -39,6 +39,13 @@ pub enum ApiError {
     TooManyItems(String),
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
+    #[error("the request URI exceeds {0} bytes")]
+    UriTooLong(usize),
+    #[error("the request headers exceed {max_headers} headers or {max_bytes} bytes")]
+    HeadersTooLarge {
+        max_headers: usize,
+        max_bytes: usize,
+    },
     #[error("storage limit of {0} events reached")]
     StorageLimit(u64),
     #[error("storage is full")]
@@ -83,6 +90,8 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -102,6 +111,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             ApiError::TooManyItems(_) => "BATCH_TOO_LARGE",
             ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ApiError::UriTooLong(_) => "URI_TOO_LONG",
+            ApiError::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
             ApiError::StorageLimit(_) | ApiError::StorageFull => codes::STORAGE_LIMIT,
             ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL_ERROR",
@@ -113,6 +124,11 @@ impl ApiError {
             ApiError::Field(f) => json!({ "field": f.field }),
             ApiError::BadRequest { details, .. } => details.clone(),
             ApiError::PayloadTooLarge(limit) => json!({ "max_body_bytes": limit }),
+            ApiError::UriTooLong(limit) => json!({ "max_uri_bytes": limit }),
+            ApiError::HeadersTooLarge {
+                max_headers,
+                max_bytes,
+            } => json!({ "max_headers": max_headers, "max_header_bytes": max_bytes }),
             ApiError::StorageLimit(limit) => json!({ "max_events": limit }),
             _ => json!({}),
         }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod demo;
 pub mod error;
+mod http;
 pub mod service;
 
 use std::future::Future;
@@ -151,15 +152,7 @@ pub async fn serve(
     println!("tally listening on http://{addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tally started");
 
-    let app = api::service(state);
-    let make_service =
-        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-            std::net::SocketAddr,
-        >(app);
-    axum::serve(listener, make_service)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed")?;
+    http::run(listener, api::service(state), shutdown).await;
 
     tracing::info!("draining pending writes");
     tokio::task::spawn_blocking(move || sqlite.shutdown())

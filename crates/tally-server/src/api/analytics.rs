@@ -37,7 +37,7 @@ fn read_tenant(p: &Principal, requested: Option<&str>) -> ApiResult<TenantId> {
 
 /// Cost, usage, reliability, insights and projections of one tenant's AI calls.
 #[utoipa::path(get, path = "/api/v1/ai/stats/{tenant_id}", tag = "ai",
-    params(("tenant_id" = String, Path), PeriodQuery),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant (another one needs the admin role)"), PeriodQuery),
     responses((status = 200, body = TenantStats), (status = 400, body = crate::error::ErrorEnvelope, description = "INSIGHTS_003 invalid period"),
               (status = 403, body = crate::error::ErrorEnvelope, description = "another tenant, without the admin role")),
     security(("bearer" = [])))]
@@ -105,7 +105,7 @@ pub async fn costs(
 
 /// One conversation's cost: totals, cost by model and its most recent calls.
 #[utoipa::path(get, path = "/api/v1/ai/costs/{conversation_id}", tag = "ai",
-    params(("conversation_id" = String, Path), TenantQuery),
+    params(("conversation_id" = String, Path, max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"), TenantQuery),
     responses((status = 200, body = ConversationCost), (status = 404, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn conversation_cost(
@@ -126,7 +126,7 @@ pub async fn conversation_cost(
 
 /// The tenant's summary with chart-ready daily and hourly series, top models and quotas.
 #[utoipa::path(get, path = "/api/v1/ai/dashboard/{tenant_id}", tag = "ai",
-    params(("tenant_id" = String, Path), PeriodQuery),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant (another one needs the admin role)"), PeriodQuery),
     responses((status = 200, body = Dashboard), (status = 403, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn dashboard(
@@ -182,8 +182,9 @@ pub async fn global_usage(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ModelsQuery {
-    /// Comma-separated models to keep (default: all), at most 50 of up to 128 characters.
-    #[param(max_length = 6450)]
+    /// Comma-separated models to keep (default: all): at most 50, of up to 128
+    /// characters, 2,000 characters in all.
+    #[param(max_length = 2000)]
     models: Option<String>,
     /// One model.
     #[param(max_length = 128)]
@@ -200,6 +201,18 @@ pub struct ModelQuery {
 }
 
 fn model_list(q: &ModelsQuery) -> Result<Vec<String>, FieldError> {
+    if q.models.as_ref().is_some_and(|m| m.chars().count() > 2000) {
+        return Err(FieldError::invalid(
+            "models",
+            "must be at most 2000 characters",
+        ));
+    }
+    if q.model.as_ref().is_some_and(|m| m.chars().count() > 128) {
+        return Err(FieldError::invalid(
+            "model",
+            "must be at most 128 characters",
+        ));
+    }
     let list: Vec<String> = q
         .models
         .iter()
@@ -308,14 +321,10 @@ pub async fn trends(
 #[allow(non_snake_case)] // the names are seed 003's query parameters
 pub struct RecordsQuery {
     /// RFC 3339 or YYYY-MM-DD, inclusive.
-    #[param(
-        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
-    )]
+    #[param(schema_with = crate::api::schemas::date_or_time)]
     created_at__gte: Option<String>,
     /// RFC 3339 or YYYY-MM-DD, exclusive.
-    #[param(
-        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
-    )]
+    #[param(schema_with = crate::api::schemas::date_or_time)]
     created_at__lt: Option<String>,
     /// USD, e.g. `0.05`.
     #[param(pattern = r"^\d{1,15}(\.\d{1,9})?$")]
@@ -581,14 +590,45 @@ pub async fn records(
 #[serde(deny_unknown_fields)]
 pub struct ExportBody {
     /// `json` (default) or `csv`.
+    #[schema(value_type = Option<ExportFormat>)]
     pub format: Option<String>,
+    /// As the reports' query parameters; one of `period`, `days` or `from`/`to`.
+    #[schema(value_type = Option<crate::service::analytics::PeriodName>)]
     pub period: Option<String>,
+    #[serde(default, deserialize_with = "string_or_integer")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 366)]
     pub days: Option<String>,
+    #[schema(schema_with = crate::api::schemas::date_or_time)]
     pub from: Option<String>,
+    #[schema(schema_with = crate::api::schemas::date_or_time)]
     pub to: Option<String>,
     /// Platform admins only: another tenant (not for the stats export, which names it in
     /// the path).
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub tenant_id: Option<String>,
+}
+
+/// `days` as a query string gives it (text) or as JSON gives it (an integer).
+fn string_or_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::de::Error;
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => tally_core::number::id_text(&n)
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("invalid value: {n}, expected an integer"))),
+        Some(other) => Err(D::Error::custom(format!(
+            "invalid type: {other}, expected an integer"
+        ))),
+    }
+}
+
+/// Export file formats.
+#[derive(utoipa::ToSchema)]
+#[allow(non_camel_case_types, dead_code)] // documentation only: the wire names
+pub enum ExportFormat {
+    json,
+    csv,
 }
 
 impl ExportBody {
@@ -693,7 +733,7 @@ fn export<T: Serialize + Tabular>(
 
 /// Export one tenant's stats as JSON or CSV (`tenant_id,period,provider,total_cost,…`).
 #[utoipa::path(post, path = "/api/v1/ai/stats/{tenant_id}/export", tag = "ai",
-    params(("tenant_id" = String, Path)), request_body = ExportBody,
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant (another one needs the admin role)")), request_body = ExportBody,
     responses((status = 200, description = "the file (application/json or text/csv)"),
               (status = 400, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]

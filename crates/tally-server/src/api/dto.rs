@@ -19,23 +19,36 @@ pub fn id_json(s: &str) -> Value {
 /// One event as sent to `/insights/track/` (documentation schema; parsing is field by
 /// field so errors can name the field).
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EventBody {
     /// Optional client event id: retries with the same id and timestamp are stored once.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub id: Option<String>,
     pub event_type: EventType,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub event_name: String,
     /// Free-form properties; `user_id`, `project_id` and `timestamp` are recognised here too.
     #[schema(value_type = Object)]
     pub properties: Option<Value>,
-    /// RFC 3339; defaults to the receive time.
+    /// RFC 3339, from 2000 to at most 5 minutes ahead of the receive time; defaults to
+    /// the receive time.
+    #[schema(format = DateTime)]
     pub timestamp: Option<String>,
     /// `ip_address`, `user_agent`, `page`, `referrer`, `session_id`, …
     #[schema(value_type = Object)]
     pub context: Option<Value>,
     /// String or integer.
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::api::schemas::id_input_or_null)]
     pub user_id: Option<Value>,
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::api::schemas::id_input_or_null)]
     pub project_id: Option<Value>,
 }
 
@@ -51,7 +64,7 @@ pub struct TrackResponse {
     pub processed: bool,
     /// True when this was a retry of an already stored event.
     pub duplicate: bool,
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::api::schemas::id_output_or_null)]
     pub user_id: Value,
     pub project_id: Option<String>,
 }
@@ -59,7 +72,8 @@ pub struct TrackResponse {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    #[schema(value_type = Vec<EventBody>)]
+    /// 1 to 1,000 events (the instance's `max_batch_events`).
+    #[schema(value_type = Vec<EventBody>, min_items = 1, max_items = 1000)]
     pub events: Vec<Box<RawValue>>,
 }
 
@@ -99,9 +113,12 @@ pub struct ItemError {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrackTestRequest {
-    #[schema(value_type = Vec<EventBody>)]
+    /// The events to check, as `/insights/track/` would take them. Any JSON value is
+    /// accepted here: each is reported valid or not, with the reason.
+    #[schema(value_type = Vec<Value>, min_items = 1, max_items = 1000)]
     pub test_events: Vec<Box<RawValue>>,
     /// Must be true (or absent): this endpoint never stores.
+    #[schema(schema_with = crate::api::schemas::true_or_null)]
     pub dry_run: Option<bool>,
     /// Accepted for compatibility; validation always runs.
     pub validate_schema: Option<bool>,
@@ -141,20 +158,24 @@ pub struct TestEventResult {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct UserRef {
-    #[schema(value_type = String)]
+    #[schema(schema_with = crate::api::schemas::id_output)]
     pub id: Value,
     pub email: Option<String>,
     pub full_name: Option<String>,
+    /// In the detail view only: null when the user has no profile or no role.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub role: Option<Option<String>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ProjectRef {
     pub tracking_id: String,
     pub name: Option<String>,
+    /// In the detail view only: null when the project is not described.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub organization_name: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub organization_name: Option<Option<String>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -221,7 +242,7 @@ pub struct ActionCount {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct UserSummaryResponse {
-    #[schema(value_type = String)]
+    #[schema(schema_with = crate::api::schemas::id_output)]
     pub user_id: Value,
     pub period: SummaryPeriod,
     pub summary: SummaryCounts,
@@ -233,17 +254,57 @@ pub struct UserSummaryResponse {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserProfileBody {
-    /// Required on `POST /insights/users/`; taken from the path on `PUT`.
-    #[schema(value_type = Option<String>)]
+    /// Required on `POST /insights/users/`; on `PUT`, taken from the path (and equal to it
+    /// when given).
+    #[schema(schema_with = crate::api::schemas::id_input_or_null)]
     pub user_id: Option<Value>,
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^@\s\u0000-\u001F\u007F-\u009F]+@[^@\s.\u0000-\u001F\u007F-\u009F][^@\s\u0000-\u001F\u007F-\u009F]*\.[^@\s\u0000-\u001F\u007F-\u009F]*[^@\s.\u0000-\u001F\u007F-\u009F]$"
+    )]
     pub email: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub full_name: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub role: Option<String>,
+}
+
+/// `POST /insights/users/`: the user id is required.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifyBody {
+    #[schema(schema_with = crate::api::schemas::id_input)]
+    pub user_id: Value,
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^@\s\u0000-\u001F\u007F-\u009F]+@[^@\s.\u0000-\u001F\u007F-\u009F][^@\s\u0000-\u001F\u007F-\u009F]*\.[^@\s\u0000-\u001F\u007F-\u009F]*[^@\s.\u0000-\u001F\u007F-\u009F]$"
+    )]
+    pub email: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub full_name: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub role: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct UserProfileResponse {
-    #[schema(value_type = String)]
+    #[schema(schema_with = crate::api::schemas::id_output)]
     pub user_id: Value,
     pub email: Option<String>,
     pub full_name: Option<String>,
@@ -255,9 +316,25 @@ pub struct UserProfileResponse {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectBody {
-    /// Client identifier of the project; generated (UUID) on `POST` when absent.
+    /// Client identifier of the project; generated (UUID) on `POST` when absent; on `PUT`,
+    /// equal to the path's when given.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub project_id: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub organization_name: Option<String>,
 }
 
@@ -283,7 +360,9 @@ pub struct Paged<T> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(max_length = 254)]
     pub email: String,
+    #[schema(max_length = 1024)]
     pub password: String,
 }
 
@@ -310,7 +389,15 @@ pub struct MeResponse {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
+    /// Storage limit in events; absent for none.
+    #[serde(default, deserialize_with = "tally_core::number::deserialize_opt_u64")]
+    #[schema(minimum = 1, maximum = 9007199254740991_u64)]
     pub max_events: Option<u64>,
 }
 
@@ -325,7 +412,13 @@ pub struct TenantResponse {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^@\s\u0000-\u001F\u007F-\u009F]+@[^@\s.\u0000-\u001F\u007F-\u009F][^@\s\u0000-\u001F\u007F-\u009F]*\.[^@\s\u0000-\u001F\u007F-\u009F]*[^@\s.\u0000-\u001F\u007F-\u009F]$"
+    )]
     pub email: String,
+    /// 10 characters to 1,024 bytes.
+    #[schema(min_length = 10, max_length = 256)]
     pub password: String,
     pub role: tally_core::auth::Role,
     /// Platform admins may create accounts in any tenant; others only in their own.
@@ -344,7 +437,13 @@ pub struct AccountResponse {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
+    #[schema(min_items = 1)]
     pub scopes: Vec<tally_core::auth::Scope>,
     pub tenant_id: Option<Uuid>,
 }

@@ -310,8 +310,9 @@ pub struct ActivityQuery {
     /// YYYY-MM-DD (UTC), inclusive; not before `date_from`.
     #[param(value_type = Option<chrono::NaiveDate>)]
     date_to: Option<String>,
-    /// From 1.
-    #[param(value_type = Option<u32>, minimum = 1)]
+    /// From 1 to 1,000 (at most 100,000 activities are paged through; narrow the filters
+    /// to see older ones).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     page: Option<String>,
     /// 1 to 100, default 20.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
@@ -387,7 +388,7 @@ fn activity_json(
             email: user.and_then(|u| u.email.clone()),
             full_name: user.and_then(|u| u.full_name.clone()),
             role: if detail {
-                user.and_then(|u| u.role.clone())
+                Some(user.and_then(|u| u.role.clone()))
             } else {
                 None
             },
@@ -396,7 +397,7 @@ fn activity_json(
             tracking_id: id.to_owned(),
             name: project.map(|p| p.name.clone()),
             organization_name: if detail {
-                project.and_then(|p| p.organization_name.clone())
+                Some(project.and_then(|p| p.organization_name.clone()))
             } else {
                 None
             },
@@ -440,7 +441,7 @@ pub async fn list_activities(
         date_to: parse_date("date_to", q.date_to.as_deref())?,
     };
     check_period(filter.date_from, filter.date_to)?;
-    let page = parse_u32("page", q.page.as_deref(), 1, 1, u32::MAX)?;
+    let page = parse_u32("page", q.page.as_deref(), 1, 1, 1000)?;
     let page_size = parse_u32(
         "page_size",
         q.page_size.as_deref(),
@@ -498,7 +499,7 @@ pub struct TenantQuery {
 
 /// One activity, by numeric id or tracking UUID, with user, project and enrichment.
 #[utoipa::path(get, path = "/api/v1/insights/activities/{activity_id}/", tag = "insights",
-    params(("activity_id" = String, Path, description = "numeric id or tracking UUID"), TenantQuery),
+    params(("activity_id" = String, Path, max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$", description = "numeric id or tracking UUID"), TenantQuery),
     responses((status = 200, body = Activity), (status = 404, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn get_activity(
@@ -539,7 +540,7 @@ pub struct SummaryQuery {
 
 /// Activity summary of one tracked user.
 #[utoipa::path(get, path = "/api/v1/insights/activities/users/{user_id}/summary/", tag = "insights",
-    params(("user_id" = String, Path), SummaryQuery),
+    params(("user_id" = String, Path, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"), SummaryQuery),
     responses((status = 200, body = UserSummaryResponse), (status = 404, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn user_summary(
@@ -613,7 +614,7 @@ fn optional_text(field: &str, v: Option<String>, max: usize) -> Result<Option<St
         None => Ok(None),
         Some(s) => {
             let t = s.trim();
-            if t.is_empty() || t.chars().count() > max || t.chars().any(char::is_control) {
+            if t.is_empty() || s.chars().count() > max || s.chars().any(char::is_control) {
                 return Err(FieldError::invalid(
                     field,
                     format!("must be 1 to {max} printable characters"),
@@ -648,7 +649,9 @@ fn profile_from(user_id: String, body: UserProfileBody) -> Result<UserProfile, F
 fn user_id_from(v: Option<Value>) -> Result<String, FieldError> {
     match v {
         Some(Value::String(s)) => check_id("user_id", &s, 128).map(|_| s.clone()),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        Some(Value::Number(n)) if tally_core::number::integer(&n).is_some() => {
+            Ok(tally_core::number::id_text(&n).unwrap_or_default())
+        }
         None | Some(Value::Null) => Err(FieldError::new(
             codes::MISSING_REQUIRED,
             "user_id",
@@ -662,7 +665,7 @@ fn user_id_from(v: Option<Value>) -> Result<String, FieldError> {
 }
 
 /// Identify a tracked user: create or update their profile.
-#[utoipa::path(post, path = "/api/v1/insights/users/", tag = "insights", request_body = UserProfileBody,
+#[utoipa::path(post, path = "/api/v1/insights/users/", tag = "insights", request_body = IdentifyBody,
     responses((status = 201, body = UserProfileResponse, description = "created"), (status = 200, body = UserProfileResponse, description = "updated")),
     security(("bearer" = [])))]
 pub async fn identify(
@@ -681,7 +684,7 @@ pub async fn identify(
 
 /// Create or update a tracked user's profile.
 #[utoipa::path(put, path = "/api/v1/insights/users/{user_id}/", tag = "insights", request_body = UserProfileBody,
-    params(("user_id" = String, Path)),
+    params(("user_id" = String, Path, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")),
     responses((status = 201, body = UserProfileResponse), (status = 200, body = UserProfileResponse)),
     security(("bearer" = [])))]
 pub async fn put_user(
@@ -759,7 +762,7 @@ pub async fn list_users(
 
 /// One tracked user's profile.
 #[utoipa::path(get, path = "/api/v1/insights/users/{user_id}/", tag = "insights",
-    params(("user_id" = String, Path), TenantQuery),
+    params(("user_id" = String, Path, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"), TenantQuery),
     responses((status = 200, body = UserProfileResponse), (status = 404, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn get_user(
@@ -833,7 +836,7 @@ pub async fn create_project(
 
 /// Create or update a project by id.
 #[utoipa::path(put, path = "/api/v1/insights/projects/{project_id}/", tag = "insights", request_body = ProjectBody,
-    params(("project_id" = String, Path)),
+    params(("project_id" = String, Path, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")),
     responses((status = 201, body = ProjectResponse), (status = 200, body = ProjectResponse)), security(("bearer" = [])))]
 pub async fn put_project(
     State(state): State<AppState>,
@@ -886,7 +889,7 @@ pub async fn list_projects(
 
 /// One project.
 #[utoipa::path(get, path = "/api/v1/insights/projects/{project_id}/", tag = "insights",
-    params(("project_id" = String, Path), TenantQuery),
+    params(("project_id" = String, Path, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"), TenantQuery),
     responses((status = 200, body = ProjectResponse), (status = 404, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn get_project(

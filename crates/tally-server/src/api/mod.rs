@@ -10,8 +10,10 @@ pub mod dto;
 pub mod extract;
 mod health;
 mod insights;
+mod limits;
 pub mod openapi;
 mod quotas;
+pub mod schemas;
 mod usage;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -119,6 +121,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(limits::request_head))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {

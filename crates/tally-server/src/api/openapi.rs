@@ -31,7 +31,12 @@ use super::{admin, analytics, auth, dto, health, insights, quotas, usage};
         quotas::quota_status, quotas::configure, quotas::test,
         serve,
     ),
-    components(schemas(crate::error::ErrorEnvelope, crate::error::ErrorBody, dto::EventBody)),
+    components(schemas(
+        crate::error::ErrorEnvelope, crate::error::ErrorBody, dto::EventBody,
+        crate::service::analytics::PeriodName, analytics::ExportFormat,
+        tally_core::usage::Generation, tally_core::usage::CallStatus, tally_core::event::EventType,
+        tally_core::quota::QuotaMetric, tally_core::quota::QuotaWindow,
+    )),
     modifiers(&BearerAuth, &ErrorResponses),
     tags(
         (name = "insights", description = "Event tracking and activity analytics (seed 001)"),
@@ -102,6 +107,9 @@ fn add_errors(op: &mut Operation, path: &str) {
     }
     if takes_path {
         add("404", "no such resource in the caller's tenant");
+    }
+    if takes_query {
+        add("414", "the URI exceeds 16 KiB");
     }
     if body {
         add("413", "the body exceeds the size limit");

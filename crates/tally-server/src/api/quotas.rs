@@ -7,12 +7,13 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tally_core::activity::round_to as round;
 use tally_core::auth::Action;
-use tally_core::pricing::{Nanos, TokenUsage};
+use tally_core::pricing::{Nanos, TokenUsage, MAX_RECORD_COST};
 use tally_core::quota::{
     percent, project, Decision, QuotaEvent, QuotaInput, QuotaMetric, QuotaScope, QuotaStatus,
     QuotaWindow,
 };
 use tally_core::time::{now_micros, rfc3339, to_datetime};
+use tally_core::usage::MAX_TOKENS;
 use tally_core::FieldError;
 
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
@@ -211,28 +212,64 @@ struct QuotaConfig {
 
 /// One quota rule (documentation schema; fields are checked one by one).
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct QuotaRuleBody {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: Option<String>,
-    /// `cost_usd`, `tokens` or `requests`.
+    #[schema(value_type = QuotaMetric)]
     pub metric: String,
-    /// `day` or `month` (UTC calendar).
+    /// UTC calendar day or month.
+    #[schema(value_type = QuotaWindow)]
     pub window: String,
-    /// USD as an exact decimal string or number for `cost_usd`; an integer otherwise.
-    #[schema(value_type = String)]
+    /// For `cost_usd`, USD as an exact decimal string or number up to 1,000,000,000;
+    /// otherwise a positive integer.
+    #[schema(schema_with = limit_schema)]
     pub limit: Value,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub provider: Option<String>,
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
     pub model: Option<String>,
     /// A user rule counts that user's calls to every model.
-    pub user_id: Option<String>,
+    #[schema(schema_with = crate::api::schemas::id_input_or_null)]
+    pub user_id: Option<Value>,
     /// 1–99, default 80.
+    #[schema(minimum = 1, maximum = 99)]
     pub warn_percent: Option<u8>,
     /// Refuse calls beyond the limit (default true) or only report them.
     pub enforce: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct QuotaConfigBody {
+    /// The whole configuration (at most 200 rules, no two with the same metric, window
+    /// and scope); an empty list removes every quota.
+    #[schema(max_items = 200)]
     pub quotas: Vec<QuotaRuleBody>,
+}
+
+fn limit_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .exclusive_minimum(Some(0)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^\d{1,10}(\.\d{1,9})?$")),
+        )
+        .into()
 }
 
 /// Replace the tenant's quota configuration. Rules are validated as a whole: one bad rule
@@ -275,13 +312,24 @@ pub async fn configure(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaTestBody {
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
     pub provider: Option<String>,
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
     pub model: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub user_id: Option<String>,
-    /// Exact decimal USD, e.g. "0.25".
-    #[schema(value_type = Option<String>)]
+    /// Exact decimal USD, e.g. "0.25"; priced from the tokens when absent.
+    #[schema(schema_with = crate::api::schemas::usd_amount_or_null)]
     pub estimated_cost_usd: Option<Value>,
+    #[serde(default, deserialize_with = "tally_core::number::deserialize_opt_u64")]
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "tally_core::number::deserialize_opt_u64")]
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub output_tokens: Option<u64>,
 }
 
@@ -325,7 +373,11 @@ pub struct QuotaTestResponse {
 
 fn text(field: &str, v: Option<String>) -> Result<String, FieldError> {
     let v = v.ok_or_else(|| FieldError::required(field))?;
-    Ok(tally_core::check_id(field, v.trim(), 128)?.to_owned())
+    tally_core::check_id(field, &v, 128)?;
+    match v.trim() {
+        "" => Err(FieldError::invalid(field, "must not be blank")),
+        t => Ok(t.to_owned()),
+    }
 }
 
 /// Would a call of this estimated cost pass, warn or be blocked, and why. Nothing is
@@ -345,39 +397,47 @@ pub async fn test(
     let provider = text("provider", body.provider)?.to_ascii_lowercase();
     let model = text("model", body.model)?;
     let user_id = body.user_id.map(|u| text("user_id", Some(u))).transpose()?;
+    for (field, n) in [
+        ("input_tokens", body.input_tokens),
+        ("output_tokens", body.output_tokens),
+    ] {
+        if n.is_some_and(|n| n > MAX_TOKENS) {
+            return Err(FieldError::invalid(field, format!("must be at most {MAX_TOKENS}")).into());
+        }
+    }
     let tokens = TokenUsage {
         input: body.input_tokens.unwrap_or(0),
         output: body.output_tokens.unwrap_or(0),
         ..Default::default()
     };
+    let mut notes = Vec::new();
     let catalog = state.usage.catalog(tenant).await?;
     let today = to_datetime(now_micros()).date_naive();
     let cost = match body.estimated_cost_usd {
         Some(v) => match Nanos::parse_usd_json(&v) {
-            Ok(n) if n >= Nanos::ZERO => n,
+            Ok(n) if n >= Nanos::ZERO && n <= MAX_RECORD_COST => n,
             _ => {
                 return Err(FieldError::invalid(
                     "estimated_cost_usd",
-                    "must be a non-negative decimal, e.g. \"0.25\"",
+                    format!("must be a decimal from 0 to {MAX_RECORD_COST}, e.g. \"0.25\""),
                 )
                 .into())
             }
         },
-        None if body.input_tokens.is_some() || body.output_tokens.is_some() => {
-            match catalog.lookup(&provider, &model, today) {
-                Some(price) => price.cost(&tokens),
-                None => {
-                    return Err(FieldError::invalid(
-                        "model",
-                        format!("no price for {provider}/{model}; give estimated_cost_usd"),
-                    )
-                    .into())
+        // Without a cost, the tokens are priced; without either, the call tests the
+        // request quotas and costs nothing.
+        None => match catalog.lookup(&provider, &model, today) {
+            Some(price) => price.cost(&tokens).min(MAX_RECORD_COST),
+            None => {
+                if tokens.input + tokens.output > 0 {
+                    notes.push(format!(
+                        "no price for {provider}/{model}: cost quotas were tested at $0; \
+                         give estimated_cost_usd to test them"
+                    ));
                 }
+                Nanos::ZERO
             }
-        }
-        None => {
-            return Err(FieldError::required("estimated_cost_usd").into());
-        }
+        },
     };
     let total_tokens = tokens.input + tokens.output;
     let now = now_micros();
@@ -389,7 +449,7 @@ pub async fn test(
         tokens: total_tokens,
     };
     let verdict = state.quotas.check(tenant, &call, now).await?;
-    let mut reasons = Vec::new();
+    let mut reasons = notes;
     let quotas: Vec<RuleCheck> = verdict
         .rules
         .iter()

@@ -24,36 +24,80 @@ struct UsageBatch {
     records: Vec<Box<RawValue>>,
 }
 
-/// One LLM call (documentation schema; fields are checked one by one).
+/// One LLM call (documentation schema; fields are checked one by one). Rules across
+/// fields: `cached_tokens` ≤ `input_tokens`, `reasoning_tokens` ≤ `output_tokens`,
+/// `time_to_first_token_ms` ≤ `latency_ms`, a cost (given or computed) of at most
+/// $1,000,000, a timestamp from 2000 to 5 minutes ahead.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UsageBody {
     /// Client id: retries with the same id and timestamp are stored once.
-    pub id: Option<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::api::schemas::id_input_or_null)]
+    pub id: Option<Value>,
+    #[schema(schema_with = crate::api::schemas::id_input_or_null)]
     pub user_id: Option<Value>,
-    pub conversation_id: Option<String>,
-    pub job_id: Option<String>,
-    /// e.g. `openai`, `anthropic`, `google`.
+    #[schema(schema_with = crate::api::schemas::id_input_or_null)]
+    pub conversation_id: Option<Value>,
+    #[schema(schema_with = crate::api::schemas::id_input_or_null)]
+    pub job_id: Option<Value>,
+    /// e.g. `openai`, `anthropic`, `google` (stored lower-case).
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub provider: String,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub model: String,
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub input_tokens: Option<u64>,
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub output_tokens: Option<u64>,
     /// Part of `input_tokens` served from the prompt cache.
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub cached_tokens: Option<u64>,
     /// Part of `output_tokens` spent reasoning.
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub reasoning_tokens: Option<u64>,
+    #[schema(minimum = 0, maximum = 3600000)]
     pub latency_ms: Option<f64>,
+    #[schema(minimum = 0, maximum = 3600000)]
     pub time_to_first_token_ms: Option<f64>,
     /// `success` (default), `error`, `timeout`, `cancelled`.
-    pub status: Option<String>,
+    pub status: Option<tally_core::usage::CallStatus>,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub error_type: Option<String>,
-    /// 0 to 10.
+    #[schema(minimum = 0, maximum = 10)]
     pub quality_score: Option<f64>,
-    /// Exact decimal; computed from the price catalog when absent.
-    pub cost_usd: Option<String>,
+    /// Exact decimal USD (a string, or a number), at most $1,000,000; computed from the
+    /// price catalog when absent.
+    #[schema(schema_with = crate::api::schemas::usd_amount_or_null)]
+    pub cost_usd: Option<Value>,
+    #[schema(format = DateTime)]
     pub timestamp: Option<String>,
+    /// A JSON object of at most 16 KiB.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+}
+
+/// Several calls at once: each is checked and reported on its own.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBatchBody {
+    #[schema(min_items = 1, max_items = 1000)]
+    pub records: Vec<UsageBody>,
+}
+
+/// One record, or a batch.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum UsageRequest {
+    One(UsageBody),
+    Batch(UsageBatchBody),
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -91,7 +135,7 @@ fn parse_usage(raw: &str) -> Result<UsageInput, FieldError> {
 /// Record LLM calls: one record, or `{"records": [...]}` for a batch. Each record is
 /// validated, priced and reported on its own.
 #[utoipa::path(post, path = "/api/v1/ai/usage", tag = "ai",
-    request_body = UsageBody,
+    request_body = UsageRequest,
     responses(
         (status = 201, body = UsageResponse, description = "every record stored"),
         (status = 207, body = UsageResponse, description = "some records rejected; see results"),

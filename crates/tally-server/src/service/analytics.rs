@@ -41,21 +41,13 @@ pub struct PeriodQuery {
     pub days: Option<String>,
     /// Start of an explicit range (RFC 3339 or YYYY-MM-DD), rounded down to the hour; not
     /// in the future.
-    #[param(
-        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
-    )]
-    #[schema(
-        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
-    )]
+    #[param(schema_with = crate::api::schemas::date_or_time)]
+    #[schema(schema_with = crate::api::schemas::date_or_time)]
     pub from: Option<String>,
     /// End of an explicit range, exclusive, rounded up to the hour and never past now;
     /// default now.
-    #[param(
-        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
-    )]
-    #[schema(
-        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$"
-    )]
+    #[param(schema_with = crate::api::schemas::date_or_time)]
+    #[schema(schema_with = crate::api::schemas::date_or_time)]
     pub to: Option<String>,
 }
 

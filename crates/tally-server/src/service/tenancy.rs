@@ -12,13 +12,17 @@ use tally_store::{StoreError, Stores};
 use crate::error::{ApiError, ApiResult};
 
 pub const MAX_NAME_LEN: usize = 200;
+/// The largest storage limit: 2^53 − 1, exact in every JSON parser.
+pub const MAX_EVENTS_LIMIT: u64 = 9_007_199_254_740_991;
 
-fn check_name(field: &str, name: &str) -> Result<String, FieldError> {
-    let name = name.trim();
+/// A name: at most `MAX_NAME_LEN` characters as sent, printable, not only spaces; kept
+/// trimmed.
+fn check_name(field: &str, raw: &str) -> Result<String, FieldError> {
+    let name = raw.trim();
     if name.is_empty() {
         return Err(FieldError::invalid(field, "must not be empty"));
     }
-    if name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+    if raw.chars().count() > MAX_NAME_LEN || raw.chars().any(char::is_control) {
         return Err(FieldError::invalid(
             field,
             format!("must be at most {MAX_NAME_LEN} printable characters"),
@@ -33,8 +37,12 @@ pub async fn create_tenant(
     max_events: Option<u64>,
 ) -> ApiResult<Tenant> {
     let name = check_name("name", name)?;
-    if max_events == Some(0) {
-        return Err(FieldError::invalid("max_events", "must be at least 1").into());
+    if max_events.is_some_and(|n| n == 0 || n > MAX_EVENTS_LIMIT) {
+        return Err(FieldError::invalid(
+            "max_events",
+            format!("must be from 1 to {MAX_EVENTS_LIMIT}"),
+        )
+        .into());
     }
     let tenant = Tenant {
         id: TenantId::generate(),
@@ -62,7 +70,7 @@ pub struct NewAccount<'a> {
 }
 
 pub async fn create_account(stores: &Stores, new: NewAccount<'_>) -> ApiResult<Account> {
-    let email = new.email.trim();
+    let email = new.email;
     if !valid_email(email) {
         return Err(FieldError::invalid("email", "must be a valid e-mail address").into());
     }
@@ -73,8 +81,12 @@ pub async fn create_account(stores: &Stores, new: NewAccount<'_>) -> ApiResult<A
         )
         .into());
     }
-    if new.password.len() > 1024 {
-        return Err(FieldError::invalid("password", "must be at most 1024 bytes").into());
+    if new.password.chars().count() > auth::MAX_PASSWORD_LEN {
+        return Err(FieldError::invalid(
+            "password",
+            format!("must be at most {} characters", auth::MAX_PASSWORD_LEN),
+        )
+        .into());
     }
     require_tenant(stores, new.tenant_id).await?;
     let password = new.password.to_owned();

@@ -126,10 +126,9 @@ impl Usage {
 
     /// Sets the tenant's price for a model from a date on.
     pub async fn put_price(&self, tenant: TenantId, input: PriceInput) -> ApiResult<ModelPrice> {
-        let text = |field: &str, v: &str, max: usize| -> Result<String, FieldError> {
-            let t = v.trim();
+        let text = |field: &str, t: &str, max: usize| -> Result<String, FieldError> {
             if t.is_empty()
-                || t.len() > max
+                || t.chars().count() > max
                 || t.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 return Err(FieldError::invalid(
@@ -183,13 +182,19 @@ impl Usage {
 #[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriceInput {
+    #[schema(pattern = r"^[^\s\u0000-\u001F\u007F-\u009F]{1,64}$")]
     pub provider: String,
+    #[schema(pattern = r"^[^\s\u0000-\u001F\u007F-\u009F]{1,128}$")]
     pub model: String,
     /// YYYY-MM-DD: calls from this day on use this price.
+    #[schema(format = Date)]
     pub effective_from: String,
-    /// USD per million tokens, e.g. "2.50".
+    /// USD per million tokens as an exact decimal string, e.g. "2.50"; at most 1,000,000.
+    #[schema(pattern = r"^(\d{1,6}(\.\d{1,9})?|1000000(\.0{1,9})?)$")]
     pub input_per_mtok_usd: String,
+    #[schema(pattern = r"^(\d{1,6}(\.\d{1,9})?|1000000(\.0{1,9})?)$")]
     pub output_per_mtok_usd: String,
+    #[schema(pattern = r"^(\d{1,6}(\.\d{1,9})?|1000000(\.0{1,9})?)$")]
     pub cached_input_per_mtok_usd: Option<String>,
 }
 

@@ -207,13 +207,32 @@ async fn the_pre_call_check_allows_warns_or_blocks_with_reasons() {
         .collect();
     assert_eq!(names, vec!["daily budget", "claude soft"]);
 
+    // Without a cost or tokens the call tests the request quotas at $0; an unpriced model
+    // with tokens says its cost quotas were tested at $0.
     let r = test(json!({"provider": "openai", "model": "gpt-4o"})).await;
     assert_eq!(
-        (r.status, r.field()),
-        (StatusCode::BAD_REQUEST, "estimated_cost_usd")
+        (r.status, r.body["estimated_cost_usd"].as_f64()),
+        (StatusCode::OK, Some(0.0)),
+        "{}",
+        r.body
     );
     let r = test(json!({"provider": "acme", "model": "x", "input_tokens": 5})).await;
-    assert_eq!((r.status, r.field()), (StatusCode::BAD_REQUEST, "model"));
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("no price for acme/x"),
+        "{}",
+        r.body
+    );
+    let r =
+        test(json!({"provider": "openai", "model": "gpt-4o", "input_tokens": 1_000_000_001u64}))
+            .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (StatusCode::BAD_REQUEST, "input_tokens")
+    );
     let r = test(json!({"model": "x", "estimated_cost_usd": "1"})).await;
     assert_eq!((r.status, r.field()), (StatusCode::BAD_REQUEST, "provider"));
     let r =
