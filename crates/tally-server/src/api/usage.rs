@@ -96,7 +96,7 @@ pub struct UsageBatchBody {
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum UsageRequest {
-    One(UsageBody),
+    One(Box<UsageBody>),
     Batch(UsageBatchBody),
 }
 
