@@ -66,7 +66,8 @@ pub async fn list_tenants(
 /// Create an account. Owners create accounts in their own tenant with a role no higher
 /// than owner; platform admins anywhere, with any role.
 #[utoipa::path(post, path = "/api/v1/accounts", tag = "admin", request_body = CreateAccountRequest,
-    responses((status = 201, body = AccountResponse), (status = 403, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope)),
+    responses((status = 201, body = AccountResponse), (status = 403, body = crate::error::ErrorEnvelope),
+              (status = 404, body = crate::error::ErrorEnvelope, description = "no such tenant"), (status = 409, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn create_account(
     State(state): State<AppState>,
@@ -111,7 +112,8 @@ pub async fn create_account(
 
 /// Create an API key. The full key is in this response only.
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "admin", request_body = CreateKeyRequest,
-    responses((status = 201, body = ApiKeyResponse), (status = 403, body = crate::error::ErrorEnvelope)),
+    responses((status = 201, body = ApiKeyResponse), (status = 403, body = crate::error::ErrorEnvelope),
+              (status = 404, body = crate::error::ErrorEnvelope, description = "no such tenant")),
     security(("bearer" = [])))]
 pub async fn create_key(
     State(state): State<AppState>,

@@ -37,7 +37,7 @@ use super::{admin, analytics, auth, dto, health, insights, quotas, usage};
         tally_core::usage::Generation, tally_core::usage::CallStatus, tally_core::event::EventType,
         tally_core::quota::QuotaMetric, tally_core::quota::QuotaWindow,
     )),
-    modifiers(&BearerAuth, &ErrorResponses),
+    modifiers(&BearerAuth, &ErrorResponses, &Links),
     tags(
         (name = "insights", description = "Event tracking and activity analytics (seed 001)"),
         (name = "ai", description = "LLM usage and costs (seeds 000 and 003)"),
@@ -136,15 +136,144 @@ impl Modify for ErrorResponses {
     }
 }
 
+/// OpenAPI links from each operation that creates something to the operations that read
+/// or change it by the id it answers with, so clients (and schemathesis' stateful phase)
+/// can follow real sequences: track → activity, identify → user → summary, …
+struct Links;
+
+/// (operation that creates, statuses, link name, operation that takes the id, its
+/// parameter, where the id is in the answer).
+const LINKS: &[(&str, &[&str], &str, &str, &str, &str)] = &[
+    ("track", &["200", "201"], "GetActivity", "get_activity", "activity_id", "$response.body#/activity_id"),
+    ("track_batch", &["201", "207"], "GetFirstActivity", "get_activity", "activity_id", "$response.body#/results/0/activity_id"),
+    ("identify", &["200", "201"], "GetUser", "get_user", "user_id", "$response.body#/user_id"),
+    ("identify", &["200", "201"], "PutUser", "put_user", "user_id", "$response.body#/user_id"),
+    ("identify", &["200", "201"], "UserSummary", "user_summary", "user_id", "$response.body#/user_id"),
+    ("put_user", &["200", "201"], "GetUser", "get_user", "user_id", "$response.body#/user_id"),
+    ("create_project", &["200", "201"], "GetProject", "get_project", "project_id", "$response.body#/project_id"),
+    ("create_project", &["200", "201"], "PutProject", "put_project", "project_id", "$response.body#/project_id"),
+    ("put_project", &["200", "201"], "GetProject", "get_project", "project_id", "$response.body#/project_id"),
+    ("create_tenant", &["201"], "TenantStats", "tenant_stats", "tenant_id", "$response.body#/id"),
+    ("create_tenant", &["201"], "TenantDashboard", "dashboard", "tenant_id", "$response.body#/id"),
+    ("create_key", &["201"], "RevokeKey", "revoke_key", "key_id", "$response.body#/id"),
+];
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::link::LinkBuilder;
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let Some(id) = op.operation_id.clone() else {
+                    continue;
+                };
+                for (from, statuses, name, to, param, expr) in LINKS {
+                    if *from != id {
+                        continue;
+                    }
+                    for status in *statuses {
+                        if let Some(RefOr::T(resp)) = op.responses.responses.get_mut(*status) {
+                            let link = LinkBuilder::new()
+                                .operation_id(*to)
+                                .parameter(*param, *expr)
+                                .build();
+                            resp.links.insert((*name).to_owned(), RefOr::T(link));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The OpenAPI 3.1 document of this server, generated once.
 pub fn document() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
     DOC.get_or_init(ApiDoc::openapi)
 }
 
+/// The document as served: utoipa 5 writes a link's `operationId`, `operationRef` and
+/// `requestBody` in snake case, which OpenAPI tools do not read; they are renamed here.
+pub fn document_json() -> &'static serde_json::Value {
+    static JSON: OnceLock<serde_json::Value> = OnceLock::new();
+    JSON.get_or_init(|| {
+        let mut doc = serde_json::to_value(document()).unwrap_or_default();
+        if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+            let links = paths
+                .values_mut()
+                .filter_map(|item| item.as_object_mut())
+                .flat_map(|item| item.values_mut())
+                .filter_map(|op| op.get_mut("responses")?.as_object_mut())
+                .flat_map(|responses| responses.values_mut())
+                .filter_map(|r| r.get_mut("links")?.as_object_mut())
+                .flat_map(|links| links.values_mut())
+                .filter_map(|l| l.as_object_mut());
+            for link in links {
+                for (from, to) in [
+                    ("operation_id", "operationId"),
+                    ("operation_ref", "operationRef"),
+                    ("request_body", "requestBody"),
+                ] {
+                    if let Some(v) = link.remove(from) {
+                        link.insert(to.to_owned(), v);
+                    }
+                }
+            }
+        }
+        doc
+    })
+}
+
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health",
     responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn serve() -> Json<&'static utoipa::openapi::OpenApi> {
-    Json(document())
+pub async fn serve() -> Json<&'static serde_json::Value> {
+    Json(document_json())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every link names an operation that exists and takes the linked parameter, and every
+    /// linking operation answers with the statuses the link hangs on.
+    #[test]
+    fn links_join_real_operations() {
+        let doc = document();
+        let mut ops = std::collections::HashMap::new();
+        for item in doc.paths.paths.values() {
+            for op in [&item.get, &item.post, &item.put, &item.delete]
+                .into_iter()
+                .flatten()
+            {
+                ops.insert(op.operation_id.clone().unwrap_or_default(), op);
+            }
+        }
+        for (from, statuses, name, to, param, _) in LINKS {
+            let source = ops.get(*from).unwrap_or_else(|| panic!("no operation {from}"));
+            let target = ops.get(*to).unwrap_or_else(|| panic!("no operation {to}"));
+            assert!(
+                target
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name == *param),
+                "{to} takes no {param}"
+            );
+            for s in *statuses {
+                match source.responses.responses.get(*s) {
+                    Some(RefOr::T(r)) => assert!(r.links.contains_key(*name), "{from} {s} lacks {name}"),
+                    _ => panic!("{from} has no {s} answer"),
+                }
+            }
+        }
+    }
 }
