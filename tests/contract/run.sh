@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The API contract stage: starts `tally serve --demo` on a free loopback port in a fresh
+# data dir, validates the OpenAPI document it serves (openapi-spec-validator), then runs
+# schemathesis over that document with every check and every phase (coverage, fuzzing,
+# stateful) as the platform admin. Exits non-zero on any failure.
+#
+#   tests/contract/run.sh [TALLY_BINARY]
+#
+# Environment: TALLY_CONTRACT_EXAMPLES (examples per operation, default 30),
+# TALLY_CONTRACT_SEED (default 1: the same cases on every run; "random" for a new seed),
+# TALLY_CONTRACT_VENV (default target/contract-venv).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=${1:-target/debug/tally}
+venv=${TALLY_CONTRACT_VENV:-target/contract-venv}
+examples=${TALLY_CONTRACT_EXAMPLES:-30}
+seed=${TALLY_CONTRACT_SEED:-1}
+for tool in schemathesis openapi-spec-validator; do
+  if [ ! -x "$venv/bin/$tool" ]; then
+    echo "contract: $tool is missing from $venv (scripts/test.sh installs it)" >&2
+    exit 1
+  fi
+done
+[ -x "$bin" ] || { echo "contract: no tally binary at $bin" >&2; exit 1; }
+
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+password=contract-admin-password
+TALLY_ADMIN_PASSWORD=$password "$bin" serve --demo --data-dir "$work/data" --listen "127.0.0.1:$port" \
+  > "$work/server.log" 2>&1 &
+server=$!
+cleanup() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+base="http://127.0.0.1:$port"
+for _ in $(seq 1 120); do
+  curl -sf "$base/healthz" > /dev/null && break
+  kill -0 "$server" 2>/dev/null || { cat "$work/server.log"; echo "contract: the server exited" >&2; exit 1; }
+  sleep 0.5
+done
+curl -sf "$base/healthz" > /dev/null || { cat "$work/server.log"; echo "contract: the server did not start" >&2; exit 1; }
+
+curl -sf "$base/api/v1/openapi.json" -o "$work/openapi.json"
+"$venv/bin/openapi-spec-validator" "$work/openapi.json"
+
+token=$(curl -sf -X POST "$base/api/v1/auth/login" -H 'Content-Type: application/json' \
+  -d "{\"email\":\"admin@tally.local\",\"password\":\"$password\"}" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+
+seed_args=()
+[ "$seed" = random ] || seed_args=(--seed "$seed")
+set +e
+"$venv/bin/schemathesis" --config-file tests/contract/schemathesis.toml run "$base/api/v1/openapi.json" \
+  --url "$base" -H "Authorization: Bearer $token" --checks all \
+  --phases coverage,fuzzing,stateful --max-examples "$examples" "${seed_args[@]}" \
+  --workers 2 --no-color 2>&1 | tee "$work/schemathesis.txt"
+status=${PIPESTATUS[0]}
+set -e
+if grep -q "panicked" "$work/server.log"; then
+  grep -n "panicked" "$work/server.log" >&2
+  echo "contract: the server panicked" >&2
+  status=1
+fi
+cases=$(grep -oE '[0-9]+ generated' "$work/schemathesis.txt" | tail -1 | grep -oE '[0-9]+' || echo 0)
+failed=$(grep -oE '[0-9]+ found [0-9]+ unique failures?' "$work/schemathesis.txt" | tail -1 | grep -oE '^[0-9]+' || echo 0)
+if [ "$status" -eq 0 ]; then
+  echo "contract: $((cases - failed)) passed, $failed failed"
+else
+  echo "contract: schemathesis reported failures (exit $status)" >&2
+fi
+exit "$status"
