@@ -181,8 +181,9 @@ pub trait Tabular {
     fn table(&self) -> Table;
 }
 
+/// Money in answers: dollars to 6 decimals (`docs/numbers.md`).
 fn usd(n: Nanos) -> f64 {
-    n.usd_rounded(2)
+    n.usd()
 }
 
 fn ratio(part: u64, whole: u64, digits: i32) -> f64 {
@@ -282,6 +283,9 @@ pub struct Recommendation {
     pub estimated_saving_usd: f64,
     pub saving_percent: f64,
     pub description: String,
+    /// The saving, exact, for sums.
+    #[serde(skip)]
+    pub saving: Nanos,
 }
 
 pub fn recommendations(
@@ -320,6 +324,7 @@ pub fn recommendations(
                 r.tokens.output / r.calls,
                 usd(saving)
             ),
+            saving,
         });
     }
     out.sort_by(|a, b| b.estimated_saving_usd.total_cmp(&a.estimated_saving_usd));
@@ -589,7 +594,7 @@ pub struct TotalsRow {
 impl TotalsRow {
     fn of(t: &UsageTotals) -> Self {
         TotalsRow {
-            cost_usd: t.cost.usd_rounded(4),
+            cost_usd: t.cost.usd(),
             calls: t.calls,
             errors: t.errors,
             input_tokens: t.input_tokens,
@@ -691,7 +696,7 @@ fn cost_row(provider: &str, model: Option<&str>, r: &UsageRollup, total: Nanos) 
     CostRow {
         provider: provider.to_owned(),
         model: model.map(str::to_owned),
-        cost_usd: r.cost.usd_rounded(4),
+        cost_usd: r.cost.usd(),
         calls: r.calls,
         input_tokens: r.tokens.input,
         output_tokens: r.tokens.output,
@@ -870,7 +875,7 @@ fn series(rows: &[UsageRollup], from: i64, to: i64, step: i64) -> ApiResult<Vec<
         let r = buckets.get(&t).unwrap_or(&empty);
         out.push(SeriesPoint {
             t: rfc3339(t),
-            cost_usd: r.cost.usd_rounded(4),
+            cost_usd: r.cost.usd(),
             calls: r.calls,
             errors: r.errors,
             tokens: r.tokens.input + r.tokens.output,
@@ -989,7 +994,7 @@ fn model_stats(provider: &str, model: &str, r: &UsageRollup) -> ModelStats {
         model: model.to_owned(),
         generation: generation(model),
         calls: r.calls,
-        cost_usd: r.cost.usd_rounded(4),
+        cost_usd: r.cost.usd(),
         avg_cost_per_call: round(avg_cost, 6),
         avg_quality: avg_quality.map(|q| round(q, 2)),
         avg_response_time: avg_latency(r),
@@ -1288,7 +1293,7 @@ impl Analytics {
             provider_breakdown,
             insights,
             projections: Projections {
-                monthly_cost_estimate: round(all.cost.0 as f64 / 1e9 / period.days() * 30.0, 2),
+                monthly_cost_estimate: round(all.cost.0 as f64 / 1e9 / period.days() * 30.0, 6),
                 growth_rate: growth(all.cost, previous_cost),
             },
         })
@@ -1356,12 +1361,12 @@ impl Analytics {
         let by_user = self.top_users(tenant, period, None).await?;
         let catalog = self.usage.catalog(tenant).await?;
         let recs = recommendations(&totals, &catalog, now);
-        let potential = recs.iter().map(|r| r.estimated_saving_usd).sum::<f64>();
+        let potential: Nanos = recs.iter().map(|r| r.saving).sum();
         Ok(CostReport {
             period: label,
             from: rfc3339(period.from),
             to: rfc3339(period.to),
-            total_cost_usd: all.cost.usd_rounded(4),
+            total_cost_usd: all.cost.usd(),
             total_calls: all.calls,
             by_provider: providers,
             by_model: models,
@@ -1375,7 +1380,7 @@ impl Analytics {
                 .collect(),
             by_user,
             recommendations: recs,
-            potential_saving_usd: round(potential, 2),
+            potential_saving_usd: usd(potential),
         })
     }
 
@@ -1438,7 +1443,7 @@ impl Analytics {
                     user_id: s.record.user_id,
                     input_tokens: s.record.tokens.input,
                     output_tokens: s.record.tokens.output,
-                    cost_usd: s.record.cost.usd_rounded(6),
+                    cost_usd: s.record.cost.usd(),
                     latency_ms: s.record.latency_ms,
                     status: s.record.status.as_str(),
                 })
@@ -1675,7 +1680,7 @@ impl Analytics {
                     GenerationSummary {
                         models,
                         calls: r.calls,
-                        cost_usd: r.cost.usd_rounded(4),
+                        cost_usd: r.cost.usd(),
                         percentage: share(r.cost, all.cost),
                         avg_quality: (r.quality_count > 0)
                             .then(|| round(r.quality_sum / r.quality_count as f64, 2)),
@@ -1731,7 +1736,7 @@ impl Analytics {
                 provider: p.clone(),
                 model: m.clone(),
                 calls: r.calls,
-                cost_usd: r.cost.usd_rounded(4),
+                cost_usd: r.cost.usd(),
                 percentage: share(r.cost, all.cost),
                 input_tokens: r.tokens.input,
                 output_tokens: r.tokens.output,
@@ -1757,7 +1762,7 @@ impl Analytics {
         Ok(CostBreakdown {
             period: label,
             model,
-            total_cost_usd: all.cost.usd_rounded(4),
+            total_cost_usd: all.cost.usd(),
             total_calls: all.calls,
             avg_cost_per_call: per_call(all.cost, all.calls),
             by_model,

@@ -280,3 +280,47 @@ async fn periods_never_end_in_the_future_and_ways_of_naming_them_do_not_mix() {
         r.body
     );
 }
+
+/// Every money field answers with 6 decimals, rounded half away from zero at the edge
+/// only: one call of $0.123456789 reads $0.123457 everywhere, and a sum of two reads the
+/// rounded exact sum ($0.246914), not a sum of rounded values.
+#[tokio::test]
+async fn money_fields_have_six_decimals_everywhere() {
+    let t = app().await;
+    ingest(
+        &t,
+        vec![
+            json!({"id": "m1", "provider": "openai", "model": "gpt-4o", "user_id": "u", "conversation_id": "c", "cost_usd": "0.123456789", "timestamp": ago(30)}),
+        ],
+    )
+    .await;
+    let day = format!("/api/v1/ai/stats/{}?period=last_24h", t.tenant);
+    let r = t.get(&day).await;
+    assert_eq!(r.body["total_cost_usd"], 0.123457, "{}", r.body);
+    assert_eq!(r.body["provider_breakdown"][0]["total_cost"], 0.123457);
+    let r = t.get("/api/v1/ai/costs?period=last_24h").await;
+    for v in [
+        &r.body["total_cost_usd"],
+        &r.body["by_model"][0]["cost_usd"],
+        &r.body["by_conversation"][0]["cost_usd"],
+        &r.body["by_user"][0]["cost_usd"],
+    ] {
+        assert_eq!(*v, 0.123457, "{}", r.body);
+    }
+    let r = t.get("/api/v1/ai/usage/records").await;
+    assert_eq!(r.body["results"][0]["total_cost"], 0.123457);
+    let r = t.get("/api/v1/ai/costs/c").await;
+    assert_eq!(r.body["cost_usd"], 0.123457);
+    ingest(
+        &t,
+        vec![
+            json!({"id": "m2", "provider": "openai", "model": "gpt-4o", "user_id": "u", "conversation_id": "c", "cost_usd": "0.123456789", "timestamp": ago(30)}),
+        ],
+    )
+    .await;
+    let r = t.get(&day).await;
+    assert_eq!(r.body["total_cost_usd"], 0.246914, "{}", r.body);
+    let r = t.get("/api/v1/ai/usage/cost_breakdown?days=1").await;
+    assert_eq!(r.body["total_cost_usd"], 0.246914, "{}", r.body);
+    assert_eq!(r.body["by_model"][0]["cost_usd"], 0.246914);
+}
