@@ -20,6 +20,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::service::analytics::{
     parse_instant, ConversationCost, CostBreakdown, CostReport, Dashboard, Efficiency, GlobalUsage,
     ModelComparison, PerformanceReport, PeriodQuery, Realtime, Table, Tabular, TenantStats, Trends,
+    UsageDashboard,
 };
 use crate::service::usage::Period;
 use crate::AppState;
@@ -145,21 +146,22 @@ pub async fn dashboard(
     ))
 }
 
-/// Seed 003's `/ai/usage/dashboard/?days=7`: the dashboard of the caller's tenant.
+/// Seed 003's `/ai/usage/dashboard/?days=7`: jobs (LLM calls) and cost in total and by
+/// model generation, with efficiency insights.
 #[utoipa::path(get, path = "/api/v1/ai/usage/dashboard", tag = "ai", params(PeriodQuery, TenantQuery),
-    responses((status = 200, body = Dashboard)), security(("bearer" = [])))]
+    responses((status = 200, body = UsageDashboard)), security(("bearer" = [])))]
 pub async fn usage_dashboard(
     State(state): State<AppState>,
     Auth(p): Auth,
     ApiQuery(q): ApiQuery<PeriodQuery>,
     ApiQuery(t): ApiQuery<TenantQuery>,
-) -> ApiResult<Json<Dashboard>> {
+) -> ApiResult<Json<UsageDashboard>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
-    let (label, period, now) = period_of(&q)?;
+    let (label, period, _) = period_of(&q)?;
     Ok(Json(
         state
             .analytics
-            .dashboard(tenant, label, period, now)
+            .usage_dashboard(tenant, label, period)
             .await?,
     ))
 }

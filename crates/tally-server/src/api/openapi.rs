@@ -141,21 +141,114 @@ impl Modify for ErrorResponses {
 /// can follow real sequences: track → activity, identify → user → summary, …
 struct Links;
 
-/// (operation that creates, statuses, link name, operation that takes the id, its
-/// parameter, where the id is in the answer).
-const LINKS: &[(&str, &[&str], &str, &str, &str, &str)] = &[
-    ("track", &["200", "201"], "GetActivity", "get_activity", "activity_id", "$response.body#/activity_id"),
-    ("track_batch", &["201", "207"], "GetFirstActivity", "get_activity", "activity_id", "$response.body#/results/0/activity_id"),
-    ("identify", &["200", "201"], "GetUser", "get_user", "user_id", "$response.body#/user_id"),
-    ("identify", &["200", "201"], "PutUser", "put_user", "user_id", "$response.body#/user_id"),
-    ("identify", &["200", "201"], "UserSummary", "user_summary", "user_id", "$response.body#/user_id"),
-    ("put_user", &["200", "201"], "GetUser", "get_user", "user_id", "$response.body#/user_id"),
-    ("create_project", &["200", "201"], "GetProject", "get_project", "project_id", "$response.body#/project_id"),
-    ("create_project", &["200", "201"], "PutProject", "put_project", "project_id", "$response.body#/project_id"),
-    ("put_project", &["200", "201"], "GetProject", "get_project", "project_id", "$response.body#/project_id"),
-    ("create_tenant", &["201"], "TenantStats", "tenant_stats", "tenant_id", "$response.body#/id"),
-    ("create_tenant", &["201"], "TenantDashboard", "dashboard", "tenant_id", "$response.body#/id"),
-    ("create_key", &["201"], "RevokeKey", "revoke_key", "key_id", "$response.body#/id"),
+/// A link: the operation that creates, the statuses it hangs on, the link's name, the
+/// operation that takes the id, its parameter, and where the id is in the answer.
+struct LinkSpec(
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+const LINKS: &[LinkSpec] = &[
+    LinkSpec(
+        "track",
+        &["200", "201"],
+        "GetActivity",
+        "get_activity",
+        "activity_id",
+        "$response.body#/activity_id",
+    ),
+    LinkSpec(
+        "track_batch",
+        &["201", "207"],
+        "GetFirstActivity",
+        "get_activity",
+        "activity_id",
+        "$response.body#/results/0/activity_id",
+    ),
+    LinkSpec(
+        "identify",
+        &["200", "201"],
+        "GetUser",
+        "get_user",
+        "user_id",
+        "$response.body#/user_id",
+    ),
+    LinkSpec(
+        "identify",
+        &["200", "201"],
+        "PutUser",
+        "put_user",
+        "user_id",
+        "$response.body#/user_id",
+    ),
+    LinkSpec(
+        "identify",
+        &["200", "201"],
+        "UserSummary",
+        "user_summary",
+        "user_id",
+        "$response.body#/user_id",
+    ),
+    LinkSpec(
+        "put_user",
+        &["200", "201"],
+        "GetUser",
+        "get_user",
+        "user_id",
+        "$response.body#/user_id",
+    ),
+    LinkSpec(
+        "create_project",
+        &["200", "201"],
+        "GetProject",
+        "get_project",
+        "project_id",
+        "$response.body#/project_id",
+    ),
+    LinkSpec(
+        "create_project",
+        &["200", "201"],
+        "PutProject",
+        "put_project",
+        "project_id",
+        "$response.body#/project_id",
+    ),
+    LinkSpec(
+        "put_project",
+        &["200", "201"],
+        "GetProject",
+        "get_project",
+        "project_id",
+        "$response.body#/project_id",
+    ),
+    LinkSpec(
+        "create_tenant",
+        &["201"],
+        "TenantStats",
+        "tenant_stats",
+        "tenant_id",
+        "$response.body#/id",
+    ),
+    LinkSpec(
+        "create_tenant",
+        &["201"],
+        "TenantDashboard",
+        "dashboard",
+        "tenant_id",
+        "$response.body#/id",
+    ),
+    LinkSpec(
+        "create_key",
+        &["201"],
+        "RevokeKey",
+        "revoke_key",
+        "key_id",
+        "$response.body#/id",
+    ),
 ];
 
 impl Modify for Links {
@@ -175,7 +268,7 @@ impl Modify for Links {
                 let Some(id) = op.operation_id.clone() else {
                     continue;
                 };
-                for (from, statuses, name, to, param, expr) in LINKS {
+                for LinkSpec(from, statuses, name, to, param, expr) in LINKS {
                     if *from != id {
                         continue;
                     }
@@ -257,20 +350,20 @@ mod tests {
                 ops.insert(op.operation_id.clone().unwrap_or_default(), op);
             }
         }
-        for (from, statuses, name, to, param, _) in LINKS {
-            let source = ops.get(*from).unwrap_or_else(|| panic!("no operation {from}"));
+        for LinkSpec(from, statuses, name, to, param, _) in LINKS {
+            let source = ops
+                .get(*from)
+                .unwrap_or_else(|| panic!("no operation {from}"));
             let target = ops.get(*to).unwrap_or_else(|| panic!("no operation {to}"));
             assert!(
-                target
-                    .parameters
-                    .iter()
-                    .flatten()
-                    .any(|p| p.name == *param),
+                target.parameters.iter().flatten().any(|p| p.name == *param),
                 "{to} takes no {param}"
             );
             for s in *statuses {
                 match source.responses.responses.get(*s) {
-                    Some(RefOr::T(r)) => assert!(r.links.contains_key(*name), "{from} {s} lacks {name}"),
+                    Some(RefOr::T(r)) => {
+                        assert!(r.links.contains_key(*name), "{from} {s} lacks {name}")
+                    }
                     _ => panic!("{from} has no {s} answer"),
                 }
             }

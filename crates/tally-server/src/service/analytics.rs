@@ -1040,6 +1040,8 @@ pub struct EfficiencyInsights {
 pub struct ModelComparison {
     pub period: String,
     pub models: Vec<ModelStats>,
+    /// Requested models with no call in the period (not in `models`).
+    pub models_without_data: Vec<String>,
     pub generation_comparison: BTreeMap<String, GenerationSummary>,
     pub efficiency_insights: EfficiencyInsights,
 }
@@ -1048,7 +1050,59 @@ pub struct ModelComparison {
 pub struct Efficiency {
     pub period: String,
     pub models: Vec<ModelStats>,
+    /// Requested models with no call in the period (not in `models`).
+    pub models_without_data: Vec<String>,
     pub efficiency_insights: EfficiencyInsights,
+}
+
+/// Seed 003's usage dashboard (`/ai/usage/dashboard/?days=7`). A job is one LLM call.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsageDashboard {
+    pub period: DashboardPeriod,
+    pub totals: JobTotals,
+    /// New-generation and legacy models, most expensive first.
+    pub by_generation: Vec<GenerationUsage>,
+    pub efficiency_insights: EfficiencyInsights,
+    /// Every model of the period, most expensive first.
+    pub by_model: Vec<ModelStats>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DashboardPeriod {
+    /// The period's label (`last_7d`, `last_30d`, `custom` …).
+    pub label: String,
+    /// Its length in days.
+    pub days: f64,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JobTotals {
+    pub jobs: u64,
+    pub cost: f64,
+    pub avg_cost_per_job: f64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GenerationUsage {
+    pub generation: tally_core::usage::Generation,
+    pub models: Vec<String>,
+    pub jobs: u64,
+    pub cost: f64,
+    /// Share of the period's cost, percent.
+    pub percentage: f64,
+    pub avg_quality: Option<f64>,
+}
+
+/// The requested models that have no statistics.
+fn without_data(requested: &[String], stats: &[ModelStats]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    requested
+        .iter()
+        .filter(|m| !stats.iter().any(|s| &s.model == *m) && seen.insert(m.as_str()))
+        .cloned()
+        .collect()
 }
 
 fn efficiency_insights(models: &[ModelStats]) -> EfficiencyInsights {
@@ -1635,6 +1689,7 @@ impl Analytics {
         })
     }
 
+    /// Model statistics of the period, narrowed to `models` when any are given.
     async fn model_stats(
         &self,
         tenant: TenantId,
@@ -1693,8 +1748,61 @@ impl Analytics {
         Ok(ModelComparison {
             period: label,
             efficiency_insights: efficiency_insights(&stats),
+            models_without_data: without_data(models, &stats),
             models: stats,
             generation_comparison,
+        })
+    }
+
+    pub async fn usage_dashboard(
+        &self,
+        tenant: TenantId,
+        label: String,
+        period: Period,
+    ) -> ApiResult<UsageDashboard> {
+        use tally_core::usage::Generation;
+        let (totals, stats) = self.model_stats(tenant, period, &[]).await?;
+        let all = overall(&totals)?;
+        let mut gens: BTreeMap<&'static str, (Generation, Vec<String>, UsageRollup)> =
+            BTreeMap::new();
+        for ((_, m), r) in &totals {
+            let g = Generation::of(m);
+            let entry = gens
+                .entry(g.as_str())
+                .or_insert_with(|| (g, Vec::new(), UsageRollup::default()));
+            if !entry.1.contains(m) {
+                entry.1.push(m.clone());
+            }
+            entry.2.merge(r).map_err(ApiError::internal)?;
+        }
+        let mut by_generation: Vec<GenerationUsage> = gens
+            .into_values()
+            .map(|(generation, models, r)| GenerationUsage {
+                generation,
+                models,
+                jobs: r.calls,
+                cost: usd(r.cost),
+                percentage: share(r.cost, all.cost),
+                avg_quality: (r.quality_count > 0)
+                    .then(|| round(r.quality_sum / r.quality_count as f64, 2)),
+            })
+            .collect();
+        by_generation.sort_by(|a, b| b.cost.total_cmp(&a.cost));
+        Ok(UsageDashboard {
+            period: DashboardPeriod {
+                label,
+                days: round(period.days(), 2),
+                from: rfc3339(period.from),
+                to: rfc3339(period.to),
+            },
+            totals: JobTotals {
+                jobs: all.calls,
+                cost: usd(all.cost),
+                avg_cost_per_job: per_call(all.cost, all.calls),
+            },
+            by_generation,
+            efficiency_insights: efficiency_insights(&stats),
+            by_model: stats,
         })
     }
 
@@ -1714,6 +1822,7 @@ impl Analytics {
         Ok(Efficiency {
             period: label,
             efficiency_insights: efficiency_insights(&stats),
+            models_without_data: without_data(models, &stats),
             models: stats,
         })
     }

@@ -330,3 +330,36 @@ async fn profiles_and_projects_crud() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// The detail view always carries `user.role` and `project.organization_name`: null when
+/// the user or project has no profile, never a missing key.
+#[tokio::test]
+async fn detail_keys_are_null_without_a_profile_not_missing() {
+    let t = crate::support::app().await;
+    let r = t
+        .post(
+            "/api/v1/insights/track/",
+            serde_json::json!({"event_type": "user_action", "event_name": "clicked",
+                               "user_id": 7, "project_id": "no-profile", "properties": {"action": "x"}}),
+        )
+        .await;
+    assert_eq!(r.status, axum::http::StatusCode::CREATED, "{}", r.body);
+    let id = r.body["activity_id"].as_i64().unwrap();
+    let r = t.get(&format!("/api/v1/insights/activities/{id}/")).await;
+    assert_eq!(r.status, axum::http::StatusCode::OK, "{}", r.body);
+    let user = r.body["user"].as_object().unwrap();
+    let project = r.body["project"].as_object().unwrap();
+    assert_eq!(
+        user.get("role"),
+        Some(&serde_json::Value::Null),
+        "{}",
+        r.body
+    );
+    assert_eq!(user.get("email"), Some(&serde_json::Value::Null));
+    assert_eq!(
+        project.get("organization_name"),
+        Some(&serde_json::Value::Null),
+        "{}",
+        r.body
+    );
+}

@@ -214,15 +214,47 @@ async fn dashboard_series_and_seed_003_views_from_known_calls() {
         5
     );
     assert_eq!(d["top_models"][0]["model"], "claude-sonnet-4");
+    // Seed 003's usage dashboard: 5 jobs, $0.03195; the new generation (claude-sonnet-4,
+    // $0.021) is 65.7 % of it, the legacy one (gpt-4o and gpt-4o-mini, $0.01095) 34.3 %.
+    let r = t.get("/api/v1/ai/usage/dashboard?days=7").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(
-        t.get("/api/v1/ai/usage/dashboard?days=7").await.body["summary"]["total_messages"],
-        5
+        r.body["totals"],
+        json!({"jobs": 5, "cost": 0.03195, "avg_cost_per_job": 0.00639})
+    );
+    assert_eq!(r.body["period"]["label"], "last_7d");
+    let gens = r.body["by_generation"].as_array().unwrap();
+    assert_eq!(
+        (
+            gens[0]["generation"].as_str(),
+            gens[0]["jobs"].as_u64(),
+            gens[0]["cost"].as_f64(),
+            gens[0]["percentage"].as_f64()
+        ),
+        (Some("new"), Some(1), Some(0.021), Some(65.7))
+    );
+    assert_eq!(gens[0]["models"], json!(["claude-sonnet-4"]));
+    assert_eq!(
+        (
+            gens[1]["generation"].as_str(),
+            gens[1]["jobs"].as_u64(),
+            gens[1]["cost"].as_f64(),
+            gens[1]["percentage"].as_f64()
+        ),
+        (Some("legacy"), Some(4), Some(0.01095), Some(34.3))
+    );
+    assert_eq!(gens[1]["avg_quality"], 8.0);
+    assert_eq!(
+        r.body["efficiency_insights"]["most_cost_effective"],
+        "gpt-4o-mini"
     );
 
+    // A requested model without calls is named, not dropped silently.
     let r = t
-        .get("/api/v1/ai/usage/model_comparison?models=gpt-4o,claude-sonnet-4&days=30")
+        .get("/api/v1/ai/usage/model_comparison?models=gpt-4o,claude-sonnet-4,o3&days=30")
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["models_without_data"], json!(["o3"]));
     let models = r.body["models"].as_array().unwrap();
     assert_eq!(models.len(), 2);
     let gpt = models.iter().find(|m| m["model"] == "gpt-4o").unwrap();
