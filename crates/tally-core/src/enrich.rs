@@ -12,6 +12,89 @@ use sha2::{Digest, Sha256};
 
 use crate::event::ValidEvent;
 
+/// One network of a GeoIP database written by [`write_city_database`].
+#[derive(Debug, Clone)]
+pub struct CityNetwork<'a> {
+    /// CIDR, e.g. `81.2.69.0/24`.
+    pub network: &'a str,
+    pub city: &'a str,
+    pub country_code: &'a str,
+    pub country: &'a str,
+    pub latitude: f64,
+    pub longitude: f64,
+}
+
+#[derive(serde::Serialize)]
+struct WriteNames {
+    names: BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize)]
+struct WriteCountry {
+    iso_code: String,
+    names: BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize)]
+struct WriteLocation {
+    latitude: f64,
+    longitude: f64,
+}
+
+#[derive(serde::Serialize)]
+struct WriteCity {
+    city: WriteNames,
+    country: WriteCountry,
+    location: WriteLocation,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GeoIpWriteError {
+    #[error("invalid network {0}")]
+    Network(String),
+    #[error("failed to build the database: {0}")]
+    Build(String),
+    #[error("failed to write the database: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes a MaxMind-format City database (the layout `Enricher::with_geoip` reads) mapping
+/// each network to its city: the demo's map and the tests' fixture.
+pub fn write_city_database(
+    path: &Path,
+    networks: &[CityNetwork<'_>],
+) -> Result<(), GeoIpWriteError> {
+    let en = |s: &str| BTreeMap::from([("en".to_owned(), s.to_owned())]);
+    let mut writer = mmdb_writer::Writer::new("GeoIP2-City");
+    for n in networks {
+        let network: ipnet::IpNet = n
+            .network
+            .parse()
+            .map_err(|_| GeoIpWriteError::Network(n.network.to_owned()))?;
+        writer
+            .insert(
+                network,
+                &WriteCity {
+                    city: WriteNames { names: en(n.city) },
+                    country: WriteCountry {
+                        iso_code: n.country_code.to_owned(),
+                        names: en(n.country),
+                    },
+                    location: WriteLocation {
+                        latitude: n.latitude,
+                        longitude: n.longitude,
+                    },
+                },
+            )
+            .map_err(|e| GeoIpWriteError::Build(format!("{e:?}")))?;
+    }
+    let bytes = writer
+        .to_bytes()
+        .map_err(|e| GeoIpWriteError::Build(format!("{e:?}")))?;
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
 /// Geo location resolved from an IP address.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeoLocation {

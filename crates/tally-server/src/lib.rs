@@ -112,10 +112,21 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
 /// Runs the server until `shutdown` resolves, then drains in-flight requests and commits
 /// every pending write before returning.
 pub async fn serve(
-    config: Config,
+    mut config: Config,
     demo: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if demo && config.geoip.database.is_none() {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "failed to create the data dir {}",
+                config.data_dir.display()
+            )
+        })?;
+        let path = config.data_dir.join(demo::DEMO_GEOIP_FILE);
+        demo::write_geoip(&path)?;
+        config.geoip.database = Some(path);
+    }
     let sqlite = open_store(&config)?;
     let stores = Stores::sqlite(sqlite.clone());
     if let Some((email, password)) = service::tenancy::bootstrap_admin(

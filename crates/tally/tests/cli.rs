@@ -164,6 +164,7 @@ fn demo_loads_once_and_is_queryable() {
             .unwrap()
             > 0.0
     );
+    demo_looks_like_real_traffic(&client, &server.base, &key);
     server.terminate();
     let again = Server::start_with(dir.path(), &["--demo"], &[]);
     assert!(again
@@ -198,4 +199,107 @@ fn bad_configuration_fails_fast_with_a_message() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("GeoIP"));
+}
+
+/// The demo is a newcomer's first impression: its numbers must not look generated.
+fn demo_looks_like_real_traffic(client: &reqwest::blocking::Client, base: &str, key: &str) {
+    let get = |path: &str| -> serde_json::Value {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(key)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    // Events carry a place (the demo's GeoIP database) and arrive just after they happen.
+    let list = get("/api/v1/insights/activities/?page_size=20&page=3");
+    let mut cities = std::collections::BTreeSet::new();
+    for a in list["results"].as_array().unwrap() {
+        let id = a["id"].as_i64().unwrap();
+        let detail = get(&format!("/api/v1/insights/activities/{id}/"));
+        let city = detail["enriched_data"]["geo_location"]["city"].as_str();
+        cities.insert(
+            city.unwrap_or_else(|| panic!("no city: {detail}"))
+                .to_owned(),
+        );
+        let at =
+            |k: &str| chrono::DateTime::parse_from_rfc3339(detail[k].as_str().unwrap()).unwrap();
+        let delay = (at("created_at") - at("timestamp")).num_milliseconds();
+        assert!(
+            (0..=1_000).contains(&delay),
+            "received {delay} ms after it happened: {detail}"
+        );
+    }
+    assert!(cities.len() >= 3, "{cities:?}");
+    // Reasoning models spend output tokens reasoning; time to first token is not a fixed
+    // share of latency; cached tokens are not a fixed share of input.
+    let o3 = get("/api/v1/ai/usage/records?model_name=o3&status=success&page_size=50");
+    let rows = o3["results"].as_array().unwrap();
+    assert!(rows.len() >= 20, "{o3}");
+    assert!(
+        rows.iter()
+            .all(|r| r["reasoning_tokens"].as_u64().unwrap() > 0),
+        "{o3}"
+    );
+    let all = get("/api/v1/ai/usage/records?status=success&page_size=100");
+    let rows = all["results"].as_array().unwrap();
+    let ratios: std::collections::BTreeSet<u64> = rows
+        .iter()
+        .map(|r| {
+            (r["time_to_first_token_ms"].as_f64().unwrap() / r["latency_ms"].as_f64().unwrap()
+                * 100.0) as u64
+        })
+        .collect();
+    assert!(ratios.len() > 10, "{ratios:?}");
+    let cached: std::collections::BTreeSet<u64> = rows
+        .iter()
+        .map(|r| {
+            r["cached_tokens"].as_u64().unwrap() * 100 / r["input_tokens"].as_u64().unwrap().max(1)
+        })
+        .collect();
+    assert!(cached.contains(&0) && cached.len() > 10, "{cached:?}");
+    assert!(
+        rows.iter().any(|r| r["quality_score"].is_null()),
+        "not every call is scored"
+    );
+    // Several kinds of failure.
+    let failed =
+        get("/api/v1/ai/usage/records?status=error&page_size=100&created_at__gte=2000-01-01");
+    let kinds: std::collections::BTreeSet<&str> = failed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["error_type"].as_str())
+        .collect();
+    assert!(kinds.len() >= 3, "{kinds:?}");
+    // Latency has a tail: p99 well above the median; o3 scores above gpt-4o-mini.
+    let perf = get("/api/v1/ai/performance?period=last_90d");
+    let model = |m: &str| {
+        perf["by_model"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == m)
+            .unwrap()
+            .clone()
+    };
+    let mini = model("gpt-4o-mini");
+    assert!(
+        mini["latency_ms"]["p99"].as_f64()
+            > Some(2.0 * mini["latency_ms"]["p50"].as_f64().unwrap()),
+        "{mini}"
+    );
+    let cmp = get("/api/v1/ai/usage/model_comparison?models=o3,gpt-4o-mini&days=90");
+    let quality = |m: &str| {
+        cmp["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == m)
+            .unwrap()["avg_quality"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(quality("o3") > quality("gpt-4o-mini") + 1.0, "{cmp}");
 }

@@ -131,21 +131,26 @@ impl Insights {
         items: Vec<Result<EventInput, FieldError>>,
         peer: Option<IpAddr>,
     ) -> ApiResult<Vec<TrackOutcome>> {
-        let tenant = self.tenant(tenant_id).await?;
         let received_at = now_micros();
+        let items = items.into_iter().map(|i| (i, received_at)).collect();
+        self.track_received(tenant_id, items, peer).await
+    }
+
+    /// `track` for events each received at a time of its own: the demo's history (and
+    /// imports). Timestamps are checked against each event's receive time.
+    pub async fn track_received(
+        &self,
+        tenant_id: TenantId,
+        items: Vec<(Result<EventInput, FieldError>, i64)>,
+        peer: Option<IpAddr>,
+    ) -> ApiResult<Vec<TrackOutcome>> {
+        let tenant = self.tenant(tenant_id).await?;
         let prepared = if items.len() <= INLINE_PREPARE_MAX {
-            prepare_all(
-                &self.enricher,
-                &self.limits,
-                tenant_id,
-                items,
-                received_at,
-                peer,
-            )
+            prepare_all(&self.enricher, &self.limits, tenant_id, items, peer)
         } else {
             let (enricher, limits) = (self.enricher.clone(), self.limits.clone());
             tokio::task::spawn_blocking(move || {
-                prepare_all(&enricher, &limits, tenant_id, items, received_at, peer)
+                prepare_all(&enricher, &limits, tenant_id, items, peer)
             })
             .await
             .map_err(ApiError::internal)?
@@ -418,13 +423,12 @@ fn prepare_all(
     enricher: &Enricher,
     limits: &EventLimits,
     tenant: TenantId,
-    items: Vec<Result<EventInput, FieldError>>,
-    received_at: i64,
+    items: Vec<(Result<EventInput, FieldError>, i64)>,
     peer: Option<IpAddr>,
 ) -> Vec<Result<NewEvent, FieldError>> {
     items
         .into_iter()
-        .map(|item| {
+        .map(|(item, received_at)| {
             item.and_then(|input| prepare(enricher, limits, tenant, input, received_at, peer))
         })
         .collect()
