@@ -600,9 +600,9 @@ pub struct ExportBody {
     #[serde(default, deserialize_with = "string_or_integer")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 366)]
     pub days: Option<String>,
-    #[schema(schema_with = crate::api::schemas::date_or_time)]
+    #[schema(schema_with = crate::api::schemas::date_or_time_or_null)]
     pub from: Option<String>,
-    #[schema(schema_with = crate::api::schemas::date_or_time)]
+    #[schema(schema_with = crate::api::schemas::date_or_time_or_null)]
     pub to: Option<String>,
     /// Platform admins only: another tenant (not for the stats export, which names it in
     /// the path).

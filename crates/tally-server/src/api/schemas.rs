@@ -94,6 +94,14 @@ pub fn usd_amount_or_null() -> RefOr<Schema> {
         .into()
 }
 
+/// `date_or_time`, or null.
+pub fn date_or_time_or_null() -> RefOr<Schema> {
+    OneOfBuilder::new()
+        .item(date_or_time())
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .into()
+}
+
 /// `true`, or null: a flag that may only confirm the default.
 pub fn true_or_null() -> RefOr<Schema> {
     OneOfBuilder::new()
