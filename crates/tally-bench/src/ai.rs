@@ -278,6 +278,7 @@ pub async fn reads(n: u64, queries: usize) -> anyhow::Result<()> {
         ("GET performance/realtime".into(), get("/api/v1/ai/performance/realtime".into(), false)),
         ("GET dashboard last_30d".into(), get(format!("/api/v1/ai/dashboard/{t}?period=last_30d"), false)),
         ("GET usage (admin) last_30d".into(), get("/api/v1/ai/usage?period=last_30d".into(), true)),
+        ("GET usage/dashboard".into(), get("/api/v1/ai/usage/dashboard?days=30".into(), false)),
         ("GET usage/model_comparison".into(), get("/api/v1/ai/usage/model_comparison?models=o3,gpt-4o,gpt-4o-mini&days=30".into(), false)),
         ("GET usage/cost_breakdown".into(), get("/api/v1/ai/usage/cost_breakdown?model=o3&days=30".into(), false)),
         ("GET usage/efficiency".into(), get("/api/v1/ai/usage/efficiency?days=30".into(), false)),

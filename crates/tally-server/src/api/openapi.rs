@@ -117,21 +117,28 @@ fn add_errors(op: &mut Operation, path: &str) {
     }
 }
 
+/// Every operation of the document with its path.
+fn operations_mut(
+    openapi: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = (&String, &mut Operation)> {
+    openapi.paths.paths.iter_mut().flat_map(|(path, item)| {
+        [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        .map(move |op| (path, op))
+    })
+}
+
 impl Modify for ErrorResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                add_errors(op, path);
-            }
+        for (path, op) in operations_mut(openapi) {
+            add_errors(op, path);
         }
     }
 }
@@ -254,32 +261,21 @@ const LINKS: &[LinkSpec] = &[
 impl Modify for Links {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::link::LinkBuilder;
-        for item in openapi.paths.paths.values_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let Some(id) = op.operation_id.clone() else {
+        for (_, op) in operations_mut(openapi) {
+            let Some(id) = op.operation_id.clone() else {
+                continue;
+            };
+            for LinkSpec(from, statuses, name, to, param, expr) in LINKS {
+                if *from != id {
                     continue;
-                };
-                for LinkSpec(from, statuses, name, to, param, expr) in LINKS {
-                    if *from != id {
-                        continue;
-                    }
-                    for status in *statuses {
-                        if let Some(RefOr::T(resp)) = op.responses.responses.get_mut(*status) {
-                            let link = LinkBuilder::new()
-                                .operation_id(*to)
-                                .parameter(*param, *expr)
-                                .build();
-                            resp.links.insert((*name).to_owned(), RefOr::T(link));
-                        }
+                }
+                for status in *statuses {
+                    if let Some(RefOr::T(resp)) = op.responses.responses.get_mut(*status) {
+                        let link = LinkBuilder::new()
+                            .operation_id(*to)
+                            .parameter(*param, *expr)
+                            .build();
+                        resp.links.insert((*name).to_owned(), RefOr::T(link));
                     }
                 }
             }

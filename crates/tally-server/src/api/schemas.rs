@@ -19,19 +19,32 @@ fn integer() -> ObjectBuilder {
         .maximum(Some(u64::MAX))
 }
 
+fn id_string() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(128))
+        .pattern(Some(ID_PATTERN))
+}
+
+fn null() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::Null)
+}
+
+/// `schema`, or null.
+fn or_null(schema: RefOr<Schema>) -> RefOr<Schema> {
+    OneOfBuilder::new().item(schema).item(null()).into()
+}
+
 /// A tracked user or project id as clients send it: a string of 1 to 128 characters or
 /// an integer.
 pub fn id_input() -> RefOr<Schema> {
-    OneOfBuilder::new()
-        .item(integer())
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(128))
-                .pattern(Some(ID_PATTERN)),
-        )
-        .into()
+    OneOfBuilder::new().item(integer()).item(id_string()).into()
+}
+
+/// `id_input`, or null.
+pub fn id_input_or_null() -> RefOr<Schema> {
+    or_null(id_input())
 }
 
 /// The same id as answers show it: a number when it is a canonical integer, else a string.
@@ -44,11 +57,7 @@ pub fn id_output() -> RefOr<Schema> {
 
 /// `id_output`, or null.
 pub fn id_output_or_null() -> RefOr<Schema> {
-    OneOfBuilder::new()
-        .item(integer())
-        .item(ObjectBuilder::new().schema_type(Type::String))
-        .item(ObjectBuilder::new().schema_type(Type::Null))
-        .into()
+    or_null(id_output())
 }
 
 /// An instant as the filters take it: an RFC 3339 date-time, or a date (midnight UTC).
@@ -88,18 +97,12 @@ pub fn usd_amount() -> RefOr<Schema> {
 
 /// `usd_amount`, or null.
 pub fn usd_amount_or_null() -> RefOr<Schema> {
-    OneOfBuilder::new()
-        .item(usd_amount())
-        .item(ObjectBuilder::new().schema_type(Type::Null))
-        .into()
+    or_null(usd_amount())
 }
 
 /// `date_or_time`, or null.
 pub fn date_or_time_or_null() -> RefOr<Schema> {
-    OneOfBuilder::new()
-        .item(date_or_time())
-        .item(ObjectBuilder::new().schema_type(Type::Null))
-        .into()
+    or_null(date_or_time())
 }
 
 /// `true`, or null: a flag that may only confirm the default.
@@ -110,21 +113,6 @@ pub fn true_or_null() -> RefOr<Schema> {
                 .schema_type(Type::Boolean)
                 .enum_values(Some([true])),
         )
-        .item(ObjectBuilder::new().schema_type(Type::Null))
-        .into()
-}
-
-/// `id_input`, or null.
-pub fn id_input_or_null() -> RefOr<Schema> {
-    OneOfBuilder::new()
-        .item(integer())
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(128))
-                .pattern(Some(ID_PATTERN)),
-        )
-        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(null())
         .into()
 }
