@@ -40,11 +40,15 @@ pub async fn run(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_headers(HYPER_MAX_HEADERS)
         .max_buf_size(HYPER_MAX_BUF);
+    builder.http2().max_header_list_size(HYPER_MAX_BUF as u32);
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so the ones still open at the shutdown deadline are closed.
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(error) => {
@@ -64,7 +68,7 @@ pub async fn run(
         let hyper_service = TowerToHyperService::new(service);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
         let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
@@ -76,8 +80,11 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!(
+            open = connections.len(),
             deadline_secs = SHUTDOWN_DEADLINE.as_secs(),
-            "closed connections still open at the shutdown deadline"
+            "closing connections still open at the shutdown deadline"
         );
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }

@@ -202,6 +202,7 @@ pub struct ModelQuery {
     model: Option<String>,
 }
 
+/// `models` (comma-separated) and `model` (one name, commas included) as one list.
 fn model_list(q: &ModelsQuery) -> Result<Vec<String>, FieldError> {
     if q.models.as_ref().is_some_and(|m| m.chars().count() > 2000) {
         return Err(FieldError::invalid(
@@ -218,12 +219,12 @@ fn model_list(q: &ModelsQuery) -> Result<Vec<String>, FieldError> {
     let list: Vec<String> = q
         .models
         .iter()
-        .chain(q.model.iter())
         .flat_map(|s| s.split(','))
         .map(|m| m.trim().to_owned())
+        .chain(q.model.iter().cloned())
         .filter(|m| !m.is_empty())
         .collect();
-    if list.len() > 50 || list.iter().any(|m| m.len() > 128) {
+    if list.len() > 50 || list.iter().any(|m| m.chars().count() > 128) {
         return Err(FieldError::invalid(
             "models",
             "at most 50 models of up to 128 characters",

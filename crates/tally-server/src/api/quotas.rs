@@ -427,7 +427,19 @@ pub async fn test(
         // Without a cost, the tokens are priced; without either, the call tests the
         // request quotas and costs nothing.
         None => match catalog.lookup(&provider, &model, today) {
-            Some(price) => price.cost(&tokens).min(MAX_RECORD_COST),
+            Some(price) => match price.cost(&tokens) {
+                cost if cost > MAX_RECORD_COST => {
+                    return Err(FieldError::invalid(
+                        "input_tokens",
+                        format!(
+                            "these tokens cost {cost} USD at the catalog's price, above the \
+                             {MAX_RECORD_COST} USD a call may cost"
+                        ),
+                    )
+                    .into())
+                }
+                cost => cost,
+            },
             None => {
                 if tokens.input + tokens.output > 0 {
                     notes.push(format!(

@@ -324,3 +324,38 @@ async fn money_fields_have_six_decimals_everywhere() {
     assert_eq!(r.body["total_cost_usd"], 0.246914, "{}", r.body);
     assert_eq!(r.body["by_model"][0]["cost_usd"], 0.246914);
 }
+
+/// One user's day (and one conversation) can hold $9,223,372,036 in its stored row: the
+/// batch that would pass it is refused with 409 and nothing of it is stored, instead of
+/// the row silently becoming a float that every later read fails on.
+#[tokio::test]
+async fn a_stored_total_that_would_pass_sixty_four_bits_is_refused_and_reads_keep_working() {
+    let t = app().await;
+    let batch = |b: usize| -> Vec<Value> {
+        (0..1000)
+            .map(|i| json!({"id": format!("b{b}-{i}"), "provider": "openai", "model": format!("m{}", i % 10),
+                            "user_id": "whale", "conversation_id": "big", "cost_usd": "1000000", "timestamp": ago(30)}))
+            .collect()
+    };
+    for b in 0..9 {
+        ingest(&t, batch(b)).await; // $9,000,000,000 for the user's day
+    }
+    let r = t
+        .post("/api/v1/ai/usage", json!({ "records": batch(9) }))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "CONFLICT"),
+        "{}",
+        r.body
+    );
+    let r = t.get("/api/v1/ai/costs/big").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        (r.body["cost_usd"].as_f64(), r.body["calls"].as_u64()),
+        (Some(9e9), Some(9000))
+    );
+    let r = t.get("/api/v1/ai/costs?period=last_24h").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["by_user"][0]["cost_usd"], 9e9);
+}

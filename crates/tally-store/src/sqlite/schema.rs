@@ -350,13 +350,21 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX llm_user_model_monthly_by_cost
         ON llm_user_model_monthly(tenant_id, model, month, cost_nanos DESC);
+    -- Costs are summed as whole dollars plus remaining nano-dollars (neither sum can
+    -- overflow); records stored before costs were capped could pass 64 bits together, and
+    -- those totals are held at the largest storable amount instead of failing the upgrade.
     INSERT INTO llm_user_model_daily
     SELECT tenant_id, model, ts / 86400000000 - (ts < 0 AND ts % 86400000000 != 0), user_id,
-           count(*), sum(status != 'success'), sum(input_tokens), sum(output_tokens), sum(cost_nanos),
+           count(*), sum(status != 'success'), sum(input_tokens), sum(output_tokens),
+           CASE WHEN sum(cost_nanos / 1000000000) >= 9223372035 THEN 9223372036854775807
+                ELSE sum(cost_nanos / 1000000000) * 1000000000 + sum(cost_nanos % 1000000000) END,
            coalesce(sum(latency_ms), 0.0), min(ts), max(ts)
     FROM llm_usage WHERE user_id IS NOT NULL GROUP BY 1, 2, 3, 4;
     INSERT INTO llm_user_model_monthly
-    SELECT tenant_id, model, m, user_id, sum(calls), sum(cost_nanos) FROM (
+    SELECT tenant_id, model, m, user_id, sum(calls),
+           CASE WHEN sum(cost_nanos / 1000000000) >= 9223372035 THEN 9223372036854775807
+                ELSE sum(cost_nanos / 1000000000) * 1000000000 + sum(cost_nanos % 1000000000) END
+    FROM (
         SELECT tenant_id, model, user_id, calls, cost_nanos,
                (CAST(strftime('%Y', day * 86400, 'unixepoch') AS INTEGER) - 1970) * 12
                  + CAST(strftime('%m', day * 86400, 'unixepoch') AS INTEGER) - 1 AS m

@@ -137,7 +137,21 @@ const CONVERSATION_CANDIDATE_FACTOR: u32 = 10;
 const TOTALS_UPSERT: &str = "calls = calls + excluded.calls, errors = errors + excluded.errors,
     input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
     cost_nanos = cost_nanos + excluded.cost_nanos, latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
-    first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts)";
+    first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts)
+    WHERE cost_nanos <= 9223372036854775807 - excluded.cost_nanos";
+
+/// SQLite turns an integer sum past 64 bits into a float: every upsert of a cost total
+/// carries a guard (`WHERE` in `TOTALS_UPSERT` and the monthly upserts) that leaves the
+/// row alone instead, and an upsert that changed nothing is refused here.
+fn guarded(changed: usize) -> StoreResult<()> {
+    if changed == 0 {
+        return Err(StoreError::Conflict(format!(
+            "a stored cost total would exceed {} USD",
+            Nanos::from(i64::MAX)
+        )));
+    }
+    Ok(())
+}
 
 const TOTALS_COLUMNS: &str =
     "calls, errors, input_tokens, output_tokens, cost_nanos, latency_sum_ms, first_ts, last_ts";
@@ -163,21 +177,23 @@ fn fold_users(
         "INSERT INTO llm_user_monthly (tenant_id, month, user_id, calls, cost_nanos)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (tenant_id, month, user_id) DO UPDATE SET
-             calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos",
+             calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos
+         WHERE cost_nanos <= 9223372036854775807 - excluded.cost_nanos",
     )?;
     let mut model_months = conn.prepare_cached(
         "INSERT INTO llm_user_model_monthly (tenant_id, month, user_id, calls, cost_nanos, model)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (tenant_id, model, month, user_id) DO UPDATE SET
-             calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos",
+             calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos
+         WHERE cost_nanos <= 9223372036854775807 - excluded.cost_nanos",
     )?;
     for ((month, user, model), (calls, cost)) in monthly {
         let (t, calls, cost) = (tenant.0.as_bytes(), as_i64(calls), money_column(cost)?);
-        if model.is_empty() {
-            all_months.execute(params![t, month, user, calls, cost])?;
+        guarded(if model.is_empty() {
+            all_months.execute(params![t, month, user, calls, cost])?
         } else {
-            model_months.execute(params![t, month, user, calls, cost, model])?;
-        }
+            model_months.execute(params![t, month, user, calls, cost, model])?
+        })?;
     }
     let mut all_days = conn.prepare_cached(&format!(
         "INSERT INTO llm_user_daily (tenant_id, day, user_id, {TOTALS_COLUMNS})
@@ -227,7 +243,7 @@ fn upsert_totals(
         &t.last_ts,
     ];
     values.extend(extra);
-    stmt.execute(values.as_slice())?;
+    guarded(stmt.execute(values.as_slice())?)?;
     Ok(())
 }
 
