@@ -221,9 +221,9 @@ pub trait UsageStore: Send + Sync {
 
     /// Conversations with calls in `[from, to)`, ranked by their cost within the range,
     /// most expensive first; totals count only the calls in the range. The candidates are
-    /// the range's conversations with the highest lifetime cost (ten per row asked for, at
-    /// least 100), so a cheap-for-life conversation that was expensive in a short range
-    /// can be missed.
+    /// the range's conversations with the highest lifetime cost (five per row asked for, at
+    /// least 50, fewer when their lifetime cost shows they cannot enter), so a
+    /// cheap-for-life conversation that was expensive in a short range can be missed.
     async fn top_conversations(
         &self,
         tenant: TenantId,

@@ -348,8 +348,8 @@ const MIGRATIONS: &[&str] = &[
         cost_nanos INTEGER NOT NULL,
         PRIMARY KEY (tenant_id, model, month, user_id)
     ) WITHOUT ROWID;
-    CREATE INDEX llm_user_model_monthly_by_cost
-        ON llm_user_model_monthly(tenant_id, model, month, cost_nanos DESC);
+    -- No index by cost: a model's users of a month are one key range, sorted when read,
+    -- and an index keyed by a changing cost would be rewritten on every commit.
     -- Costs are summed as whole dollars plus remaining nano-dollars (neither sum can
     -- overflow); records stored before costs were capped could pass 64 bits together, and
     -- those totals are held at the largest storable amount instead of failing the upgrade.

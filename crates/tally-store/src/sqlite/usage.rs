@@ -131,7 +131,7 @@ fn insert_tx(
 
 /// How many lifetime-ranked conversations are considered per conversation asked for when
 /// ranking a period's most expensive ones.
-const CONVERSATION_CANDIDATE_FACTOR: u32 = 10;
+const CONVERSATION_CANDIDATE_FACTOR: u32 = 5;
 
 /// The SQL that adds a batch's totals to a stored row (`excluded` is the batch's delta).
 const TOTALS_UPSERT: &str = "calls = calls + excluded.calls, errors = errors + excluded.errors,
@@ -600,14 +600,10 @@ impl UsageStore for SqliteStore {
         self.read(move |conn| {
             let t = tenant.0.as_bytes();
             // Over all models, or one model's tables (`?5` binds the model there).
-            let (daily, monthly, monthly_index, narrow) = match &model {
-                None => ("llm_user_daily", "llm_user_monthly", "llm_user_monthly_by_cost", ""),
-                Some(_) => (
-                    "llm_user_model_daily",
-                    "llm_user_model_monthly",
-                    "llm_user_model_monthly_by_cost",
-                    "AND model = ?5",
-                ),
+            let (daily, monthly, narrow) = match &model {
+                None => ("llm_user_daily", "llm_user_monthly INDEXED BY llm_user_monthly_by_cost", ""),
+                // A model's users of a month are one primary-key range, sorted when read.
+                Some(_) => ("llm_user_model_daily", "llm_user_model_monthly", "AND model = ?5"),
             };
             let model = model.unwrap_or_default();
             let candidates: Vec<String> = match user {
@@ -616,7 +612,7 @@ impl UsageStore for SqliteStore {
                     // Each overlapping month's most expensive users, then exact sums over
                     // the days of the period for those users only.
                     let mut stmt = conn.prepare_cached(&format!(
-                        "SELECT user_id FROM {monthly} INDEXED BY {monthly_index}
+                        "SELECT user_id FROM {monthly}
                          WHERE tenant_id = ?1 AND month = ?2 {} ORDER BY cost_nanos DESC LIMIT ?3",
                         narrow.replace("?5", "?4")
                     ))?;
@@ -694,7 +690,7 @@ impl UsageStore for SqliteStore {
                         tenant.0.as_bytes(),
                         from,
                         to,
-                        limit.saturating_mul(CONVERSATION_CANDIDATE_FACTOR).max(100)
+                        limit.saturating_mul(CONVERSATION_CANDIDATE_FACTOR).max(50)
                     ],
                     conversation_from_row,
                 )?
@@ -707,8 +703,17 @@ impl UsageStore for SqliteStore {
                  WHERE tenant_id = ?1 AND conversation_id = ?2 AND ts >= ?3 AND ts < ?4",
                 money_sum_sql("cost_nanos")
             ))?;
-            let mut rows = Vec::with_capacity(candidates.len());
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let mut rows: Vec<ConversationUsage> = Vec::with_capacity(candidates.len());
+            let mut kth_best = Nanos::ZERO;
             for mut c in candidates {
+                // Candidates come by lifetime cost, an upper bound of their cost in the
+                // range: once it falls below the `limit`-th best found, none can enter.
+                if rows.len() >= limit as usize && c.totals.cost < kth_best {
+                    break;
+                }
                 if c.totals.first_ts < from || c.totals.last_ts >= to {
                     c.totals = in_range.query_row(
                         params![tenant.0.as_bytes(), c.conversation_id, from, to],
@@ -717,6 +722,11 @@ impl UsageStore for SqliteStore {
                 }
                 if c.totals.calls > 0 {
                     rows.push(c);
+                    if rows.len() >= limit as usize {
+                        let mut costs: Vec<Nanos> = rows.iter().map(|r| r.totals.cost).collect();
+                        costs.sort_unstable_by(|a, b| b.cmp(a));
+                        kth_best = costs[limit as usize - 1];
+                    }
                 }
             }
             rows.sort_by(|a, b| {
