@@ -8,7 +8,8 @@
 #
 # Environment: TALLY_CONTRACT_EXAMPLES (examples per operation, default 30),
 # TALLY_CONTRACT_SEED (default 1: the same cases on every run; "random" for a new seed),
-# TALLY_CONTRACT_VENV (default target/contract-venv).
+# TALLY_CONTRACT_VENV (default target/contract-venv), TALLY_CONTRACT_REPORT_DIR (when set,
+# a HAR file of every request and answer is written there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${1:-target/debug/tally}
@@ -48,6 +49,9 @@ token=$(curl -sf -X POST "$base/api/v1/auth/login" -H 'Content-Type: application
 
 seed_args=()
 [ "$seed" = random ] || seed_args=(--seed "$seed")
+if [ -n "${TALLY_CONTRACT_REPORT_DIR:-}" ]; then
+  seed_args+=(--report har --report-dir "$TALLY_CONTRACT_REPORT_DIR")
+fi
 set +e
 "$venv/bin/schemathesis" --config-file tests/contract/schemathesis.toml run "$base/api/v1/openapi.json" \
   --url "$base" -H "Authorization: Bearer $token" --checks all \
