@@ -598,7 +598,7 @@ pub struct ExportBody {
     /// As the reports' query parameters; one of `period`, `days` or `from`/`to`.
     #[schema(value_type = Option<crate::service::analytics::PeriodName>)]
     pub period: Option<String>,
-    #[serde(default, deserialize_with = "string_or_integer")]
+    #[serde(default, deserialize_with = "integer_text")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 366)]
     pub days: Option<String>,
     #[schema(schema_with = crate::api::schemas::date_or_time_or_null)]
@@ -611,12 +611,11 @@ pub struct ExportBody {
     pub tenant_id: Option<String>,
 }
 
-/// `days` as a query string gives it (text) or as JSON gives it (an integer).
-fn string_or_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+/// `days` in a JSON body: an integer (kept as text, as the query string gives it).
+fn integer_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     use serde::de::Error;
     match Option::<Value>::deserialize(d)? {
         None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
         Some(Value::Number(n)) => tally_core::number::id_text(&n)
             .map(Some)
             .ok_or_else(|| D::Error::custom(format!("invalid value: {n}, expected an integer"))),

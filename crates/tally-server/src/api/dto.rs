@@ -277,31 +277,6 @@ pub struct UserProfileBody {
     pub role: Option<String>,
 }
 
-/// `POST /insights/users/`: the user id is required.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IdentifyBody {
-    #[schema(schema_with = crate::api::schemas::id_input)]
-    pub user_id: Value,
-    #[schema(
-        max_length = 254,
-        pattern = r"^[^@\s\u0000-\u001F\u007F-\u009F]+@[^@\s.\u0000-\u001F\u007F-\u009F][^@\s\u0000-\u001F\u007F-\u009F]*\.[^@\s\u0000-\u001F\u007F-\u009F]*[^@\s.\u0000-\u001F\u007F-\u009F]$"
-    )]
-    pub email: Option<String>,
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    pub full_name: Option<String>,
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    pub role: Option<String>,
-}
-
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct UserProfileResponse {
     #[schema(schema_with = crate::api::schemas::id_output)]

@@ -665,7 +665,7 @@ fn user_id_from(v: Option<Value>) -> Result<String, FieldError> {
 }
 
 /// Identify a tracked user: create or update their profile.
-#[utoipa::path(post, path = "/api/v1/insights/users/", tag = "insights", request_body = IdentifyBody,
+#[utoipa::path(post, path = "/api/v1/insights/users/", tag = "insights", request_body = UserProfileBody,
     responses((status = 201, body = UserProfileResponse, description = "created"), (status = 200, body = UserProfileResponse, description = "updated")),
     security(("bearer" = [])))]
 pub async fn identify(

@@ -37,7 +37,7 @@ use super::{admin, analytics, auth, dto, health, insights, quotas, usage};
         tally_core::usage::Generation, tally_core::usage::CallStatus, tally_core::event::EventType,
         tally_core::quota::QuotaMetric, tally_core::quota::QuotaWindow,
     )),
-    modifiers(&BearerAuth, &ErrorResponses, &Links),
+    modifiers(&BearerAuth, &ErrorResponses, &Links, &IdentifyNeedsUserId),
     tags(
         (name = "insights", description = "Event tracking and activity analytics (seed 001)"),
         (name = "ai", description = "LLM usage and costs (seeds 000 and 003)"),
@@ -139,6 +139,37 @@ impl Modify for ErrorResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, op) in operations_mut(openapi) {
             add_errors(op, path);
+        }
+    }
+}
+
+/// `POST /insights/users/` takes the profile body with `user_id` required (on `PUT` the
+/// path names the user): the same schema, narrowed with `allOf`.
+struct IdentifyNeedsUserId;
+
+impl Modify for IdentifyNeedsUserId {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder};
+        for (_, op) in operations_mut(openapi) {
+            if op.operation_id.as_deref() != Some("identify") {
+                continue;
+            }
+            let Some(content) = op
+                .request_body
+                .as_mut()
+                .and_then(|b| b.content.get_mut("application/json"))
+            else {
+                continue;
+            };
+            let required = ObjectBuilder::new()
+                .property("user_id", super::schemas::id_input())
+                .required("user_id");
+            content.schema = Some(
+                AllOfBuilder::new()
+                    .item(Ref::from_schema_name("UserProfileBody"))
+                    .item(required)
+                    .into(),
+            );
         }
     }
 }

@@ -392,7 +392,7 @@ async fn exports_render_the_reports_as_json_or_csv() {
     let r = t
         .post(
             "/api/v1/ai/costs/export",
-            json!({"format": "json", "days": "7"}),
+            json!({"format": "json", "days": 7}),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

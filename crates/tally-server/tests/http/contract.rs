@@ -219,6 +219,15 @@ async fn the_document_places_parameters_and_lists_every_status() {
         .unwrap()
         .clone();
     assert_eq!(page["schema"]["maximum"], 100, "{page}");
+    // Identify needs a user id: the profile body narrowed with allOf.
+    let identify = &op("/api/v1/insights/users/", "post")["requestBody"]["content"]
+        ["application/json"]["schema"];
+    assert_eq!(
+        identify["allOf"][1]["required"],
+        json!(["user_id"]),
+        "{identify}"
+    );
+    assert!(doc["components"]["schemas"]["UserProfileBody"].is_object());
     assert!(
         page["schema"]["type"].to_string().contains("integer"),
         "{page}"
