@@ -12,7 +12,19 @@ use crate::time::{self, MICROS_PER_SEC};
 
 /// Seed 003's model generations: `new` (reasoning models, GPT-4.1 and later, Claude 4,
 /// Gemini 2.5) or `legacy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Generation {
     New,
@@ -250,40 +262,14 @@ pub fn validate_usage(
         }
     };
     let (cost, cost_source) = match reported {
-        Some(value) => {
-            let cost = Nanos::parse_usd_json(&value).map_err(|_| {
-                FieldError::invalid(
-                    "cost_usd",
-                    "must be a non-negative decimal with at most 9 places",
-                )
-            })?;
-            if cost < Nanos::ZERO {
-                return Err(FieldError::invalid("cost_usd", "must not be negative"));
-            }
-            if cost > MAX_RECORD_COST {
-                return Err(FieldError::invalid(
-                    "cost_usd",
-                    format!("must be at most {MAX_RECORD_COST} USD per call"),
-                ));
-            }
-            (cost, CostSource::Reported)
-        }
+        Some(value) => (reported_cost("cost_usd", &value)?, CostSource::Reported),
         None => {
             let day = time::to_datetime(timestamp).date_naive();
             match catalog.lookup(&provider, &model, day) {
-                Some(price) => {
-                    let cost = price.cost(&tokens);
-                    if cost > MAX_RECORD_COST {
-                        return Err(FieldError::invalid(
-                            "cost_usd",
-                            format!(
-                                "the tokens priced at the catalog's price cost {cost} USD, \
-                                 above the {MAX_RECORD_COST} USD a call may cost"
-                            ),
-                        ));
-                    }
-                    (cost, CostSource::Catalog)
-                }
+                Some(price) => (
+                    priced_cost("cost_usd", price.cost(&tokens))?,
+                    CostSource::Catalog,
+                ),
                 None => (Nanos::ZERO, CostSource::Unpriced),
             }
         }
@@ -309,6 +295,38 @@ pub fn validate_usage(
         received_at,
         metadata,
     })
+}
+
+/// A call's cost as a client gives it (decimal string or number): from 0 to
+/// [`MAX_RECORD_COST`].
+pub fn reported_cost(field: &str, value: &Value) -> Result<Nanos, FieldError> {
+    match Nanos::parse_usd_json(value) {
+        Ok(cost) if cost < Nanos::ZERO => Err(FieldError::invalid(field, "must not be negative")),
+        Ok(cost) if cost > MAX_RECORD_COST => Err(FieldError::invalid(
+            field,
+            format!("must be at most {MAX_RECORD_COST} USD per call"),
+        )),
+        Ok(cost) => Ok(cost),
+        Err(_) => Err(FieldError::invalid(
+            field,
+            "must be a non-negative decimal with at most 9 places",
+        )),
+    }
+}
+
+/// A call's cost priced from its tokens, refused (naming `field`) above
+/// [`MAX_RECORD_COST`].
+pub fn priced_cost(field: &str, cost: Nanos) -> Result<Nanos, FieldError> {
+    if cost > MAX_RECORD_COST {
+        return Err(FieldError::invalid(
+            field,
+            format!(
+                "the tokens priced at the catalog's price cost {cost} USD, above the \
+                 {MAX_RECORD_COST} USD a call may cost"
+            ),
+        ));
+    }
+    Ok(cost)
 }
 
 fn required_text(field: &str, v: Option<Value>, max: usize) -> Result<String, FieldError> {

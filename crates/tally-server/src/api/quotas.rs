@@ -7,13 +7,13 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tally_core::activity::round_to as round;
 use tally_core::auth::Action;
-use tally_core::pricing::{Nanos, TokenUsage, MAX_RECORD_COST};
+use tally_core::pricing::{Nanos, TokenUsage};
 use tally_core::quota::{
     percent, project, Decision, QuotaEvent, QuotaInput, QuotaMetric, QuotaScope, QuotaStatus,
     QuotaWindow,
 };
 use tally_core::time::{now_micros, rfc3339, to_datetime};
-use tally_core::usage::MAX_TOKENS;
+use tally_core::usage::{priced_cost, reported_cost, MAX_TOKENS};
 use tally_core::FieldError;
 
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
@@ -160,7 +160,7 @@ async fn status_of(
     let eta = if snap
         .rules
         .iter()
-        .any(|t| t.used >= i128::from(t.rule.limit))
+        .any(|t| t.status() == QuotaStatus::Exceeded)
     {
         Some(now)
     } else {
@@ -414,32 +414,11 @@ pub async fn test(
     let catalog = state.usage.catalog(tenant).await?;
     let today = to_datetime(now_micros()).date_naive();
     let cost = match body.estimated_cost_usd {
-        Some(v) => match Nanos::parse_usd_json(&v) {
-            Ok(n) if n >= Nanos::ZERO && n <= MAX_RECORD_COST => n,
-            _ => {
-                return Err(FieldError::invalid(
-                    "estimated_cost_usd",
-                    format!("must be a decimal from 0 to {MAX_RECORD_COST}, e.g. \"0.25\""),
-                )
-                .into())
-            }
-        },
+        Some(v) => reported_cost("estimated_cost_usd", &v)?,
         // Without a cost, the tokens are priced; without either, the call tests the
         // request quotas and costs nothing.
         None => match catalog.lookup(&provider, &model, today) {
-            Some(price) => match price.cost(&tokens) {
-                cost if cost > MAX_RECORD_COST => {
-                    return Err(FieldError::invalid(
-                        "input_tokens",
-                        format!(
-                            "these tokens cost {cost} USD at the catalog's price, above the \
-                             {MAX_RECORD_COST} USD a call may cost"
-                        ),
-                    )
-                    .into())
-                }
-                cost => cost,
-            },
+            Some(price) => priced_cost("input_tokens", price.cost(&tokens))?,
             None => {
                 if tokens.input + tokens.output > 0 {
                     notes.push(format!(

@@ -14,6 +14,7 @@ use tally_core::pricing::{Nanos, PriceCatalog};
 use tally_core::time::{
     day_of, parse_rfc3339, rfc3339, to_datetime, MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_MINUTE,
 };
+use tally_core::usage::Generation;
 use tally_core::usage::{Granularity, UsageRollup, UsageTotals};
 use tally_core::{FieldError, TenantId};
 use tally_store::Stores;
@@ -255,12 +256,6 @@ fn by_provider(totals: &ModelTotals) -> ApiResult<BTreeMap<String, UsageRollup>>
         merge_into(&mut out, provider.clone(), r)?;
     }
     Ok(out)
-}
-
-/// Whether a model is of the current generation (reasoning models, GPT-4.1 and later,
-/// Claude 4, Gemini 2.5) or legacy, as seed 003 compares them.
-pub fn generation(model: &str) -> &'static str {
-    tally_core::usage::Generation::of(model).as_str()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -961,8 +956,8 @@ impl Tabular for GlobalUsage {
 pub struct ModelStats {
     pub provider: String,
     pub model: String,
-    /// `new` or `legacy` (seed 003's generations).
-    pub generation: &'static str,
+    /// Seed 003's generation: `new` or `legacy`.
+    pub generation: Generation,
     pub calls: u64,
     pub cost_usd: f64,
     pub avg_cost_per_call: f64,
@@ -992,7 +987,7 @@ fn model_stats(provider: &str, model: &str, r: &UsageRollup) -> ModelStats {
     ModelStats {
         provider: provider.to_owned(),
         model: model.to_owned(),
-        generation: generation(model),
+        generation: Generation::of(model),
         calls: r.calls,
         cost_usd: r.cost.usd(),
         avg_cost_per_call: round(avg_cost, 6),
@@ -1093,6 +1088,26 @@ pub struct GenerationUsage {
     /// Share of the period's cost, percent.
     pub percentage: f64,
     pub avg_quality: Option<f64>,
+}
+
+/// Average quality score of scored calls, 2 decimals.
+fn avg_quality(r: &UsageRollup) -> Option<f64> {
+    (r.quality_count > 0).then(|| round(r.quality_sum / r.quality_count as f64, 2))
+}
+
+/// The period's models grouped by generation: each generation's models and merged rollup.
+fn by_generation(
+    totals: &ModelTotals,
+) -> ApiResult<BTreeMap<Generation, (Vec<String>, UsageRollup)>> {
+    let mut gens: BTreeMap<Generation, (Vec<String>, UsageRollup)> = BTreeMap::new();
+    for ((_, m), r) in totals {
+        let (models, rollup) = gens.entry(Generation::of(m)).or_default();
+        if !models.contains(m) {
+            models.push(m.clone());
+        }
+        rollup.merge(r).map_err(ApiError::internal)?;
+    }
+    Ok(gens)
 }
 
 /// The requested models that have no statistics.
@@ -1721,24 +1736,17 @@ impl Analytics {
     ) -> ApiResult<ModelComparison> {
         let (totals, stats) = self.model_stats(tenant, period, models).await?;
         let all = overall(&totals)?;
-        let mut gens: BTreeMap<String, (Vec<String>, UsageRollup)> = BTreeMap::new();
-        for ((_, m), r) in &totals {
-            let g = gens.entry(format!("{}_models", generation(m))).or_default();
-            g.0.push(m.clone());
-            g.1.merge(r).map_err(ApiError::internal)?;
-        }
-        let generation_comparison = gens
+        let generation_comparison = by_generation(&totals)?
             .into_iter()
-            .map(|(k, (models, r))| {
+            .map(|(g, (models, r))| {
                 (
-                    k,
+                    format!("{}_models", g.as_str()),
                     GenerationSummary {
                         models,
                         calls: r.calls,
                         cost_usd: r.cost.usd(),
                         percentage: share(r.cost, all.cost),
-                        avg_quality: (r.quality_count > 0)
-                            .then(|| round(r.quality_sum / r.quality_count as f64, 2)),
+                        avg_quality: avg_quality(&r),
                         avg_cost: per_call(r.cost, r.calls),
                         avg_execution_time: avg_latency(&r).map(|ms| round(ms / 1000.0, 2)),
                     },
@@ -1760,34 +1768,20 @@ impl Analytics {
         label: String,
         period: Period,
     ) -> ApiResult<UsageDashboard> {
-        use tally_core::usage::Generation;
         let (totals, stats) = self.model_stats(tenant, period, &[]).await?;
         let all = overall(&totals)?;
-        let mut gens: BTreeMap<&'static str, (Generation, Vec<String>, UsageRollup)> =
-            BTreeMap::new();
-        for ((_, m), r) in &totals {
-            let g = Generation::of(m);
-            let entry = gens
-                .entry(g.as_str())
-                .or_insert_with(|| (g, Vec::new(), UsageRollup::default()));
-            if !entry.1.contains(m) {
-                entry.1.push(m.clone());
-            }
-            entry.2.merge(r).map_err(ApiError::internal)?;
-        }
-        let mut by_generation: Vec<GenerationUsage> = gens
-            .into_values()
-            .map(|(generation, models, r)| GenerationUsage {
+        let mut generations: Vec<GenerationUsage> = by_generation(&totals)?
+            .into_iter()
+            .map(|(generation, (models, r))| GenerationUsage {
                 generation,
                 models,
                 jobs: r.calls,
                 cost: usd(r.cost),
                 percentage: share(r.cost, all.cost),
-                avg_quality: (r.quality_count > 0)
-                    .then(|| round(r.quality_sum / r.quality_count as f64, 2)),
+                avg_quality: avg_quality(&r),
             })
             .collect();
-        by_generation.sort_by(|a, b| b.cost.total_cmp(&a.cost));
+        generations.sort_by(|a, b| b.cost.total_cmp(&a.cost));
         Ok(UsageDashboard {
             period: DashboardPeriod {
                 label,
@@ -1800,7 +1794,7 @@ impl Analytics {
                 cost: usd(all.cost),
                 avg_cost_per_job: per_call(all.cost, all.calls),
             },
-            by_generation,
+            by_generation: generations,
             efficiency_insights: efficiency_insights(&stats),
             by_model: stats,
         })

@@ -165,7 +165,7 @@ async fn money_adds_up_exactly_past_sixty_four_bits_and_absurd_costs_are_refused
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["total_cost_usd"], 10_000_000_000.0);
-    // Another tenant spends $1: the shares are 99.99999999 % and 0.00000001 %, not 0 %.
+    // Another tenant spends $1: the cross-tenant totals stay exact ($10,000,000,001).
     let (_, other_key) = t.other_tenant().await;
     let r = t
         .call(

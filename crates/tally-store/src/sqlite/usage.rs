@@ -133,16 +133,23 @@ fn insert_tx(
 /// ranking a period's most expensive ones.
 const CONVERSATION_CANDIDATE_FACTOR: u32 = 5;
 
+/// Ends an upsert of a cost total: the row is left alone (and `guarded` refuses the
+/// write) when the sum would pass 64 bits.
+macro_rules! cost_guard {
+    () => {
+        "WHERE cost_nanos <= 9223372036854775807 - excluded.cost_nanos"
+    };
+}
+
 /// The SQL that adds a batch's totals to a stored row (`excluded` is the batch's delta).
-const TOTALS_UPSERT: &str = "calls = calls + excluded.calls, errors = errors + excluded.errors,
+const TOTALS_UPSERT: &str = concat!("calls = calls + excluded.calls, errors = errors + excluded.errors,
     input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
     cost_nanos = cost_nanos + excluded.cost_nanos, latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
-    first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts)
-    WHERE cost_nanos <= 9223372036854775807 - excluded.cost_nanos";
+    first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts) ", cost_guard!());
 
 /// SQLite turns an integer sum past 64 bits into a float: every upsert of a cost total
-/// carries a guard (`WHERE` in `TOTALS_UPSERT` and the monthly upserts) that leaves the
-/// row alone instead, and an upsert that changed nothing is refused here.
+/// ends with `cost_guard!`, which leaves the row alone instead, and an upsert that changed
+/// nothing is refused here.
 fn guarded(changed: usize) -> StoreResult<()> {
     if changed == 0 {
         return Err(StoreError::Conflict(format!(
@@ -173,20 +180,20 @@ fn fold_users(
         m.0 += t.calls;
         m.1 += t.cost;
     }
-    let mut all_months = conn.prepare_cached(
+    let mut all_months = conn.prepare_cached(concat!(
         "INSERT INTO llm_user_monthly (tenant_id, month, user_id, calls, cost_nanos)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (tenant_id, month, user_id) DO UPDATE SET
-             calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos
-         WHERE cost_nanos <= 9223372036854775807 - excluded.cost_nanos",
-    )?;
-    let mut model_months = conn.prepare_cached(
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tenant_id, month, user_id) DO UPDATE SET
+                 calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos ",
+        cost_guard!()
+    ))?;
+    let mut model_months = conn.prepare_cached(concat!(
         "INSERT INTO llm_user_model_monthly (tenant_id, month, user_id, calls, cost_nanos, model)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (tenant_id, model, month, user_id) DO UPDATE SET
-             calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos
-         WHERE cost_nanos <= 9223372036854775807 - excluded.cost_nanos",
-    )?;
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (tenant_id, model, month, user_id) DO UPDATE SET
+                 calls = calls + excluded.calls, cost_nanos = cost_nanos + excluded.cost_nanos ",
+        cost_guard!()
+    ))?;
     for ((month, user, model), (calls, cost)) in monthly {
         let (t, calls, cost) = (tenant.0.as_bytes(), as_i64(calls), money_column(cost)?);
         guarded(if model.is_empty() {
@@ -605,7 +612,9 @@ impl UsageStore for SqliteStore {
                 // A model's users of a month are one primary-key range, sorted when read.
                 Some(_) => ("llm_user_model_daily", "llm_user_model_monthly", "AND model = ?5"),
             };
-            let model = model.unwrap_or_default();
+            // The model, bound last when the query is narrowed to it.
+            let model_arg: Option<&dyn rusqlite::ToSql> =
+                model.as_ref().map(|m| m as &dyn rusqlite::ToSql);
             let candidates: Vec<String> = match user {
                 Some(u) => vec![u],
                 None => {
@@ -620,13 +629,11 @@ impl UsageStore for SqliteStore {
                     let mut seen = std::collections::HashSet::new();
                     let mut out = Vec::new();
                     for month in month_of_day(from_day)..=month_of_day((to_day - 1).max(from_day)) {
-                        let rows = if narrow.is_empty() {
-                            stmt.query_map(params![t, month, per_month], |r| r.get::<_, String>(0))?
-                                .collect::<Result<Vec<_>, _>>()?
-                        } else {
-                            stmt.query_map(params![t, month, per_month, model], |r| r.get::<_, String>(0))?
-                                .collect::<Result<Vec<_>, _>>()?
-                        };
+                        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&t, &month, &per_month];
+                        args.extend(model_arg);
+                        let rows = stmt
+                            .query_map(args.as_slice(), |r| r.get::<_, String>(0))?
+                            .collect::<Result<Vec<_>, _>>()?;
                         for u in rows {
                             if seen.insert(u.clone()) {
                                 out.push(u);
@@ -650,11 +657,9 @@ impl UsageStore for SqliteStore {
                 let read = |r: &rusqlite::Row<'_>| {
                     Ok(UsageTotals { cost: money_sum_at(r, 8)?, ..totals_from_row(r, 0)? })
                 };
-                let totals = if narrow.is_empty() {
-                    sums.query_row(params![t, user_id, from_day, to_day], read)?
-                } else {
-                    sums.query_row(params![t, user_id, from_day, to_day, model], read)?
-                };
+                let mut args: Vec<&dyn rusqlite::ToSql> = vec![&t, &user_id, &from_day, &to_day];
+                args.extend(model_arg);
+                let totals = sums.query_row(args.as_slice(), read)?;
                 if totals.calls > 0 {
                     rows.push(UserUsage { user_id, totals });
                 }
