@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tally_core::auth::TokenSigner;
 use tally_core::enrich::Enricher;
-use tally_store::{SqliteConfig, SqliteStore, Stores};
+use tally_store::{datadir, SqliteConfig, SqliteStore, Stores};
 
 pub use api::app;
 pub use config::Config;
@@ -91,13 +91,20 @@ impl AppState {
     }
 }
 
-/// Opens the embedded store in the data directory.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("failed to create data dir {}", config.data_dir.display()))?;
+/// Makes the data dir private and takes ownership of it for `command` (see
+/// `tally_store::datadir`): fails naming the holder when another process owns it.
+pub fn own_data_dir(config: &Config, command: &str) -> anyhow::Result<datadir::Ownership> {
+    datadir::prepare(&config.data_dir)?;
+    Ok(datadir::lock(&config.data_dir, command)?)
+}
+
+/// Opens the embedded store in the data directory: as its owner (holding the lock from
+/// [`own_data_dir`]), or as a guest beside the owner (`SqliteConfig::guest`).
+pub fn open_store(config: &Config, guest: bool) -> anyhow::Result<Arc<SqliteStore>> {
     let mut sc = SqliteConfig::new(config.database_path());
     sc.readers = config.storage.readers.max(1);
     sc.cache_mb = config.storage.cache_mb.max(1);
+    sc.guest = guest;
     let store = SqliteStore::open(sc)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| {
@@ -116,28 +123,24 @@ pub async fn serve(
     demo: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Held until the writer has stopped, at the end of this function.
+    let ownership = own_data_dir(&config, "serve")?;
     if demo && config.geoip.database.is_none() {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "failed to create the data dir {}",
-                config.data_dir.display()
-            )
-        })?;
         let path = config.data_dir.join(demo::DEMO_GEOIP_FILE);
         demo::write_geoip(&path)?;
         config.geoip.database = Some(path);
     }
-    let sqlite = open_store(&config)?;
+    let sqlite = open_store(&config, false)?;
     let stores = Stores::sqlite(sqlite.clone());
-    if let Some((email, password)) = service::tenancy::bootstrap_admin(
+    let created = service::tenancy::bootstrap_admin(
         &stores,
         &config.auth.admin_email,
         config.auth.admin_password.as_deref(),
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))
-    .context("failed to create the first admin account")?
-    {
+    .context("failed to create the first admin account")?;
+    if let Some((email, password)) = created {
         // Printed, not logged: logs must never carry secrets.
         if config.auth.admin_password.is_some() {
             println!("created admin account {email} with the password from TALLY_ADMIN_PASSWORD");
@@ -145,6 +148,11 @@ pub async fn serve(
             println!("created admin account {email} with password: {password}");
             println!("(shown once: store it now; `tally admin account create` adds more accounts)");
         }
+    } else if config.auth.admin_password.is_some() {
+        tracing::warn!(
+            "TALLY_ADMIN_PASSWORD (auth.admin_password) was not used: this data dir already \
+             has accounts, and it only sets the first admin's password on an empty one"
+        );
     }
     let state = AppState::new(&config, stores.clone()).await?;
     if demo {
@@ -169,6 +177,7 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || sqlite.shutdown())
         .await
         .context("failed to stop the writer")?;
+    drop(ownership);
     tracing::info!("tally stopped");
     Ok(())
 }

@@ -18,6 +18,8 @@ use tally_core::usage::{
 use tally_core::{ApiKeyId, TenantId};
 use uuid::Uuid;
 
+#[cfg(unix)]
+pub mod datadir;
 pub mod sqlite;
 
 pub use sqlite::{SqliteConfig, SqliteStore};

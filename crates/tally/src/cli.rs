@@ -12,6 +12,7 @@ use tally_core::auth::{Role, Scope};
 use tally_core::TenantId;
 use tally_server::service::tenancy::{self, NewAccount};
 use tally_server::Config;
+use tally_store::datadir::DataDirError;
 use tally_store::{SqliteStore, Stores};
 
 #[derive(Parser)]
@@ -257,10 +258,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => tally_server::serve(serve_config(&a)?, true, shutdown_signal()).await,
         Command::Admin(a) => {
             let config = load_config(&a.config)?;
-            let sqlite = tally_server::open_store(&config)?;
+            // Owning the data dir when no server does; beside the server otherwise, where
+            // SQLite serialises these few writes with its own (see `datadir`).
+            let ownership = match tally_server::own_data_dir(&config, "admin") {
+                Ok(o) => Some(o),
+                Err(e) => match e.downcast_ref::<DataDirError>() {
+                    Some(DataDirError::Held { holder, .. }) => {
+                        tracing::debug!(%holder, "data dir is owned; working beside it");
+                        None
+                    }
+                    _ => return Err(e),
+                },
+            };
+            let sqlite = tally_server::open_store(&config, ownership.is_none())?;
             let stores = Stores::sqlite(sqlite.clone());
             let result = admin(&stores, a.command).await;
             close(sqlite).await?;
+            drop(ownership);
             result
         }
     }

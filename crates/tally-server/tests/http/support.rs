@@ -52,7 +52,7 @@ pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         ..Default::default()
     };
     tweak(&mut config);
-    let sqlite = tally_server::open_store(&config).unwrap();
+    let sqlite = tally_server::open_store(&config, false).unwrap();
     let stores = Stores::sqlite(sqlite.clone());
     let state = AppState::new(&config, stores.clone()).await.unwrap();
     let tenant = tenancy::create_tenant(&stores, "acme", None)

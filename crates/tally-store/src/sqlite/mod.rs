@@ -35,6 +35,11 @@ pub struct SqliteConfig {
     pub cache_mb: i64,
     /// Most queued write operations before callers wait (back-pressure).
     pub write_queue: usize,
+    /// Open beside the process that owns the data dir (`datadir::lock`): no migrations (the
+    /// schema must already be current), no user-index fold, no checkpoints. For operator
+    /// commands that change a few rows (accounts, keys) while the server runs; SQLite
+    /// serialises their writes with the owner's. Never insert events as a guest.
+    pub guest: bool,
 }
 
 impl SqliteConfig {
@@ -44,13 +49,15 @@ impl SqliteConfig {
             readers: 4,
             cache_mb: 16,
             write_queue: 8192,
+            guest: false,
         }
     }
 }
 
 pub struct SqliteStore {
     writer: Writer,
-    checkpointer: checkpoint::Checkpointer,
+    /// `None` for a guest.
+    checkpointer: Option<checkpoint::Checkpointer>,
     user_index: Arc<user_index::UserIndex>,
     readers: Arc<ReaderPool>,
     path: PathBuf,
@@ -159,8 +166,13 @@ impl SqliteStore {
             }
         }
         let mut conn = open_connection(&config.path, config.cache_mb.max(8) * 2, false)?;
-        schema::migrate(&mut conn)?;
-        let user_index = user_index::UserIndex::open(&config.path, &conn)?;
+        let user_index = if config.guest {
+            schema::require_current(&conn)?;
+            user_index::UserIndex::inert(&config.path)
+        } else {
+            schema::migrate(&mut conn)?;
+            user_index::UserIndex::open(&config.path, &conn)?
+        };
         let log = Arc::new(checkpoint::LogLength::default());
         let mut readers = Vec::with_capacity(config.readers.max(1));
         for _ in 0..config.readers.max(1) {
@@ -173,8 +185,18 @@ impl SqliteStore {
             readers.push(reader);
         }
         Ok(Self {
-            writer: Writer::start(conn, config.write_queue, user_index.clone(), log.clone())?,
-            checkpointer: checkpoint::Checkpointer::start(&config.path, log)?,
+            writer: Writer::start(
+                conn,
+                config.write_queue,
+                user_index.clone(),
+                log.clone(),
+                !config.guest,
+            )?,
+            checkpointer: if config.guest {
+                None
+            } else {
+                Some(checkpoint::Checkpointer::start(&config.path, log)?)
+            },
             user_index,
             readers: Arc::new(ReaderPool {
                 permits: Arc::new(Semaphore::new(readers.len())),
@@ -191,7 +213,9 @@ impl SqliteStore {
     /// Stops accepting writes, commits everything queued, folds the user index, and waits
     /// for both threads.
     pub fn shutdown(&self) {
-        self.checkpointer.shutdown();
+        if let Some(c) = &self.checkpointer {
+            c.shutdown();
+        }
         self.writer.shutdown();
         self.user_index.shutdown();
     }

@@ -2,7 +2,7 @@
 
 use rusqlite::Connection;
 
-use crate::StoreResult;
+use crate::{StoreError, StoreResult};
 
 const MIGRATIONS: &[&str] = &[
     // 1: tenancy, events and their rollups.
@@ -416,16 +416,31 @@ pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     apply(conn, MIGRATIONS)
 }
 
-/// Applies the migrations of `list` that `conn`'s database has not seen yet, each in its
-/// own transaction.
-pub(crate) fn apply(conn: &mut Connection, list: &[&str]) -> StoreResult<()> {
+/// Fails unless the main database's schema is the one this build writes (a guest never
+/// migrates).
+pub(crate) fn require_current(conn: &Connection) -> StoreResult<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let expected = MIGRATIONS.len() as i64;
+    if current != expected {
+        return Err(StoreError::Unavailable(format!(
+            "the database schema is at version {current} and this tally writes version \
+             {expected}; only the process that owns the data dir migrates it"
+        )));
+    }
+    Ok(())
+}
+
+/// Applies the migrations of `list` that `conn`'s database has not seen yet, each in its
+/// own write transaction, which re-reads the version first: a process that waited for the
+/// lock finds the work done instead of repeating it.
+pub(crate) fn apply(conn: &mut Connection, list: &[&str]) -> StoreResult<()> {
     for (i, sql) in list.iter().enumerate() {
         let version = i as i64 + 1;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version <= current {
             continue;
         }
-        let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;

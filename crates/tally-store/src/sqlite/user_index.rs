@@ -147,6 +147,17 @@ impl UserIndex {
         Ok(index)
     }
 
+    /// The index of a guest process (`SqliteConfig::guest`): its file is the owner's, and
+    /// nothing is folded here.
+    pub(crate) fn inert(db_path: &Path) -> Arc<Self> {
+        Arc::new(Self {
+            path: path_for(db_path),
+            state: Mutex::new(Generations::default()),
+            changed: Condvar::new(),
+            thread: Mutex::new(None),
+        })
+    }
+
     /// The index's database file, attached to reader connections as `ux`.
     pub(crate) fn path(&self) -> &Path {
         &self.path

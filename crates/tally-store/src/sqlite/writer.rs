@@ -59,11 +59,12 @@ impl Writer {
         queue: usize,
         user_index: Arc<UserIndex>,
         log: Arc<LogLength>,
+        final_checkpoint: bool,
     ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = std::thread::Builder::new()
             .name("tally-writer".into())
-            .spawn(move || run(conn, rx, user_index, log))
+            .spawn(move || run(conn, rx, user_index, log, final_checkpoint))
             .map_err(|e| StoreError::Internal(format!("failed to start writer thread: {e}")))?;
         Ok(Self {
             tx,
@@ -135,6 +136,7 @@ fn run(
     mut rx: mpsc::Receiver<Msg>,
     user_index: Arc<UserIndex>,
     log: Arc<LogLength>,
+    final_checkpoint: bool,
 ) {
     let mut state = WriterState::default();
     let mut batch: Vec<(usize, JobFn)> = Vec::new();
@@ -173,6 +175,10 @@ fn run(
         }
     }
     rx.close();
+    if !final_checkpoint {
+        tracing::debug!("writer stopped");
+        return;
+    }
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "final checkpoint failed");
     }

@@ -31,6 +31,23 @@ pub fn admin(data_dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// `tally serve` on a free port with stdout and stderr piped, not waited for.
+pub fn spawn_serve(data_dir: &Path, env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("TALLY_LOG", "warn")
+        .env("TALLY_ADMIN_PASSWORD", "test admin password")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start tally serve")
+}
+
 pub struct Server {
     pub child: Child,
     pub base: String,

@@ -1,0 +1,203 @@
+//! What operators do to a server, on purpose or by accident, through real processes: a
+//! second server on the same data dir, a crashed owner, two first starts racing, admin
+//! commands beside a running server, file permissions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::{admin, spawn_serve, Server};
+use serde_json::json;
+
+fn stderr_of(child: std::process::Child) -> (std::process::ExitStatus, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_second_server_on_a_data_dir_fails_fast_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Server::start(dir.path());
+    let started = Instant::now();
+    let (status, stderr) = stderr_of(spawn_serve(dir.path(), &[]));
+    assert!(!status.success());
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    let pid = first.child.id();
+    assert!(
+        stderr.contains(&format!("is in use by pid {pid} on host"))
+            && stderr.contains("`tally serve`"),
+        "{stderr}"
+    );
+    // The first server is unharmed.
+    let r = reqwest::blocking::get(format!("{}/healthz", first.base)).unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A crashed owner leaves no stale lock: the next server takes over at once.
+    first.kill9();
+    let next = Server::start(dir.path());
+    let r = reqwest::blocking::get(format!("{}/healthz", next.base)).unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn two_first_starts_racing_on_a_fresh_dir_end_with_one_server_and_a_whole_schema() {
+    for round in 0..4 {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let children = [spawn_serve(&dir, &[]), spawn_serve(&dir, &[])];
+        let mut listening = Vec::new();
+        let mut refused = Vec::new();
+        for mut child in children {
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            let mut base = None;
+            let mut line = String::new();
+            while out.read_line(&mut line).unwrap() > 0 {
+                if let Some(addr) = line.trim_end().strip_prefix("tally listening on ") {
+                    base = Some(addr.to_owned());
+                    break;
+                }
+                line.clear();
+            }
+            match base {
+                Some(base) => {
+                    std::thread::spawn(move || for _ in out.lines() {});
+                    listening.push((child, base));
+                }
+                None => refused.push(stderr_of(child)),
+            }
+        }
+        assert_eq!(listening.len(), 1, "round {round}: exactly one server runs");
+        let (status, stderr) = &refused[0];
+        assert!(!status.success());
+        assert!(stderr.contains("is in use by"), "round {round}: {stderr}");
+        let (mut child, base) = listening.pop().unwrap();
+        let client = reqwest::blocking::Client::new();
+        let login = client
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({"email": "admin@tally.local", "password": "test admin password"}))
+            .send()
+            .unwrap();
+        assert_eq!(login.status(), 200, "round {round}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The schema is whole: a restart needs no repair and sees one admin account.
+        let again = Server::start(&dir);
+        let login = client
+            .post(format!("{}/api/v1/auth/login", again.base))
+            .json(&json!({"email": "admin@tally.local", "password": "test admin password"}))
+            .send()
+            .unwrap();
+        assert_eq!(login.status(), 200, "round {round}");
+    }
+}
+
+#[test]
+fn admin_commands_work_beside_a_running_server_and_reach_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let tenant = admin(dir.path(), &["tenant", "create", "--name", "Beside"]);
+    let key = admin(
+        dir.path(),
+        &[
+            "key",
+            "create",
+            "--tenant",
+            &tenant,
+            "--name",
+            "k",
+            "--scopes",
+            "ingest,read",
+        ],
+    );
+    let client = reqwest::blocking::Client::new();
+    let r = client
+        .post(format!("{}/api/v1/insights/track/", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"event_type": "page_view", "event_name": "home", "properties": {"user_id": "u1", "page": "/"}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    // The server still owns the dir.
+    let (status, stderr) = stderr_of(spawn_serve(dir.path(), &[]));
+    assert!(
+        !status.success() && stderr.contains("is in use by"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_data_dir_and_its_files_are_private() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut server = Server::start_with(&dir, &["--demo"], &[]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in [
+        "tally.db",
+        "tally.db-wal",
+        "tally.db.users",
+        "tally.lock",
+        "demo-geoip.mmdb",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    for name in &names {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    server.terminate();
+    // A file made readable by others is made private again at the next start.
+    let db = dir.join("tally.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _again = Server::start(&dir);
+    assert_eq!(mode(&db), 0o600);
+}
+
+#[test]
+fn an_unwritable_data_dir_and_an_unused_admin_password_are_explained() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    drop(Server::start(&dir));
+    // Given again once accounts exist, the password is not used, and the log says why.
+    let mut child = spawn_serve(&dir, &[("TALLY_ADMIN_PASSWORD", "another password!")]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 && !line.contains("tally listening") {
+        line.clear();
+    }
+    child.kill().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(
+        stderr.contains("TALLY_ADMIN_PASSWORD (auth.admin_password) was not used"),
+        "{stderr}"
+    );
+
+    // A data dir that cannot be made names the path and the OS error.
+    let file = root.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let (status, stderr) = stderr_of(spawn_serve(&file.join("data"), &[]));
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&file.join("data").display().to_string()) && stderr.contains("os error"),
+        "{stderr}"
+    );
+}
