@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tally_core::event::EventLimits;
@@ -15,6 +16,7 @@ pub struct Config {
     /// Where the database and other state live.
     pub data_dir: PathBuf,
     pub limits: Limits,
+    pub http: HttpConfig,
     pub auth: AuthConfig,
     pub geoip: GeoIpConfig,
     pub events: EventLimits,
@@ -30,6 +32,64 @@ pub struct Limits {
     pub max_batch_events: usize,
     /// Use the first `X-Forwarded-For` hop as the client IP (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
+}
+
+/// Connection timeouts and limits. Durations are seconds and may be fractional.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Once a client starts sending a request head, it has this long to finish it.
+    pub header_read_timeout_secs: f64,
+    /// A connection with no request in flight and no bytes moving is closed after this.
+    pub idle_timeout_secs: f64,
+    /// A request body must arrive in full within this (answered 408 otherwise).
+    pub body_read_timeout_secs: f64,
+    /// After shutdown starts, connections still open after this are closed.
+    pub shutdown_deadline_secs: f64,
+    /// Open connections beyond this are answered 503 and closed. The server also keeps it
+    /// below its open-file limit (raised to the hard limit at start).
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10.0,
+            idle_timeout_secs: 60.0,
+            body_read_timeout_secs: 60.0,
+            shutdown_deadline_secs: 30.0,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The durations, checked: each must be positive and at most a day.
+    pub fn durations(&self) -> anyhow::Result<HttpTimeouts> {
+        let d = |name: &str, secs: f64| {
+            if !(secs > 0.0 && secs <= 86_400.0) {
+                anyhow::bail!("http.{name} must be more than 0 and at most 86400 seconds");
+            }
+            Ok(Duration::from_secs_f64(secs))
+        };
+        if self.max_connections == 0 {
+            anyhow::bail!("http.max_connections must be at least 1");
+        }
+        Ok(HttpTimeouts {
+            header_read: d("header_read_timeout_secs", self.header_read_timeout_secs)?,
+            idle: d("idle_timeout_secs", self.idle_timeout_secs)?,
+            body_read: d("body_read_timeout_secs", self.body_read_timeout_secs)?,
+            shutdown: d("shutdown_deadline_secs", self.shutdown_deadline_secs)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub body_read: Duration,
+    pub shutdown: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +127,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./tally-data"),
             limits: Limits::default(),
+            http: HttpConfig::default(),
             auth: AuthConfig::default(),
             geoip: GeoIpConfig::default(),
             events: EventLimits::default(),

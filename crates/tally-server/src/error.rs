@@ -46,6 +46,13 @@ pub enum ApiError {
         max_headers: usize,
         max_bytes: usize,
     },
+    #[error("the request body was not received within {0} seconds")]
+    RequestTimeout(u64),
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("storage limit of {0} events reached")]
     StorageLimit(u64),
     #[error("storage is full")]
@@ -93,6 +100,8 @@ impl ApiError {
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -114,6 +123,8 @@ impl ApiError {
             ApiError::UriTooLong(_) => "URI_TOO_LONG",
             ApiError::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
             ApiError::StorageLimit(_) | ApiError::StorageFull => codes::STORAGE_LIMIT,
+            ApiError::RequestTimeout(_) => "REQUEST_TIMEOUT",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
@@ -130,6 +141,10 @@ impl ApiError {
                 max_bytes,
             } => json!({ "max_headers": max_headers, "max_header_bytes": max_bytes }),
             ApiError::StorageLimit(limit) => json!({ "max_events": limit }),
+            ApiError::RequestTimeout(secs) => json!({ "body_read_timeout_secs": secs }),
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => json!({ "retry_after_secs": retry_after_secs }),
             _ => json!({}),
         }
     }
@@ -179,6 +194,15 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = &self
+        {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(*retry_after_secs),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

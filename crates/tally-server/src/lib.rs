@@ -28,6 +28,7 @@ pub struct RequestConfig {
     pub max_body_bytes: usize,
     pub max_batch_events: usize,
     pub trust_forwarded_for: bool,
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// Shared state of every request.
@@ -72,6 +73,7 @@ impl AppState {
                 max_body_bytes: config.limits.max_body_bytes,
                 max_batch_events: config.limits.max_batch_events,
                 trust_forwarded_for: config.limits.trust_forwarded_for,
+                body_read_timeout: config.http.durations()?.body_read,
             }),
             auth: Arc::new(auth),
             insights: Arc::new(Insights::new(
@@ -123,6 +125,7 @@ pub async fn serve(
     demo: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let timeouts = config.http.durations()?;
     // Held until the writer has stopped, at the end of this function.
     let ownership = own_data_dir(&config, "serve")?;
     if demo && config.geoip.database.is_none() {
@@ -171,7 +174,11 @@ pub async fn serve(
     println!("tally listening on http://{addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tally started");
 
-    http::run(listener, api::service(state), shutdown).await;
+    let limits = http::ConnectionLimits {
+        timeouts,
+        max_connections: http::fit_connection_cap(config.http.max_connections),
+    };
+    http::run(listener, api::service(state), limits, shutdown).await;
 
     tracing::info!("draining pending writes");
     tokio::task::spawn_blocking(move || sqlite.shutdown())

@@ -201,3 +201,147 @@ fn an_unwritable_data_dir_and_an_unused_admin_password_are_explained() {
         "{stderr}"
     );
 }
+
+/// Starts a server with `[http]` settings from a config file.
+fn server_with_http(dir: &std::path::Path, http: &str) -> Server {
+    let config = dir.join("tally.toml");
+    std::fs::write(&config, format!("[http]\n{http}\n")).unwrap();
+    Server::start_with(
+        &dir.join("data"),
+        &["--config", config.to_str().unwrap()],
+        &[],
+    )
+}
+
+fn connect(base: &str) -> std::net::TcpStream {
+    let addr = base.trim_start_matches("http://");
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until the server closes the connection; returns what it sent and how long it took.
+fn until_closed(mut s: std::net::TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn slow_headers_idle_sockets_and_slow_bodies_are_cut_off() {
+    use std::io::Write;
+    let root = tempfile::tempdir().unwrap();
+    let server = server_with_http(
+        root.path(),
+        "header_read_timeout_secs = 1.0\nidle_timeout_secs = 2.0\nbody_read_timeout_secs = 1.0",
+    );
+    // Half a request head, then nothing: closed after the header-read timeout.
+    let mut slow = connect(&server.base);
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let (sent, took) = until_closed(slow);
+    assert!(sent.is_empty(), "{sent}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // A silent socket, and a keep-alive socket after its response: closed when idle.
+    let (_, took) = until_closed(connect(&server.base));
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let mut kept = connect(&server.base);
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (sent, took) = until_closed(kept);
+    assert!(sent.starts_with("HTTP/1.1 200"), "{sent}");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    // A body that stops arriving: 408 with the envelope.
+    let mut body = connect(&server.base);
+    body.write_all(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"email\":",
+    )
+    .unwrap();
+    let (sent, _) = until_closed(body);
+    assert!(sent.starts_with("HTTP/1.1 408"), "{sent}");
+    assert!(sent.contains(r#""code":"REQUEST_TIMEOUT""#), "{sent}");
+}
+
+#[test]
+fn sigterm_finishes_within_the_deadline_with_slow_clients_attached() {
+    use std::io::Write;
+    let root = tempfile::tempdir().unwrap();
+    let mut server = server_with_http(
+        root.path(),
+        "header_read_timeout_secs = 60\nidle_timeout_secs = 60\nbody_read_timeout_secs = 60\nshutdown_deadline_secs = 1.5",
+    );
+    let mut stuck = Vec::new();
+    for _ in 0..5 {
+        let mut s = connect(&server.base);
+        s.write_all(
+            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+        )
+        .unwrap();
+        stuck.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn thousands_of_idle_connections_do_not_stop_the_server_and_the_cap_answers_503() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )
+    .unwrap();
+    assert!(
+        limit.maximum.is_none_or(|m| m >= 4_500),
+        "this test needs a hard open-file limit of at least 4500: {limit:?}"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let server = server_with_http(
+        root.path(),
+        "idle_timeout_secs = 120\nmax_connections = 2001",
+    );
+    let idle: Vec<_> = (0..2_000).map(|_| connect(&server.base)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let client = reqwest::blocking::Client::new();
+    let r = client
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Past the cap (2,000 idle sockets and the client's): 503 with the envelope, and the
+    // socket is closed.
+    let extra: Vec<_> = (0..20).map(|_| connect(&server.base)).collect();
+    let refused = extra
+        .into_iter()
+        .map(until_closed)
+        .filter(|(sent, _)| {
+            sent.starts_with("HTTP/1.1 503") && sent.contains("SERVICE_UNAVAILABLE")
+        })
+        .count();
+    assert_eq!(refused, 20);
+    drop(idle);
+}

@@ -42,14 +42,18 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             return Err(ApiError::UnsupportedMediaType);
         }
         let limit = state.config.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(limit),
-            other => ApiError::BadRequest {
-                code: "INVALID_BODY",
-                message: other.body_text(),
-                details: serde_json::json!({}),
-            },
-        })?;
+        let deadline = state.config.body_read_timeout;
+        let bytes = tokio::time::timeout(deadline, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| ApiError::RequestTimeout(deadline.as_secs().max(1)))?
+            .map_err(|e| match e {
+                BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(limit),
+                other => ApiError::BadRequest {
+                    code: "INVALID_BODY",
+                    message: other.body_text(),
+                    details: serde_json::json!({}),
+                },
+            })?;
         parse_json(&bytes).map(JsonBody)
     }
 }
