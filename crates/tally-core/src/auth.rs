@@ -285,6 +285,11 @@ pub struct Claims {
     pub sub: AccountId,
     pub tid: TenantId,
     pub role: Role,
+    /// The session: logging out revokes this id alone.
+    pub sid: uuid::Uuid,
+    /// The account's session version when issued; revoking all of an account's sessions
+    /// moves the version on.
+    pub ver: i64,
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
@@ -329,18 +334,18 @@ impl TokenSigner {
         self.ttl_secs
     }
 
-    /// Returns the token and its expiry (Unix seconds).
+    /// Returns the token and its expiry (Unix seconds), for a new session of `account`.
     pub fn issue(
         &self,
-        account: AccountId,
-        tenant: TenantId,
-        role: Role,
+        account: &crate::tenancy::Account,
         now_secs: i64,
     ) -> Result<(String, i64), TokenError> {
         let claims = Claims {
-            sub: account,
-            tid: tenant,
-            role,
+            sub: account.id,
+            tid: account.tenant_id,
+            role: account.role,
+            sid: uuid::Uuid::new_v4(),
+            ver: account.session_version,
             iat: now_secs,
             exp: now_secs + self.ttl_secs,
             iss: ISSUER.to_owned(),
@@ -355,6 +360,7 @@ impl TokenSigner {
         v.leeway = 0;
         v.set_issuer(&[ISSUER]);
         v.set_required_spec_claims(&["exp", "iss", "sub"]);
+        // Tokens from before sessions existed lack `sid`/`ver` and fail to decode.
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
@@ -474,17 +480,32 @@ mod tests {
     #[test]
     fn tokens_expire_and_forgeries_fail() {
         let signer = TokenSigner::new(b"secret-one", 60);
-        let (acc, ten) = (AccountId::generate(), TenantId::generate());
+        let account = crate::tenancy::Account {
+            id: AccountId::generate(),
+            tenant_id: TenantId::generate(),
+            email: "a@b.co".into(),
+            password_hash: String::new(),
+            role: Role::Member,
+            created_at: 0,
+            disabled_at: None,
+            session_version: 3,
+        };
         let now = chrono::Utc::now().timestamp();
-        let (tok, exp) = signer.issue(acc, ten, Role::Member, now).unwrap();
+        let (tok, exp) = signer.issue(&account, now).unwrap();
         assert_eq!(exp, now + 60);
         let claims = signer.verify(&tok).unwrap();
         assert_eq!(
-            (claims.sub, claims.tid, claims.role),
-            (acc, ten, Role::Member)
+            (claims.sub, claims.tid, claims.role, claims.ver),
+            (account.id, account.tenant_id, Role::Member, 3)
+        );
+        let (again, _) = signer.issue(&account, now).unwrap();
+        assert_ne!(
+            signer.verify(&again).unwrap().sid,
+            claims.sid,
+            "one id per session"
         );
 
-        let (old, _) = signer.issue(acc, ten, Role::Member, now - 120).unwrap();
+        let (old, _) = signer.issue(&account, now - 120).unwrap();
         assert_eq!(signer.verify(&old), Err(TokenError::Expired));
 
         let other = TokenSigner::new(b"secret-two", 60);

@@ -4,6 +4,7 @@
 //! GeoIP database file at start-up.
 
 pub mod activity;
+pub mod audit;
 pub mod auth;
 pub mod enrich;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod ids;
 pub mod number;
 pub mod pricing;
 pub mod quota;
+pub mod ratelimit;
 pub mod sensitive;
 pub mod sketch;
 pub mod tenancy;

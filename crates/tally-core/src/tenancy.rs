@@ -24,6 +24,10 @@ pub struct Account {
     pub password_hash: String,
     pub role: Role,
     pub created_at: i64,
+    /// Set while the account is disabled: it cannot log in and its tokens are refused.
+    pub disabled_at: Option<i64>,
+    /// Tokens carry the version they were issued under; moving it on ends every session.
+    pub session_version: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,22 @@ pub struct Config {
     pub geoip: GeoIpConfig,
     pub events: EventLimits,
     pub storage: StorageConfig,
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit entries older than this many days are dropped (checked every six hours).
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 365,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +148,7 @@ impl Default for Config {
             geoip: GeoIpConfig::default(),
             events: EventLimits::default(),
             storage: StorageConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

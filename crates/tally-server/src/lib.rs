@@ -41,6 +41,8 @@ pub struct AppState {
     pub usage: Arc<service::usage::Usage>,
     pub quotas: Arc<service::quota::Quotas>,
     pub analytics: Arc<service::analytics::Analytics>,
+    /// The one keyed rate limiter (logins now; keys, tenants and models later).
+    pub limiter: Arc<service::ratelimit::RateLimiter>,
 }
 
 impl AppState {
@@ -60,8 +62,9 @@ impl AppState {
             }
             None => Enricher::new(),
         };
-        let auth =
-            Authenticator::new(stores.clone(), signer).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let limiter = Arc::new(service::ratelimit::RateLimiter::new());
+        let auth = Authenticator::new(stores.clone(), signer, limiter.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let quotas = Arc::new(service::quota::Quotas::new(stores.clone()));
         let usage = Arc::new(service::usage::Usage::new(
             stores.clone(),
@@ -88,6 +91,7 @@ impl AppState {
             )),
             usage,
             quotas,
+            limiter,
             stores,
         })
     }
@@ -174,11 +178,17 @@ pub async fn serve(
     println!("tally listening on http://{addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tally started");
 
+    if config.audit.retention_days == 0 {
+        anyhow::bail!("audit.retention_days must be at least 1");
+    }
+    let retention = std::time::Duration::from_secs(u64::from(config.audit.retention_days) * 86_400);
+    let retain = tokio::spawn(service::audit::retain(stores.clone(), retention));
     let limits = http::ConnectionLimits {
         timeouts,
         max_connections: http::fit_connection_cap(config.http.max_connections),
     };
     http::run(listener, api::service(state), limits, shutdown).await;
+    retain.abort();
 
     tracing::info!("draining pending writes");
     tokio::task::spawn_blocking(move || sqlite.shutdown())

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tally_core::activity::{ActivityFilter, Project, StoredEvent, UserHourCount, UserProfile};
+use tally_core::audit::{AuditFilter, AuditRecord};
 use tally_core::event::NewEvent;
 use tally_core::pricing::ModelPrice;
 use tally_core::quota::{QuotaEvent, QuotaRule, QuotaScope, WindowUsage};
@@ -15,7 +16,7 @@ use tally_core::tenancy::{Account, ApiKey, Tenant};
 use tally_core::usage::{
     ConversationUsage, Granularity, StoredUsage, UsageFilter, UsageRecord, UsageRollup, UserUsage,
 };
-use tally_core::{ApiKeyId, TenantId};
+use tally_core::{AccountId, ApiKeyId, TenantId};
 use uuid::Uuid;
 
 #[cfg(unix)]
@@ -123,7 +124,29 @@ pub trait IdentityStore: Send + Sync {
 
     async fn create_account(&self, account: Account) -> StoreResult<()>;
     async fn find_account_by_email(&self, email: &str) -> StoreResult<Option<Account>>;
+    async fn get_account(&self, id: AccountId) -> StoreResult<Option<Account>>;
+    async fn list_accounts(&self, tenant: TenantId) -> StoreResult<Vec<Account>>;
     async fn count_accounts(&self) -> StoreResult<u64>;
+    /// Disables (`Some(at)`) or enables (`None`) an account; `false` if the tenant has no
+    /// such account.
+    async fn set_account_disabled(
+        &self,
+        tenant: TenantId,
+        id: AccountId,
+        disabled_at: Option<i64>,
+    ) -> StoreResult<bool>;
+    /// Ends every session of the account (moves its session version on).
+    async fn end_all_sessions(&self, tenant: TenantId, id: AccountId) -> StoreResult<bool>;
+    async fn delete_account(&self, tenant: TenantId, id: AccountId) -> StoreResult<bool>;
+    /// Ends one session until `expires_at` (Unix seconds), when its token expires anyway.
+    async fn revoke_session(
+        &self,
+        session: Uuid,
+        account: AccountId,
+        expires_at: i64,
+        now_secs: i64,
+    ) -> StoreResult<()>;
+    async fn session_revoked(&self, session: Uuid) -> StoreResult<bool>;
 
     async fn create_api_key(&self, key: ApiKey) -> StoreResult<()>;
     async fn find_api_key(&self, prefix: &str) -> StoreResult<Option<ApiKey>>;
@@ -134,6 +157,17 @@ pub trait IdentityStore: Send + Sync {
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
     /// Stores a setting unless one exists; returns the value in force.
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String>;
+}
+
+/// The audit trail: append-only, except for retention.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends one entry; returns its id.
+    async fn append_audit(&self, record: AuditRecord) -> StoreResult<i64>;
+    /// Entries matching `filter`, newest first.
+    async fn list_audit(&self, filter: AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+    /// Drops entries older than `before` (microseconds); returns how many.
+    async fn purge_audit(&self, before: i64) -> StoreResult<u64>;
 }
 
 #[async_trait]
@@ -302,6 +336,7 @@ pub struct Stores {
     pub profiles: Arc<dyn ProfileStore>,
     pub usage: Arc<dyn UsageStore>,
     pub quotas: Arc<dyn QuotaStore>,
+    pub audit: Arc<dyn AuditStore>,
 }
 
 impl Stores {
@@ -311,7 +346,8 @@ impl Stores {
             identity: store.clone(),
             profiles: store.clone(),
             usage: store.clone(),
-            quotas: store,
+            quotas: store.clone(),
+            audit: store,
         }
     }
 }

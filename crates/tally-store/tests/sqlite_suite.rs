@@ -434,6 +434,8 @@ async fn accounts_keys_and_settings() {
         password_hash: "h".into(),
         role: Role::Owner,
         created_at: T0,
+        disabled_at: None,
+        session_version: 0,
     };
     f.stores
         .identity
@@ -460,6 +462,28 @@ async fn accounts_keys_and_settings() {
         acct.id
     );
     assert_eq!(f.stores.identity.count_accounts().await.unwrap(), 1);
+
+    // Disabling, ending sessions and deleting act only within the account's tenant.
+    let other = tenant(&f.stores, None).await;
+    let ids = &f.stores.identity;
+    assert!(!ids.set_account_disabled(other, acct.id, Some(T0)).await.unwrap());
+    assert!(!ids.end_all_sessions(other, acct.id).await.unwrap());
+    assert!(!ids.delete_account(other, acct.id).await.unwrap());
+    assert!(ids.set_account_disabled(t, acct.id, Some(T0)).await.unwrap());
+    assert!(ids.end_all_sessions(t, acct.id).await.unwrap());
+    let stored = ids.get_account(acct.id).await.unwrap().unwrap();
+    assert_eq!((stored.disabled_at, stored.session_version), (Some(T0), 1));
+    let session = uuid::Uuid::new_v4();
+    assert!(!ids.session_revoked(session).await.unwrap());
+    ids.revoke_session(session, acct.id, 2_000, 1_000).await.unwrap();
+    assert!(ids.session_revoked(session).await.unwrap());
+    // Revocations past their token's expiry are forgotten at the next revocation.
+    ids.revoke_session(uuid::Uuid::new_v4(), acct.id, 9_000, 3_000)
+        .await
+        .unwrap();
+    assert!(!ids.session_revoked(session).await.unwrap());
+    assert_eq!(ids.list_accounts(t).await.unwrap().len(), 1);
+    assert!(ids.list_accounts(other).await.unwrap().is_empty());
 
     let g = generate_api_key();
     let key = ApiKey {

@@ -8,8 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tally_core::audit::action;
 use tally_core::auth::{Role, Scope};
 use tally_core::TenantId;
+use tally_server::service::audit::{self, Actor, Entry};
 use tally_server::service::tenancy::{self, NewAccount};
 use tally_server::Config;
 use tally_store::datadir::DataDirError;
@@ -296,6 +299,13 @@ async fn admin(stores: &Stores, command: AdminCommand) -> anyhow::Result<()> {
             let t = tenancy::create_tenant(stores, &name, max_events)
                 .await
                 .map_err(api)?;
+            let entry = Entry::success(
+                Some(t.id),
+                action::TENANT_CREATED,
+                Some(format!("tenant:{}", t.id)),
+            )
+            .details(json!({ "name": t.name, "max_events": t.max_events }));
+            audit::record(stores, &Actor::cli(), entry).await;
             println!("{}", t.id);
         }
         AdminCommand::Tenant(TenantCommand::List) => {
@@ -322,6 +332,13 @@ async fn admin(stores: &Stores, command: AdminCommand) -> anyhow::Result<()> {
             )
             .await
             .map_err(api)?;
+            let entry = Entry::success(
+                Some(a.tenant_id),
+                action::ACCOUNT_CREATED,
+                Some(format!("account:{}", a.id)),
+            )
+            .details(json!({ "email": a.email, "role": a.role }));
+            audit::record(stores, &Actor::cli(), entry).await;
             println!("{}", a.id);
             if generated {
                 eprintln!("generated password: {password}");
@@ -333,9 +350,17 @@ async fn admin(stores: &Stores, command: AdminCommand) -> anyhow::Result<()> {
             scopes,
         }) => {
             let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg)?;
-            let (_, key) = tenancy::create_api_key(stores, tenant, &name, scopes)
+            let (created, key) = tenancy::create_api_key(stores, tenant, &name, scopes)
                 .await
                 .map_err(api)?;
+            let scopes: Vec<&str> = created.scopes.iter().map(|s| s.as_str()).collect();
+            let entry = Entry::success(
+                Some(tenant),
+                action::KEY_CREATED,
+                Some(format!("api_key:{}", created.id)),
+            )
+            .details(json!({ "name": created.name, "prefix": created.display_prefix(), "scopes": scopes }));
+            audit::record(stores, &Actor::cli(), entry).await;
             println!("{key}");
         }
         AdminCommand::Key(KeyCommand::List { tenant }) => {
@@ -362,6 +387,12 @@ async fn admin(stores: &Stores, command: AdminCommand) -> anyhow::Result<()> {
             if !stores.identity.revoke_api_key(tenant, key_id, now).await? {
                 bail!("no active key {key_id} in tenant {tenant}");
             }
+            let entry = Entry::success(
+                Some(tenant),
+                action::KEY_REVOKED,
+                Some(format!("api_key:{key_id}")),
+            );
+            audit::record(stores, &Actor::cli(), entry).await;
             eprintln!("revoked {key_id}");
         }
     }

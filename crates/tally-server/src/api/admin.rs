@@ -3,15 +3,18 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use tally_core::auth::{Action, Credential, Role};
-use tally_core::tenancy::{ApiKey, Tenant};
+use serde_json::json;
+use tally_core::audit::action;
+use tally_core::auth::{Action, Credential, Principal, Role};
+use tally_core::tenancy::{Account, ApiKey, Tenant};
 use tally_core::time::{now_micros, rfc3339};
-use tally_core::{ApiKeyId, FieldError, TenantId};
+use tally_core::{AccountId, ApiKeyId, FieldError, TenantId};
 
 use super::dto::*;
-use super::extract::{ApiQuery, Auth, JsonBody};
+use super::extract::{ApiQuery, Auth, ClientIp, JsonBody};
 use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::{ApiError, ApiResult};
+use crate::service::audit::{self, Actor, Entry};
 use crate::service::tenancy::{self, NewAccount};
 use crate::AppState;
 
@@ -44,10 +47,18 @@ fn key_response(k: ApiKey, full: Option<String>) -> ApiKeyResponse {
 pub async fn create_tenant(
     State(state): State<AppState>,
     Auth(p): Auth,
+    ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<CreateTenantRequest>,
 ) -> ApiResult<(StatusCode, Json<TenantResponse>)> {
     require(&p, Action::Platform)?;
     let t = tenancy::create_tenant(&state.stores, &body.name, body.max_events).await?;
+    let entry = Entry::success(
+        Some(t.id),
+        action::TENANT_CREATED,
+        Some(format!("tenant:{}", t.id)),
+    )
+    .details(json!({ "name": t.name, "max_events": t.max_events }));
+    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
     Ok((StatusCode::CREATED, Json(tenant_response(t))))
 }
 
@@ -72,6 +83,7 @@ pub async fn list_tenants(
 pub async fn create_account(
     State(state): State<AppState>,
     Auth(p): Auth,
+    ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<CreateAccountRequest>,
 ) -> ApiResult<(StatusCode, Json<AccountResponse>)> {
     if !matches!(p.credential, Credential::Account { .. }) {
@@ -98,16 +110,143 @@ pub async fn create_account(
         },
     )
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(AccountResponse {
-            id: a.id.0,
-            tenant_id: a.tenant_id.0,
-            email: a.email,
-            role: a.role,
-            created_at: rfc3339(a.created_at),
-        }),
-    ))
+    let entry = Entry::success(
+        Some(a.tenant_id),
+        action::ACCOUNT_CREATED,
+        Some(format!("account:{}", a.id)),
+    )
+    .details(json!({ "email": a.email, "role": a.role }));
+    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    Ok((StatusCode::CREATED, Json(account_response(a))))
+}
+
+fn account_response(a: Account) -> AccountResponse {
+    AccountResponse {
+        id: a.id.0,
+        tenant_id: a.tenant_id.0,
+        email: a.email,
+        role: a.role,
+        created_at: rfc3339(a.created_at),
+        disabled_at: a.disabled_at.map(rfc3339),
+    }
+}
+
+/// List the accounts of the caller's tenant (platform admins: any tenant).
+#[utoipa::path(get, path = "/api/v1/accounts", tag = "admin", params(TenantQuery),
+    responses((status = 200, body = Vec<AccountResponse>), (status = 403, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn list_accounts(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<Vec<AccountResponse>>> {
+    require(&p, Action::ManageTenant)?;
+    let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
+    let accounts = state.stores.identity.list_accounts(tenant).await?;
+    Ok(Json(accounts.into_iter().map(account_response).collect()))
+}
+
+async fn managed(
+    state: &AppState,
+    p: &Principal,
+    tenant: Option<&str>,
+    id: &str,
+) -> ApiResult<Account> {
+    require(p, Action::ManageTenant)?;
+    let tenant = tenant_for(p, tenant)?;
+    let id: AccountId = id.parse().map_err(|_| ApiError::NotFound("account"))?;
+    tenancy::managed_account(&state.stores, p, tenant, id).await
+}
+
+/// Disable or re-enable an account. A disabled account cannot log in and its tokens are
+/// refused at once.
+#[utoipa::path(patch, path = "/api/v1/accounts/{account_id}", tag = "admin", request_body = UpdateAccountRequest,
+    params(("account_id" = uuid::Uuid, Path), TenantQuery),
+    responses((status = 200, body = AccountResponse), (status = 403, body = crate::error::ErrorEnvelope),
+              (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope, description = "your own account")),
+    security(("bearer" = [])))]
+pub async fn update_account(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ClientIp(ip): ClientIp,
+    Path(account_id): Path<String>,
+    ApiQuery(q): ApiQuery<TenantQuery>,
+    JsonBody(body): JsonBody<UpdateAccountRequest>,
+) -> ApiResult<Json<AccountResponse>> {
+    let account = managed(&state, &p, q.tenant_id.as_deref(), &account_id).await?;
+    let updated = tenancy::set_account_disabled(&state.stores, &account, body.disabled).await?;
+    state.auth.forget_account(account.id);
+    let what = if body.disabled {
+        action::ACCOUNT_DISABLED
+    } else {
+        action::ACCOUNT_ENABLED
+    };
+    let entry = Entry::success(
+        Some(account.tenant_id),
+        what,
+        Some(format!("account:{}", account.id)),
+    )
+    .details(json!({ "email": account.email }));
+    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    Ok(Json(account_response(updated)))
+}
+
+/// Delete an account. Its tokens are refused at once; what it did stays in the audit trail.
+#[utoipa::path(delete, path = "/api/v1/accounts/{account_id}", tag = "admin",
+    params(("account_id" = uuid::Uuid, Path), TenantQuery),
+    responses((status = 204), (status = 403, body = crate::error::ErrorEnvelope),
+              (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope, description = "your own account")),
+    security(("bearer" = [])))]
+pub async fn delete_account(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ClientIp(ip): ClientIp,
+    Path(account_id): Path<String>,
+    ApiQuery(q): ApiQuery<TenantQuery>,
+) -> ApiResult<StatusCode> {
+    let account = managed(&state, &p, q.tenant_id.as_deref(), &account_id).await?;
+    tenancy::delete_account(&state.stores, &account).await?;
+    state.auth.forget_account(account.id);
+    let entry = Entry::success(
+        Some(account.tenant_id),
+        action::ACCOUNT_DELETED,
+        Some(format!("account:{}", account.id)),
+    )
+    .details(json!({ "email": account.email, "role": account.role }));
+    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// End every session of an account (a lost laptop): its tokens are refused at once.
+#[utoipa::path(post, path = "/api/v1/accounts/{account_id}/end_sessions", tag = "admin",
+    params(("account_id" = uuid::Uuid, Path), TenantQuery),
+    responses((status = 204), (status = 403, body = crate::error::ErrorEnvelope),
+              (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope, description = "your own account: use /auth/logout_all")),
+    security(("bearer" = [])))]
+pub async fn end_account_sessions(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ClientIp(ip): ClientIp,
+    Path(account_id): Path<String>,
+    ApiQuery(q): ApiQuery<TenantQuery>,
+) -> ApiResult<StatusCode> {
+    let account = managed(&state, &p, q.tenant_id.as_deref(), &account_id).await?;
+    if !state
+        .stores
+        .identity
+        .end_all_sessions(account.tenant_id, account.id)
+        .await?
+    {
+        return Err(ApiError::NotFound("account"));
+    }
+    state.auth.forget_account(account.id);
+    let entry = Entry::success(
+        Some(account.tenant_id),
+        action::SESSIONS_ENDED,
+        Some(format!("account:{}", account.id)),
+    );
+    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Create an API key. The full key is in this response only.
@@ -118,6 +257,7 @@ pub async fn create_account(
 pub async fn create_key(
     State(state): State<AppState>,
     Auth(p): Auth,
+    ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<ApiKeyResponse>)> {
     require(&p, Action::ManageTenant)?;
@@ -134,6 +274,14 @@ pub async fn create_key(
         body.scopes.into_iter().collect(),
     )
     .await?;
+    let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+    let entry = Entry::success(
+        Some(tenant_id),
+        action::KEY_CREATED,
+        Some(format!("api_key:{}", key.id)),
+    )
+    .details(json!({ "name": key.name, "prefix": key.display_prefix(), "scopes": scopes }));
+    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
     Ok((StatusCode::CREATED, Json(key_response(key, Some(full)))))
 }
 
@@ -160,6 +308,7 @@ pub async fn list_keys(
 pub async fn revoke_key(
     State(state): State<AppState>,
     Auth(p): Auth,
+    ClientIp(ip): ClientIp,
     Path(key_id): Path<String>,
     ApiQuery(q): ApiQuery<TenantQuery>,
 ) -> ApiResult<StatusCode> {
@@ -175,5 +324,11 @@ pub async fn revoke_key(
         return Err(ApiError::NotFound("api key"));
     }
     state.auth.forget_key(tenant, id);
+    let entry = Entry::success(
+        Some(tenant),
+        action::KEY_REVOKED,
+        Some(format!("api_key:{id}")),
+    );
+    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
     Ok(StatusCode::NO_CONTENT)
 }

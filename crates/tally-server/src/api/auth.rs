@@ -1,27 +1,54 @@
-//! Login and identity endpoints.
+//! Login, logout and identity endpoints.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
+use tally_core::audit::{action, Outcome};
 use tally_core::auth::Credential;
 use tally_core::time::rfc3339;
 
 use super::dto::{LoginRequest, LoginResponse, MeResponse};
-use super::extract::{Auth, JsonBody};
-use crate::error::ApiResult;
+use super::extract::{Auth, BearerToken, ClientIp, JsonBody};
+use crate::error::{ApiError, ApiResult};
+use crate::service::audit::{self, Actor, Entry};
 use crate::AppState;
 
-/// Exchange e-mail and password for a session token (JWT, HS256, with expiry).
+/// Exchange e-mail and password for a session token (JWT, HS256, with expiry). Attempts
+/// are limited per e-mail address and per client IP (429 with `Retry-After`).
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse), (status = 401, body = crate::error::ErrorEnvelope, description = "INVALID_CREDENTIALS")))]
+    responses((status = 200, body = LoginResponse), (status = 401, body = crate::error::ErrorEnvelope, description = "INVALID_CREDENTIALS"),
+              (status = 429, body = crate::error::ErrorEnvelope, description = "RATE_LIMITED")))]
 pub async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
     let now = chrono::Utc::now().timestamp();
-    let r = state
-        .auth
-        .login(body.email.trim(), &body.password, now)
-        .await?;
+    let email = body.email.trim();
+    let result = state.auth.login(email, &body.password, ip, now).await;
+    let actor = Actor::anonymous(email, ip);
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let ApiError::Unauthorized(..) = e {
+                // Never the password; the e-mail as typed, to see what was tried.
+                tracing::warn!(email, ip = ?ip, "failed login");
+                let entry = Entry {
+                    outcome: Outcome::Failure,
+                    ..Entry::success(None, action::LOGIN_FAILED, None)
+                };
+                audit::record(&state.stores, &actor, entry).await;
+            }
+            return Err(e);
+        }
+    };
+    let target = Some(format!("account:{}", r.account.id));
+    audit::record(
+        &state.stores,
+        &actor,
+        Entry::success(Some(r.account.tenant_id), action::LOGIN, target),
+    )
+    .await;
     Ok(Json(LoginResponse {
         access_token: r.token,
         token_type: "Bearer",
@@ -30,6 +57,67 @@ pub async fn login(
         tenant_id: r.account.tenant_id.0,
         role: r.account.role,
     }))
+}
+
+/// End this session: its token is refused from now on. Other sessions go on.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn logout(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    BearerToken(token): BearerToken,
+) -> ApiResult<StatusCode> {
+    if tally_core::auth::api_key_prefix(&token).is_some() {
+        return Err(ApiError::Forbidden(
+            "API keys have no session; revoke the key instead".into(),
+        ));
+    }
+    let now = chrono::Utc::now().timestamp();
+    let account = state.auth.logout(&token, now).await?;
+    let actor = Actor {
+        actor: format!("account:{}", account.id),
+        label: Some(account.email.clone()),
+        ip,
+    };
+    let target = Some(format!("account:{}", account.id));
+    audit::record(
+        &state.stores,
+        &actor,
+        Entry::success(Some(account.tenant_id), action::LOGOUT, target),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// End every session of the caller's account (all its tokens, on every device).
+#[utoipa::path(post, path = "/api/v1/auth/logout_all", tag = "auth",
+    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn logout_all(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Auth(p): Auth,
+) -> ApiResult<StatusCode> {
+    let Credential::Account { id, .. } = p.credential else {
+        return Err(ApiError::Forbidden(
+            "API keys have no session; revoke the key instead".into(),
+        ));
+    };
+    state
+        .stores
+        .identity
+        .end_all_sessions(p.tenant_id, id)
+        .await?;
+    state.auth.forget_account(id);
+    let target = Some(format!("account:{id}"));
+    audit::record(
+        &state.stores,
+        &Actor::principal(&p, ip),
+        Entry::success(Some(p.tenant_id), action::SESSIONS_ENDED, target),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Who the bearer of this token or key is.

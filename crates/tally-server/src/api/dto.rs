@@ -407,6 +407,15 @@ pub struct AccountResponse {
     pub email: String,
     pub role: tally_core::auth::Role,
     pub created_at: String,
+    /// Set while the account is disabled.
+    pub disabled_at: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAccountRequest {
+    /// `true` disables the account (no login, tokens refused); `false` enables it again.
+    pub disabled: bool,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

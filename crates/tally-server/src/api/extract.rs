@@ -155,6 +155,24 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        state.auth.authenticate(token).await.map(Auth)
+    }
+}
+
+/// The bearer token itself, for operations on the session it names (logout).
+pub struct BearerToken(pub String);
+
+impl FromRequestParts<AppState> for BearerToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        bearer(parts).map(|t| BearerToken(t.to_owned()))
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    {
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -174,7 +192,7 @@ impl FromRequestParts<AppState> for Auth {
                 "UNAUTHORIZED",
                 "expected 'Authorization: Bearer <token or API key>'".into(),
             ))?;
-        state.auth.authenticate(token).await.map(Auth)
+        Ok(token)
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod admin;
 mod analytics;
+mod audit;
 mod auth;
 pub mod contract;
 pub mod dto;
@@ -18,7 +19,7 @@ mod usage;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use tower::Layer;
 use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
@@ -37,11 +38,24 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/auth/me", get(auth::me))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/logout_all", post(auth::logout_all))
         .route(
             "/tenants",
             post(admin::create_tenant).get(admin::list_tenants),
         )
-        .route("/accounts", post(admin::create_account))
+        .route(
+            "/accounts",
+            post(admin::create_account).get(admin::list_accounts),
+        )
+        .route(
+            "/accounts/{account_id}",
+            patch(admin::update_account).delete(admin::delete_account),
+        )
+        .route(
+            "/accounts/{account_id}/end_sessions",
+            post(admin::end_account_sessions),
+        )
         .route("/api-keys", post(admin::create_key).get(admin::list_keys))
         .route("/api-keys/{key_id}", delete(admin::revoke_key))
         .route("/insights/track", post(insights::track))
@@ -108,6 +122,7 @@ pub fn app(state: AppState) -> Router {
         .route("/ai/quotas", get(quotas::quota_status))
         .route("/ai/quotas/config", post(quotas::configure))
         .route("/ai/quotas/test", post(quotas::test))
+        .route("/audit", get(audit::list))
         .route("/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn_with_state(
             query_contract(),

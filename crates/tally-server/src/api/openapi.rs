@@ -9,15 +9,17 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, analytics, auth, dto, health, insights, quotas, usage};
+use super::{admin, analytics, audit, auth, dto, health, insights, quotas, usage};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tally", description = "AI and API observability and governance in one binary."),
     paths(
         health::healthz, health::readyz,
-        auth::login, auth::me,
+        auth::login, auth::me, auth::logout, auth::logout_all,
         admin::create_tenant, admin::list_tenants, admin::create_account,
+        admin::list_accounts, admin::update_account, admin::delete_account,
+        admin::end_account_sessions, audit::list,
         admin::create_key, admin::list_keys, admin::revoke_key,
         insights::track, insights::track_batch, insights::track_test,
         insights::list_activities, insights::get_activity, insights::user_summary,

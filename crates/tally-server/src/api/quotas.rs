@@ -16,12 +16,15 @@ use tally_core::time::{now_micros, rfc3339, to_datetime};
 use tally_core::usage::{priced_cost, reported_cost, MAX_TOKENS};
 use tally_core::FieldError;
 
+use super::extract::ClientIp;
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
 use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::ApiResult;
+use crate::service::audit::{self, Actor, Entry};
 use crate::service::quota::{display_amount, is_tenant_budget, CallEstimate, Tracked};
 use crate::service::usage::cheaper_sibling;
 use crate::AppState;
+use tally_core::audit::action;
 
 /// A tenant-wide USD budget (seed 000's `daily_limit` / `monthly_limit`).
 #[derive(Serialize, utoipa::ToSchema)]
@@ -282,6 +285,7 @@ fn limit_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
 pub async fn configure(
     State(state): State<AppState>,
     Auth(p): Auth,
+    ClientIp(ip): ClientIp,
     JsonBody(raw): JsonBody<Box<RawValue>>,
 ) -> ApiResult<Json<QuotaStatusResponse>> {
     require(&p, Action::ManageTenant)?;
@@ -304,6 +308,11 @@ pub async fn configure(
         .quotas
         .configure(p.tenant_id, inputs, now_micros())
         .await?;
+    // The rules as sent (amounts and scopes; no secrets in a quota).
+    let sent: serde_json::Value = serde_json::from_str(raw.get()).unwrap_or_default();
+    let entry = Entry::success(Some(p.tenant_id), action::QUOTAS_REPLACED, None)
+        .details(serde_json::json!({ "rules": sent.get("quotas") }));
+    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
     Ok(Json(status_of(&state, p.tenant_id).await?))
 }
 

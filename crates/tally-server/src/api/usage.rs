@@ -12,11 +12,14 @@ use tally_core::usage::{CostSource, UsageInput};
 use tally_core::FieldError;
 
 use super::dto::ItemError;
+use super::extract::ClientIp;
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
 use super::insights::{item_error, require, tenant_for, TenantQuery};
 use crate::error::{ApiError, ApiResult};
+use crate::service::audit::{self, Actor, Entry};
 use crate::service::usage::{PriceInput, UsageResult};
 use crate::AppState;
+use tally_core::audit::action;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -298,9 +301,18 @@ pub async fn list_prices(
 pub async fn put_price(
     State(state): State<AppState>,
     Auth(p): Auth,
+    ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<PriceInput>,
 ) -> ApiResult<(StatusCode, Json<PriceEntry>)> {
     require(&p, Action::ManageTenant)?;
     let price = state.usage.put_price(p.tenant_id, body).await?;
-    Ok((StatusCode::CREATED, Json(entry(&price, "override"))))
+    let shown = entry(&price, "override");
+    let audited = Entry::success(
+        Some(p.tenant_id),
+        action::PRICE_SET,
+        Some(format!("price:{}/{}", shown.provider, shown.model)),
+    )
+    .details(serde_json::to_value(&shown).unwrap_or_default());
+    audit::record(&state.stores, &Actor::principal(&p, ip), audited).await;
+    Ok((StatusCode::CREATED, Json(shown)))
 }

@@ -1,20 +1,41 @@
-//! Authentication: turns a bearer token (JWT or API key) into a `Principal`, and logs
-//! accounts in.
+//! Authentication: turns a bearer token (JWT or API key) into a `Principal`, logs accounts
+//! in (throttled per account and per client IP) and out.
+//!
+//! A session token is checked against the account on every request: it must exist, be
+//! enabled, still be in the token's tenant, and not have ended the token's session (logout)
+//! or all its sessions (a newer session version). The account and session lookups are
+//! cached for `SESSION_TTL`, so the hot path costs no database read; changes made through
+//! this node apply at once, those made by another process within the TTL.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
-use tally_core::auth::{self, Credential, Principal, TokenError, TokenSigner};
-use tally_core::tenancy::ApiKey;
-use tally_core::TenantId;
+use tally_core::auth::{self, Claims, Credential, Principal, TokenError, TokenSigner};
+use tally_core::ratelimit::Quota;
+use tally_core::tenancy::{Account, ApiKey};
+use tally_core::{AccountId, TenantId};
 use tally_store::Stores;
 
 use super::cache::TtlCache;
+use super::passwords::{PasswordError, Passwords};
+use super::ratelimit::RateLimiter;
 use crate::error::{ApiError, ApiResult};
+
+/// How long an account's state or a session's revocation may be served from memory.
+const SESSION_TTL: Duration = Duration::from_secs(5);
+/// Login attempts per e-mail address (known or not, so that both look alike).
+pub const LOGIN_PER_ACCOUNT: Quota = Quota::per_minute(10);
+/// Login attempts per client IP.
+pub const LOGIN_PER_IP: Quota = Quota::per_minute(30);
 
 pub struct Authenticator {
     stores: Stores,
     signer: TokenSigner,
     keys: TtlCache<String, ApiKey>,
+    accounts: TtlCache<AccountId, Option<Account>>,
+    revoked: TtlCache<uuid::Uuid, bool>,
+    passwords: Passwords,
+    limiter: std::sync::Arc<RateLimiter>,
     /// A valid argon2 hash of a random password, verified against when the e-mail is
     /// unknown so that both failures take the same time.
     dummy_hash: String,
@@ -28,34 +49,106 @@ pub struct LoginResult {
 }
 
 impl Authenticator {
-    pub fn new(stores: Stores, signer: TokenSigner) -> ApiResult<Self> {
+    pub fn new(
+        stores: Stores,
+        signer: TokenSigner,
+        limiter: std::sync::Arc<RateLimiter>,
+    ) -> ApiResult<Self> {
         let dummy_hash =
             auth::hash_password(&auth::generate_password()).map_err(ApiError::internal)?;
         Ok(Self {
             stores,
             signer,
             keys: TtlCache::new(Duration::from_secs(30), 10_000),
+            accounts: TtlCache::new(SESSION_TTL, 10_000),
+            revoked: TtlCache::new(SESSION_TTL, 100_000),
+            passwords: Passwords::start().map_err(ApiError::internal)?,
+            limiter,
             dummy_hash,
         })
+    }
+
+    /// Hashes a new password on the password threads.
+    pub async fn hash_password(&self, password: &str) -> ApiResult<String> {
+        self.passwords.hash(password).await.map_err(password_error)
     }
 
     pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
         if let Some(prefix) = auth::api_key_prefix(token) {
             return self.authenticate_key(prefix, token).await;
         }
-        let claims = self.signer.verify(token).map_err(|e| match e {
+        let claims = self.verify(token)?;
+        let account = self.session_account(&claims).await?;
+        Ok(Principal {
+            tenant_id: account.tenant_id,
+            credential: Credential::Account {
+                id: account.id,
+                role: account.role,
+            },
+        })
+    }
+
+    fn verify(&self, token: &str) -> ApiResult<Claims> {
+        self.signer.verify(token).map_err(|e| match e {
             TokenError::Expired => {
                 ApiError::Unauthorized("TOKEN_EXPIRED", "token has expired".into())
             }
             TokenError::Invalid => ApiError::Unauthorized("UNAUTHORIZED", "invalid token".into()),
-        })?;
-        Ok(Principal {
-            tenant_id: claims.tid,
-            credential: Credential::Account {
-                id: claims.sub,
-                role: claims.role,
-            },
         })
+    }
+
+    /// The account behind a verified token, if its session is still valid. The role is the
+    /// account's current one, not the one the token was issued with.
+    async fn session_account(&self, claims: &Claims) -> ApiResult<Account> {
+        let ended = |why: &str| ApiError::Unauthorized("SESSION_ENDED", why.into());
+        let account = match self.accounts.get(&claims.sub) {
+            Some(a) => a,
+            None => {
+                let a = self.stores.identity.get_account(claims.sub).await?;
+                self.accounts.insert(claims.sub, a.clone());
+                a
+            }
+        };
+        let account = account.ok_or_else(|| ended("the account no longer exists"))?;
+        if account.tenant_id != claims.tid {
+            return Err(ended("the account no longer exists"));
+        }
+        if account.disabled_at.is_some() {
+            return Err(ended("the account is disabled"));
+        }
+        if account.session_version != claims.ver {
+            return Err(ended("the session was ended; log in again"));
+        }
+        let revoked = match self.revoked.get(&claims.sid) {
+            Some(r) => r,
+            None => {
+                let r = self.stores.identity.session_revoked(claims.sid).await?;
+                self.revoked.insert(claims.sid, r);
+                r
+            }
+        };
+        if revoked {
+            return Err(ended("the session was ended; log in again"));
+        }
+        Ok(account)
+    }
+
+    /// Ends the session of `token` (logout). Other sessions of the account go on.
+    pub async fn logout(&self, token: &str, now_secs: i64) -> ApiResult<Account> {
+        let claims = self.verify(token)?;
+        let account = self.session_account(&claims).await?;
+        self.stores
+            .identity
+            .revoke_session(claims.sid, claims.sub, claims.exp, now_secs)
+            .await?;
+        self.revoked.insert(claims.sid, true);
+        Ok(account)
+    }
+
+    /// Forgets what is cached of an account after it changed here (disabled, deleted,
+    /// sessions ended), so that its tokens are judged afresh at once.
+    pub fn forget_account(&self, id: AccountId) {
+        self.accounts.remove(&id);
     }
 
     async fn authenticate_key(&self, prefix: &str, presented: &str) -> ApiResult<Principal> {
@@ -95,22 +188,41 @@ impl Authenticator {
             .remove_where(|k| k.id == id && k.tenant_id == tenant);
     }
 
+    /// Checks a password. Attempts are limited per e-mail address and per client IP
+    /// (429 with the wait) before any hashing; a disabled account cannot log in.
     pub async fn login(
         &self,
         email: &str,
         password: &str,
+        client: Option<IpAddr>,
         now_secs: i64,
     ) -> ApiResult<LoginResult> {
+        let throttled = |wait: Duration| ApiError::RateLimited {
+            message: "too many login attempts; retry later".into(),
+            retry_after_secs: wait.as_secs().max(1),
+        };
+        if let Some(ip) = client {
+            self.limiter
+                .check(&format!("login-ip:{ip}"), LOGIN_PER_IP)
+                .map_err(throttled)?;
+        }
+        self.limiter
+            .check(
+                &format!("login-account:{}", email.to_lowercase()),
+                LOGIN_PER_ACCOUNT,
+            )
+            .map_err(throttled)?;
         let account = self.stores.identity.find_account_by_email(email).await?;
         let hash = account
             .as_ref()
-            .map_or(self.dummy_hash.clone(), |a| a.password_hash.clone());
-        let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
+            .map_or(self.dummy_hash.as_str(), |a| a.password_hash.as_str());
+        let ok = self
+            .passwords
+            .verify(password, hash)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(password_error)?;
         let account = match (ok, account) {
-            (true, Some(a)) => a,
+            (true, Some(a)) if a.disabled_at.is_none() => a,
             _ => {
                 return Err(ApiError::Unauthorized(
                     "INVALID_CREDENTIALS",
@@ -120,7 +232,7 @@ impl Authenticator {
         };
         let (token, expires_at) = self
             .signer
-            .issue(account.id, account.tenant_id, account.role, now_secs)
+            .issue(&account, now_secs)
             .map_err(ApiError::internal)?;
         Ok(LoginResult {
             token,
@@ -128,5 +240,15 @@ impl Authenticator {
             expires_in: self.signer.ttl_secs(),
             account,
         })
+    }
+}
+
+fn password_error(e: PasswordError) -> ApiError {
+    match e {
+        PasswordError::Busy => ApiError::RateLimited {
+            message: "too many logins in progress; retry shortly".into(),
+            retry_after_secs: 1,
+        },
+        other => ApiError::internal(other),
     }
 }

@@ -101,6 +101,8 @@ pub async fn create_account(stores: &Stores, new: NewAccount<'_>) -> ApiResult<A
         password_hash,
         role: new.role,
         created_at: now_micros(),
+        disabled_at: None,
+        session_version: 0,
     };
     stores.identity.create_account(account.clone()).await?;
     Ok(account)
@@ -181,4 +183,64 @@ pub async fn signing_secret(stores: &Stores, configured: Option<&str>) -> ApiRes
         .identity
         .init_setting("auth.jwt_secret", &auth::generate_secret())
         .await?)
+}
+
+/// The account `id` of `tenant`, if `actor` may manage it: owners and admins manage the
+/// accounts of their tenant, only the admin role manages admin accounts, and nobody
+/// disables or deletes their own account here (that would lock them out mid-request).
+pub async fn managed_account(
+    stores: &Stores,
+    actor: &auth::Principal,
+    tenant: TenantId,
+    id: AccountId,
+) -> ApiResult<Account> {
+    let account = stores
+        .identity
+        .get_account(id)
+        .await?
+        .filter(|a| a.tenant_id == tenant)
+        .ok_or(ApiError::NotFound("account"))?;
+    if account.role == Role::Admin && !actor.is_platform_admin() {
+        return Err(ApiError::Forbidden(
+            "only the admin role may manage admin accounts".into(),
+        ));
+    }
+    if matches!(actor.credential, auth::Credential::Account { id: me, .. } if me == id) {
+        return Err(ApiError::Conflict(
+            "you cannot disable or delete your own account; ask another owner or admin".into(),
+        ));
+    }
+    Ok(account)
+}
+
+/// Disables or re-enables an account; a disabled account's tokens are refused and it
+/// cannot log in.
+pub async fn set_account_disabled(
+    stores: &Stores,
+    account: &Account,
+    disabled: bool,
+) -> ApiResult<Account> {
+    let at = disabled.then(|| account.disabled_at.unwrap_or_else(now_micros));
+    if !stores
+        .identity
+        .set_account_disabled(account.tenant_id, account.id, at)
+        .await?
+    {
+        return Err(ApiError::NotFound("account"));
+    }
+    Ok(Account {
+        disabled_at: at,
+        ..account.clone()
+    })
+}
+
+pub async fn delete_account(stores: &Stores, account: &Account) -> ApiResult<()> {
+    if !stores
+        .identity
+        .delete_account(account.tenant_id, account.id)
+        .await?
+    {
+        return Err(ApiError::NotFound("account"));
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ mod contract;
 mod edges;
 mod numbers;
 mod quotas;
+mod sessions;
 mod support;
 mod tracking;
 mod usage;

@@ -160,12 +160,32 @@ impl TestApp {
 
     /// Creates an account and logs it in; returns its JWT.
     pub async fn login_as(&self, tenant: TenantId, role: Role) -> String {
+        self.account(tenant, role).await.2
+    }
+
+    /// Logs an existing account in; the response.
+    pub async fn login(&self, email: &str) -> Resp {
+        self.call(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(&serde_json::json!({"email": email, "password": "long enough password"})),
+        )
+        .await
+    }
+
+    /// Creates an account and logs it in: its id, e-mail and JWT.
+    pub async fn account(
+        &self,
+        tenant: TenantId,
+        role: Role,
+    ) -> (tally_core::AccountId, String, String) {
         let email = format!(
             "{}-{}@example.com",
             role.as_str(),
             uuid::Uuid::new_v4().simple()
         );
-        tenancy::create_account(
+        let account = tenancy::create_account(
             &self.stores,
             NewAccount {
                 tenant_id: tenant,
@@ -176,16 +196,10 @@ impl TestApp {
         )
         .await
         .unwrap();
-        let r = self
-            .call(
-                "POST",
-                "/api/v1/auth/login",
-                None,
-                Some(&serde_json::json!({"email": email, "password": "long enough password"})),
-            )
-            .await;
+        let r = self.login(&email).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-        r.body["access_token"].as_str().unwrap().to_owned()
+        let token = r.body["access_token"].as_str().unwrap().to_owned();
+        (account.id, email, token)
     }
 }
 

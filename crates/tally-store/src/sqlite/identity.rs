@@ -31,8 +31,13 @@ fn account_from_row(r: &Row<'_>) -> rusqlite::Result<Account> {
         role: Role::parse(&role)
             .ok_or_else(|| conversion_error(4, format!("unknown role {role}")))?,
         created_at: r.get(5)?,
+        disabled_at: r.get(6)?,
+        session_version: r.get(7)?,
     })
 }
+
+const ACCOUNT_COLUMNS: &str =
+    "id, tenant_id, email, password_hash, role, created_at, disabled_at, session_version";
 
 fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
     let scopes: String = r.get(5)?;
@@ -105,8 +110,9 @@ impl IdentityStore for SqliteStore {
     async fn create_account(&self, a: Account) -> StoreResult<()> {
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO accounts (id, tenant_id, email, password_hash, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![a.id.0.as_bytes(), a.tenant_id.0.as_bytes(), a.email, a.password_hash, a.role.as_str(), a.created_at],
+                "INSERT INTO accounts (id, tenant_id, email, password_hash, role, created_at, disabled_at, session_version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![a.id.0.as_bytes(), a.tenant_id.0.as_bytes(), a.email, a.password_hash, a.role.as_str(), a.created_at, a.disabled_at, a.session_version],
             )?;
             Ok(())
         })
@@ -118,11 +124,113 @@ impl IdentityStore for SqliteStore {
         let email = email.to_owned();
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached(
-                    "SELECT id, tenant_id, email, password_hash, role, created_at FROM accounts WHERE email = ?1",
-                )?
+                .prepare_cached(&format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = ?1"
+                ))?
                 .query_row([email], account_from_row)
                 .optional()?)
+        })
+        .await
+    }
+
+    async fn get_account(&self, id: AccountId) -> StoreResult<Option<Account>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"
+                ))?
+                .query_row([id.0.as_bytes()], account_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_accounts(&self, tenant: TenantId) -> StoreResult<Vec<Account>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE tenant_id = ?1 ORDER BY created_at, id"
+            ))?;
+            let rows = stmt
+                .query_map([tenant.0.as_bytes()], account_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn set_account_disabled(
+        &self,
+        tenant: TenantId,
+        id: AccountId,
+        disabled_at: Option<i64>,
+    ) -> StoreResult<bool> {
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE accounts SET disabled_at = ?3 WHERE id = ?1 AND tenant_id = ?2",
+                params![id.0.as_bytes(), tenant.0.as_bytes(), disabled_at],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn end_all_sessions(&self, tenant: TenantId, id: AccountId) -> StoreResult<bool> {
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE accounts SET session_version = session_version + 1
+                 WHERE id = ?1 AND tenant_id = ?2",
+                params![id.0.as_bytes(), tenant.0.as_bytes()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, tenant: TenantId, id: AccountId) -> StoreResult<bool> {
+        self.write(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM accounts WHERE id = ?1 AND tenant_id = ?2",
+                params![id.0.as_bytes(), tenant.0.as_bytes()],
+            )?;
+            conn.execute(
+                "DELETE FROM revoked_sessions WHERE account_id = ?1",
+                [id.0.as_bytes()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn revoke_session(
+        &self,
+        session: uuid::Uuid,
+        account: AccountId,
+        expires_at: i64,
+        now_secs: i64,
+    ) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO revoked_sessions (session_id, account_id, expires_at)
+                 VALUES (?1, ?2, ?3)",
+                params![session.as_bytes(), account.0.as_bytes(), expires_at],
+            )?;
+            // Tokens past their expiry are refused anyway: forget their revocations.
+            conn.execute(
+                "DELETE FROM revoked_sessions WHERE expires_at < ?1",
+                [now_secs],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session_revoked(&self, session: uuid::Uuid) -> StoreResult<bool> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM revoked_sessions WHERE session_id = ?1")?
+                .query_row([session.as_bytes()], |_| Ok(()))
+                .optional()?
+                .is_some())
         })
         .await
     }

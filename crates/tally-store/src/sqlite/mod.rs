@@ -5,6 +5,7 @@
 //! threads. Two background threads keep work off the writer: the user-index fold
 //! (`user_index.rs`, its own file `<db>.users`) and WAL checkpoints (`checkpoint.rs`).
 
+mod audit;
 mod checkpoint;
 mod events;
 mod identity;

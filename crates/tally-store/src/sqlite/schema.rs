@@ -371,6 +371,36 @@ const MIGRATIONS: &[&str] = &[
         FROM llm_user_model_daily)
     GROUP BY tenant_id, model, m, user_id;
     "#,
+    // 8: revocable sessions, disabled accounts, and the audit trail.
+    r#"
+    ALTER TABLE accounts ADD COLUMN disabled_at INTEGER;
+    ALTER TABLE accounts ADD COLUMN session_version INTEGER NOT NULL DEFAULT 0;
+
+    -- Sessions ended by logout, until their tokens expire (Unix seconds).
+    CREATE TABLE revoked_sessions (
+        session_id BLOB PRIMARY KEY,
+        account_id BLOB NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX revoked_sessions_by_account ON revoked_sessions(account_id);
+
+    -- Append-only: what was done, by whom, from where. Not tied to the rows it describes,
+    -- so it outlives their deletion. `tenant_id` is NULL for platform-wide actions.
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        tenant_id BLOB,
+        actor TEXT NOT NULL,
+        actor_label TEXT,
+        ip TEXT,
+        action TEXT NOT NULL,
+        target TEXT,
+        outcome TEXT NOT NULL,
+        details TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_tenant ON audit_log(tenant_id, id);
+    CREATE INDEX audit_by_time ON audit_log(at);
+    "#,
 ];
 
 /// The user index's own database (`user_index.rs`): derived data, rebuilt from `events`

@@ -1,0 +1,68 @@
+//! Rate limits as GCRA (the generic cell rate algorithm): a quota of `burst` requests per
+//! `period` is kept as one number per key, the theoretical arrival time of the next
+//! request. No I/O and no clock: callers pass `now` (microseconds on any monotonic scale).
+
+/// `burst` requests at once, refilled evenly over `period_micros`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub burst: u32,
+    pub period_micros: i64,
+}
+
+impl Quota {
+    pub const fn per_minute(burst: u32) -> Self {
+        Self {
+            burst,
+            period_micros: 60_000_000,
+        }
+    }
+
+    /// Time between two requests at the sustained rate.
+    fn interval(self) -> i64 {
+        (self.period_micros / i64::from(self.burst.max(1))).max(1)
+    }
+}
+
+/// Decides one request against the key's state (`tat`, `None` for a new key). On success
+/// returns the new state; otherwise how long until a request would be allowed.
+pub fn check(tat: Option<i64>, quota: Quota, now: i64) -> Result<i64, i64> {
+    let interval = quota.interval();
+    let tolerance = interval * i64::from(quota.burst.max(1) - 1);
+    let tat = tat.unwrap_or(now).max(now);
+    let earliest = tat - tolerance;
+    if earliest > now {
+        return Err(earliest - now);
+    }
+    Ok(tat + interval)
+}
+
+/// Whether a key's state has drained back to a full burst by `now` (it can be forgotten).
+pub fn is_idle(tat: i64, now: i64) -> bool {
+    tat <= now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_requests_wait_for_the_refill() {
+        let q = Quota::per_minute(3);
+        let mut tat = None;
+        for _ in 0..3 {
+            tat = Some(check(tat, q, 0).unwrap());
+        }
+        // Fourth at once: refused until one interval (20 s) has passed.
+        assert_eq!(check(tat, q, 0), Err(20_000_000));
+        assert_eq!(check(tat, q, 19_999_999), Err(1));
+        let after = check(tat, q, 20_000_000).unwrap();
+        assert_eq!(check(Some(after), q, 20_000_000), Err(20_000_000));
+        // A minute of silence refills the whole burst.
+        assert!(is_idle(after, 80_000_000));
+        let mut tat = Some(after);
+        for _ in 0..3 {
+            tat = Some(check(tat, q, 80_000_000).unwrap());
+        }
+        assert!(check(tat, q, 80_000_000).is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! The audit trail (seed 004's security section, seed 003's credential audit): every
+//! administrative action and every login, with who, when, from where and what changed.
+//! An entry is appended right after the action commits; a failure to append is logged
+//! loudly and does not undo the action. Entries outlive what they describe (a deleted
+//! tenant's trail stays) until the retention drops them.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tally_core::audit::{actor_of, AuditFilter, AuditRecord, Outcome};
+use tally_core::auth::Principal;
+use tally_core::time::now_micros;
+use tally_core::TenantId;
+use tally_store::Stores;
+
+use crate::error::ApiResult;
+
+/// Who acted, from where.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub actor: String,
+    pub label: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+impl Actor {
+    pub fn principal(p: &Principal, ip: Option<IpAddr>) -> Self {
+        Self {
+            actor: actor_of(p),
+            label: None,
+            ip,
+        }
+    }
+
+    /// An operator at the data dir (`tally admin`).
+    pub fn cli() -> Self {
+        Self {
+            actor: "cli".into(),
+            label: std::env::var("USER").ok(),
+            ip: None,
+        }
+    }
+
+    /// Not authenticated (a login attempt), named by what it claimed to be.
+    pub fn anonymous(label: &str, ip: Option<IpAddr>) -> Self {
+        Self {
+            actor: "anonymous".into(),
+            label: Some(label.to_owned()),
+            ip,
+        }
+    }
+}
+
+/// One action to record.
+pub struct Entry<'a> {
+    pub tenant: Option<TenantId>,
+    pub action: &'a str,
+    pub target: Option<String>,
+    pub outcome: Outcome,
+    pub details: serde_json::Value,
+}
+
+impl<'a> Entry<'a> {
+    pub fn success(tenant: Option<TenantId>, action: &'a str, target: Option<String>) -> Self {
+        Self {
+            tenant,
+            action,
+            target,
+            outcome: Outcome::Success,
+            details: serde_json::json!({}),
+        }
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// Appends `entry` by `actor`. Never fails the caller: the action has happened.
+pub async fn record(stores: &Stores, actor: &Actor, entry: Entry<'_>) {
+    let record = AuditRecord {
+        id: 0,
+        at: now_micros(),
+        tenant_id: entry.tenant,
+        actor: actor.actor.clone(),
+        actor_label: actor.label.clone(),
+        ip: actor.ip.map(|ip| ip.to_string()),
+        action: entry.action.to_owned(),
+        target: entry.target,
+        outcome: entry.outcome,
+        details: entry.details,
+    };
+    if let Err(error) = stores.audit.append_audit(record).await {
+        tracing::error!(%error, action = entry.action, actor = %actor.actor, "failed to append to the audit trail");
+    }
+}
+
+pub async fn list(stores: &Stores, filter: AuditFilter) -> ApiResult<Vec<AuditRecord>> {
+    Ok(stores.audit.list_audit(filter).await?)
+}
+
+/// Drops entries older than `retention`, now and then every six hours, until the task is
+/// aborted.
+pub async fn retain(stores: Stores, retention: Duration) {
+    loop {
+        let before = now_micros() - retention.as_micros() as i64;
+        match stores.audit.purge_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "dropped audit entries past retention"),
+            Err(error) => tracing::warn!(%error, "failed to apply the audit retention"),
+        }
+        tokio::time::sleep(Duration::from_secs(6 * 3600)).await;
+    }
+}
