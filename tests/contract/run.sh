@@ -43,9 +43,24 @@ curl -sf "$base/healthz" > /dev/null || { cat "$work/server.log"; echo "contract
 curl -sf "$base/api/v1/openapi.json" -o "$work/openapi.json"
 "$venv/bin/openapi-spec-validator" "$work/openapi.json"
 
-token=$(curl -sf -X POST "$base/api/v1/auth/login" -H 'Content-Type: application/json' \
-  -d "{\"email\":\"admin@tally.local\",\"password\":\"$password\"}" \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+login() {
+  curl -sf -X POST "$base/api/v1/auth/login" -H 'Content-Type: application/json' \
+    -d "{\"email\":\"$1\",\"password\":\"$password\"}" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'
+}
+token=$(login admin@tally.local)
+# Logout and logout_all end sessions: each runs with a spare account's token (see
+# schemathesis.toml), so the admin's session lasts the whole run.
+spare() {
+  curl -sf -X POST "$base/api/v1/accounts" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' \
+    -d "{\"email\":\"$1\",\"password\":\"$password\",\"role\":\"member\"}" > /dev/null
+  login "$1"
+}
+export TALLY_CONTRACT_TOKEN=$token
+TALLY_CONTRACT_LOGOUT_TOKEN=$(spare logout@tally.local)
+TALLY_CONTRACT_LOGOUT_ALL_TOKEN=$(spare logout-all@tally.local)
+export TALLY_CONTRACT_LOGOUT_TOKEN TALLY_CONTRACT_LOGOUT_ALL_TOKEN
 
 seed_args=()
 [ "$seed" = random ] || seed_args=(--seed "$seed")
@@ -54,7 +69,7 @@ if [ -n "${TALLY_CONTRACT_REPORT_DIR:-}" ]; then
 fi
 set +e
 "$venv/bin/schemathesis" --config-file tests/contract/schemathesis.toml run "$base/api/v1/openapi.json" \
-  --url "$base" -H "Authorization: Bearer $token" --checks all \
+  --url "$base" --checks all \
   --phases coverage,fuzzing,stateful --max-examples "$examples" "${seed_args[@]}" \
   --workers 2 --no-color 2>&1 | tee "$work/schemathesis.txt"
 status=${PIPESTATUS[0]}

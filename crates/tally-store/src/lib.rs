@@ -159,6 +159,24 @@ pub trait IdentityStore: Send + Sync {
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String>;
 }
 
+/// What a deletion removed: rows per table (both database files).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeletionReport {
+    /// Whether there was anything to delete (the tenant existed; the user had data).
+    pub found: bool,
+    pub rows: std::collections::BTreeMap<String, u64>,
+}
+
+/// The one deletion path (DESIGN: a tenant's or a tracked user's data across every table).
+#[async_trait]
+pub trait DeletionStore: Send + Sync {
+    /// Deletes the tenant and everything it owns, except its audit trail.
+    async fn delete_tenant(&self, tenant: TenantId) -> StoreResult<DeletionReport>;
+    /// Deletes one tracked user's events, profile and usage rows (erasure requests).
+    async fn erase_tracked_user(&self, tenant: TenantId, user: &str)
+        -> StoreResult<DeletionReport>;
+}
+
 /// The audit trail: append-only, except for retention.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
@@ -337,6 +355,7 @@ pub struct Stores {
     pub usage: Arc<dyn UsageStore>,
     pub quotas: Arc<dyn QuotaStore>,
     pub audit: Arc<dyn AuditStore>,
+    pub deletion: Arc<dyn DeletionStore>,
 }
 
 impl Stores {
@@ -347,7 +366,8 @@ impl Stores {
             profiles: store.clone(),
             usage: store.clone(),
             quotas: store.clone(),
-            audit: store,
+            audit: store.clone(),
+            deletion: store,
         }
     }
 }

@@ -466,16 +466,24 @@ async fn accounts_keys_and_settings() {
     // Disabling, ending sessions and deleting act only within the account's tenant.
     let other = tenant(&f.stores, None).await;
     let ids = &f.stores.identity;
-    assert!(!ids.set_account_disabled(other, acct.id, Some(T0)).await.unwrap());
+    assert!(!ids
+        .set_account_disabled(other, acct.id, Some(T0))
+        .await
+        .unwrap());
     assert!(!ids.end_all_sessions(other, acct.id).await.unwrap());
     assert!(!ids.delete_account(other, acct.id).await.unwrap());
-    assert!(ids.set_account_disabled(t, acct.id, Some(T0)).await.unwrap());
+    assert!(ids
+        .set_account_disabled(t, acct.id, Some(T0))
+        .await
+        .unwrap());
     assert!(ids.end_all_sessions(t, acct.id).await.unwrap());
     let stored = ids.get_account(acct.id).await.unwrap().unwrap();
     assert_eq!((stored.disabled_at, stored.session_version), (Some(T0), 1));
     let session = uuid::Uuid::new_v4();
     assert!(!ids.session_revoked(session).await.unwrap());
-    ids.revoke_session(session, acct.id, 2_000, 1_000).await.unwrap();
+    ids.revoke_session(session, acct.id, 2_000, 1_000)
+        .await
+        .unwrap();
     assert!(ids.session_revoked(session).await.unwrap());
     // Revocations past their token's expiry are forgotten at the next revocation.
     ids.revoke_session(uuid::Uuid::new_v4(), acct.id, 9_000, 3_000)

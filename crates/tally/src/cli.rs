@@ -118,6 +118,14 @@ enum TenantCommand {
     },
     /// List tenants: id, name.
     List,
+    /// Delete a tenant and all its data (its audit trail stays). Needs the server stopped
+    /// (or use DELETE /api/v1/tenants/{id}).
+    Delete {
+        tenant: TenantId,
+        /// The tenant's name, typed again to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -275,7 +283,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let sqlite = tally_server::open_store(&config, ownership.is_none())?;
             let stores = Stores::sqlite(sqlite.clone());
-            let result = admin(&stores, a.command).await;
+            let result = admin(&stores, a.command, ownership.is_some()).await;
             close(sqlite).await?;
             drop(ownership);
             result
@@ -293,8 +301,43 @@ fn api(e: tally_server::error::ApiError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
-async fn admin(stores: &Stores, command: AdminCommand) -> anyhow::Result<()> {
+async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::Result<()> {
     match command {
+        AdminCommand::Tenant(TenantCommand::Delete { tenant, confirm }) => {
+            if !owner {
+                bail!(
+                    "a running server owns the data dir; stop it first, or use \
+                     DELETE /api/v1/tenants/{tenant} as the platform admin"
+                );
+            }
+            let t = tenancy::require_tenant(stores, tenant).await.map_err(api)?;
+            if confirm != t.name {
+                bail!(
+                    "--confirm must repeat the tenant's name exactly ({:?}); nothing was deleted",
+                    t.name
+                );
+            }
+            let admins = stores.identity.list_accounts(tenant).await?;
+            if admins.iter().any(|a| a.role == Role::Admin) {
+                bail!("tenant {tenant} holds platform admin accounts; nothing was deleted");
+            }
+            let report = tenancy::delete_tenant(stores, None, tenant)
+                .await
+                .map_err(api)?;
+            let entry = Entry::success(
+                Some(tenant),
+                action::TENANT_DELETED,
+                Some(format!("tenant:{tenant}")),
+            )
+            .details(json!({ "name": t.name, "deleted_rows": report.rows }));
+            audit::record(stores, &Actor::cli(), entry).await;
+            for (table, n) in &report.rows {
+                if *n > 0 {
+                    eprintln!("{table}\t{n}");
+                }
+            }
+            eprintln!("deleted tenant {tenant} ({})", t.name);
+        }
         AdminCommand::Tenant(TenantCommand::Create { name, max_events }) => {
             let t = tenancy::create_tenant(stores, &name, max_events)
                 .await

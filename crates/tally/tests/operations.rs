@@ -345,3 +345,47 @@ fn thousands_of_idle_connections_do_not_stop_the_server_and_the_cap_answers_503(
     assert_eq!(refused, 20);
     drop(idle);
 }
+
+#[test]
+fn tenant_delete_needs_the_name_and_a_stopped_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = admin(dir.path(), &["tenant", "create", "--name", "Doomed"]);
+    let key = admin(
+        dir.path(),
+        &[
+            "key", "create", "--tenant", &tenant, "--name", "k", "--scopes", "ingest",
+        ],
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .arg("admin")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .env("TALLY_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let mut server = Server::start(dir.path());
+    let busy = run(&["tenant", "delete", &tenant, "--confirm", "Doomed"]);
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("stop it first"));
+    server.terminate();
+    let wrong = run(&["tenant", "delete", &tenant, "--confirm", "doomed"]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("nothing was deleted"));
+    let done = run(&["tenant", "delete", &tenant, "--confirm", "Doomed"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(!admin(dir.path(), &["tenant", "list"]).contains("Doomed"));
+    let server = Server::start(dir.path());
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{}/api/v1/auth/me", server.base))
+        .bearer_auth(&key)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -74,6 +74,40 @@ pub async fn list_tenants(
     Ok(Json(tenants.into_iter().map(tenant_response).collect()))
 }
 
+/// Delete a tenant and all its data (platform admin): events, profiles, LLM usage,
+/// quotas, prices, accounts and keys. Its audit trail stays. Not the caller's own tenant.
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}", tag = "admin",
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses((status = 200, body = DeletionResponse), (status = 403, body = crate::error::ErrorEnvelope),
+              (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope, description = "your own tenant")),
+    security(("bearer" = [])))]
+pub async fn delete_tenant(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ClientIp(ip): ClientIp,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<Json<DeletionResponse>> {
+    require(&p, Action::Platform)?;
+    let tenant: TenantId = tenant_id
+        .parse()
+        .map_err(|_| ApiError::NotFound("tenant"))?;
+    let t = tenancy::require_tenant(&state.stores, tenant).await?;
+    let report = tenancy::delete_tenant(&state.stores, Some(p.tenant_id), tenant).await?;
+    state.auth.forget_tenant(tenant);
+    state.quotas.forget(tenant);
+    let entry = Entry::success(
+        Some(tenant),
+        action::TENANT_DELETED,
+        Some(format!("tenant:{tenant}")),
+    )
+    .details(json!({ "name": t.name, "deleted_rows": report.rows }));
+    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    Ok(Json(DeletionResponse {
+        deleted: format!("tenant:{tenant}"),
+        deleted_rows: report.rows,
+    }))
+}
+
 /// Create an account. Owners create accounts in their own tenant with a role no higher
 /// than owner; platform admins anywhere, with any role.
 #[utoipa::path(post, path = "/api/v1/accounts", tag = "admin", request_body = CreateAccountRequest,

@@ -37,7 +37,7 @@ pub struct AuditQuery {
     #[param(schema_with = super::schemas::date_or_time)]
     to: Option<String>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = r"^[0-9]{1,18}$")]
+    #[param(pattern = r"^[1-9][0-9]{0,17}$")]
     cursor: Option<String>,
     /// 1 to 500, default 100.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]

@@ -446,3 +446,12 @@ pub struct ApiKeyResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
+
+/// What a deletion removed.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeletionResponse {
+    /// What was deleted, e.g. `tenant:<uuid>` or `tracked_user:<id>`.
+    pub deleted: String,
+    /// Rows removed per table.
+    pub deleted_rows: std::collections::BTreeMap<String, u64>,
+}

@@ -17,11 +17,14 @@ use tally_core::time::{now_micros, rfc3339};
 use tally_core::{check_id, FieldError, TenantId};
 use uuid::Uuid;
 
+use super::dto::DeletionResponse;
 use super::dto::*;
 use super::extract::{parse_item, ApiQuery, Auth, ClientIp, JsonBody};
 use crate::error::{ApiError, ApiResult};
+use crate::service::audit::{self, Actor, Entry};
 use crate::service::insights::{ActivityDetail, TrackOutcome};
 use crate::AppState;
+use tally_core::audit::action;
 
 pub(crate) fn require(p: &Principal, action: Action) -> ApiResult<()> {
     if p.can(action) {
@@ -783,6 +786,47 @@ pub async fn get_user(
         .remove(&user_id)
         .map(|u| Json(user_response(u)))
         .ok_or(ApiError::NotFound("user"))
+}
+
+/// Erase a tracked user (an erasure request): their events, profile, LLM usage records,
+/// per-user usage totals, conversations and user-scoped quotas. Totals without the user's
+/// id (activity counts by day, spend by model) keep the spend but lose the erased events
+/// from activity counts.
+#[utoipa::path(delete, path = "/api/v1/insights/users/{user_id}/", tag = "insights",
+    params(("user_id" = String, Path, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"), TenantQuery),
+    responses((status = 200, body = DeletionResponse), (status = 403, body = crate::error::ErrorEnvelope),
+              (status = 404, body = crate::error::ErrorEnvelope, description = "no data for this user")),
+    security(("bearer" = [])))]
+pub async fn erase_user(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ClientIp(ip): ClientIp,
+    Path(user_id): Path<String>,
+    ApiQuery(q): ApiQuery<TenantQuery>,
+) -> ApiResult<Json<DeletionResponse>> {
+    check_id("user_id", &user_id, 128)?;
+    require(&p, Action::ManageTenant)?;
+    let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
+    let report = state
+        .stores
+        .deletion
+        .erase_tracked_user(tenant, &user_id)
+        .await?;
+    if !report.found {
+        return Err(ApiError::NotFound("user"));
+    }
+    state.quotas.forget(tenant);
+    let entry = Entry::success(
+        Some(tenant),
+        action::USER_ERASED,
+        Some(format!("tracked_user:{user_id}")),
+    )
+    .details(serde_json::json!({ "deleted_rows": report.rows }));
+    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    Ok(Json(DeletionResponse {
+        deleted: format!("tracked_user:{user_id}"),
+        deleted_rows: report.rows,
+    }))
 }
 
 // ------------------------------------------------------------------ projects

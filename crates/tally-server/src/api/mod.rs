@@ -44,6 +44,7 @@ pub fn app(state: AppState) -> Router {
             "/tenants",
             post(admin::create_tenant).get(admin::list_tenants),
         )
+        .route("/tenants/{tenant_id}", delete(admin::delete_tenant))
         .route(
             "/accounts",
             post(admin::create_account).get(admin::list_accounts),
@@ -76,7 +77,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/insights/users/{user_id}",
-            put(insights::put_user).get(insights::get_user),
+            put(insights::put_user)
+                .get(insights::get_user)
+                .delete(insights::erase_user),
         )
         .route(
             "/insights/projects",

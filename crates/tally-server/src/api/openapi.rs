@@ -19,7 +19,7 @@ use super::{admin, analytics, audit, auth, dto, health, insights, quotas, usage}
         auth::login, auth::me, auth::logout, auth::logout_all,
         admin::create_tenant, admin::list_tenants, admin::create_account,
         admin::list_accounts, admin::update_account, admin::delete_account,
-        admin::end_account_sessions, audit::list,
+        admin::end_account_sessions, audit::list, admin::delete_tenant, insights::erase_user,
         admin::create_key, admin::list_keys, admin::revoke_key,
         insights::track, insights::track_batch, insights::track_test,
         insights::list_activities, insights::get_activity, insights::user_summary,

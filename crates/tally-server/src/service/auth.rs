@@ -145,6 +145,13 @@ impl Authenticator {
         Ok(account)
     }
 
+    /// Forgets every key and account of a deleted tenant.
+    pub fn forget_tenant(&self, tenant: TenantId) {
+        self.keys.remove_where(|k| k.tenant_id == tenant);
+        self.accounts
+            .remove_where(|a| a.as_ref().is_some_and(|a| a.tenant_id == tenant));
+    }
+
     /// Forgets what is cached of an account after it changed here (disabled, deleted,
     /// sessions ended), so that its tokens are judged afresh at once.
     pub fn forget_account(&self, id: AccountId) {

@@ -322,6 +322,15 @@ impl Quotas {
         Ok(stored)
     }
 
+    /// Drops what is held in memory for the tenant (after its data was deleted or a user
+    /// erased); the next check reloads from the store.
+    pub fn forget(&self, tenant: TenantId) {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&tenant);
+    }
+
     pub async fn events(&self, tenant: TenantId, limit: u32) -> ApiResult<Vec<QuotaEvent>> {
         Ok(self.stores.quotas.quota_events(tenant, limit).await?)
     }

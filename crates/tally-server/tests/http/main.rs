@@ -7,6 +7,7 @@ mod activities;
 mod analytics;
 mod auth;
 mod contract;
+mod deletion;
 mod edges;
 mod numbers;
 mod quotas;

@@ -106,8 +106,18 @@ fn tenant_key(conn: &Connection, tenant: TenantId) -> StoreResult<i64> {
     match found {
         Some(key) => Ok(key),
         None => {
-            conn.prepare_cached("INSERT INTO tenant_keys (tenant_id) VALUES (?1)")?
+            // Only for a tenant that exists: a deleted tenant's key stays deleted.
+            let made = conn
+                .prepare_cached(
+                    "INSERT INTO tenant_keys (tenant_id)
+                     SELECT ?1 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = ?1)",
+                )?
                 .execute([id])?;
+            if made == 0 {
+                return Err(StoreError::Unavailable(format!(
+                    "tenant {tenant} does not exist"
+                )));
+            }
             Ok(conn.last_insert_rowid())
         }
     }

@@ -7,6 +7,7 @@
 
 mod audit;
 mod checkpoint;
+pub mod deletion;
 mod events;
 mod identity;
 mod profiles;

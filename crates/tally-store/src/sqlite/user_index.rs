@@ -65,6 +65,20 @@ struct Staged {
 }
 
 impl Staged {
+    /// Drops the entries `purge` names; returns how many.
+    fn remove(&mut self, purge: &Purge) -> usize {
+        let mut removed = 0;
+        self.by_user.retain(|key, events| {
+            let keep = !purge.matches(key);
+            if !keep {
+                removed += events.len();
+            }
+            keep
+        });
+        self.rows -= removed;
+        removed
+    }
+
     fn add(&mut self, entries: Vec<(UserKey, StagedEvent)>) {
         self.rows += entries.len();
         self.since.get_or_insert_with(Instant::now);
@@ -74,12 +88,32 @@ impl Staged {
     }
 }
 
+/// Rows of the index to delete: a tenant's, or one tracked user's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Purge {
+    Tenant(TenantId),
+    User(TenantId, String),
+}
+
+impl Purge {
+    fn matches(&self, (tenant, user): &UserKey) -> bool {
+        match self {
+            Purge::Tenant(t) => t == tenant,
+            Purge::User(t, u) => t == tenant && u == user,
+        }
+    }
+}
+
+type PurgeReply = tokio::sync::oneshot::Sender<StoreResult<BTreeMap<String, u64>>>;
+
 /// What is in memory: the generation a fold is writing, and what was staged since.
 #[derive(Default)]
 struct Generations {
     folding: Option<Arc<Staged>>,
     current: Staged,
     stopping: bool,
+    /// Deletions for the fold thread, which owns the index's file.
+    purges: Vec<(Purge, PurgeReply)>,
 }
 
 impl Generations {
@@ -89,6 +123,7 @@ impl Generations {
 
     fn fold_due(&self) -> bool {
         self.stopping
+            || !self.purges.is_empty()
             || self.folding.is_some()
             || self.current.rows >= FLUSH_ROWS
             || self.current.since.is_some_and(|t| t.elapsed() >= FLUSH_AGE)
@@ -205,6 +240,52 @@ impl UserIndex {
         out
     }
 
+    /// Deletes the rows (staged and folded) that `what` names, on the fold thread, after
+    /// any fold in progress; returns the rows deleted per table.
+    pub(crate) async fn purge(&self, what: Purge) -> StoreResult<BTreeMap<String, u64>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        {
+            let mut g = self.generations();
+            let running = self.thread.lock().map(|t| t.is_some()).unwrap_or(false);
+            if g.stopping || !running {
+                return Err(StoreError::Unavailable(
+                    "the user index is not running in this process".into(),
+                ));
+            }
+            g.purges.push((what, reply));
+        }
+        self.changed.notify_all();
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the user index stopped".into()))?
+    }
+
+    /// Runs the queued purges: staged entries first (under the lock), then the tables.
+    fn run_purges(&self, conn: &Connection) {
+        let purges = {
+            let mut g = self.generations();
+            let purges = std::mem::take(&mut g.purges);
+            for (what, _) in &purges {
+                g.current.remove(what);
+                if let Some(folding) = &g.folding {
+                    if folding.by_user.keys().any(|k| what.matches(k)) {
+                        let mut kept = Staged {
+                            by_user: folding.by_user.clone(),
+                            rows: folding.rows,
+                            since: folding.since,
+                        };
+                        kept.remove(what);
+                        g.folding = Some(Arc::new(kept));
+                    }
+                }
+            }
+            purges
+        };
+        for (what, reply) in purges {
+            let _ = reply.send(purge_rows(conn, &what));
+        }
+    }
+
     /// Asks the fold thread to fold what is staged and exit, without waiting.
     pub(crate) fn stop(&self) {
         self.generations().stopping = true;
@@ -253,10 +334,12 @@ impl UserIndex {
                     }
                 }
             }
+            self.run_purges(&conn);
             if stop && self.generations().folding.is_none() {
                 break;
             }
         }
+        self.run_purges(&conn);
     }
 
     /// Folds every event of `main` above the index's watermark, in chunks of event ids.
@@ -315,6 +398,38 @@ impl UserIndex {
         Ok(())
     }
 }
+
+/// Deletes the index rows `what` names, in one transaction.
+fn purge_rows(conn: &Connection, what: &Purge) -> StoreResult<BTreeMap<String, u64>> {
+    let (filter, user) = match what {
+        Purge::Tenant(t) => (("tenant_id = ?1", *t), None),
+        Purge::User(t, u) => (("tenant_id = ?1 AND user_id = ?2", *t), Some(u.as_str())),
+    };
+    let (clause, tenant) = filter;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let mut rows = BTreeMap::new();
+    let result = (|| -> StoreResult<()> {
+        for table in USER_INDEX_TABLES {
+            let sql = format!("DELETE FROM {table} WHERE {clause}");
+            let n = match user {
+                None => conn.execute(&sql, [tenant.0.as_bytes().to_vec()])?,
+                Some(u) => conn.execute(&sql, params![tenant.0.as_bytes(), u])?,
+            };
+            rows.insert((*table).to_owned(), n as u64);
+        }
+        Ok(())
+    })();
+    match result.and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::from)) {
+        Ok(()) => Ok(rows),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// The index's tables that hold tenant data (`fold_watermark` is the index's own state).
+pub const USER_INDEX_TABLES: &[&str] = &["user_activity_hourly", "user_events"];
 
 /// Writes one generation in one transaction.
 fn fold(conn: &Connection, staged: &Staged) -> StoreResult<()> {
