@@ -16,6 +16,8 @@ use crate::service::tenancy::{self, NewAccount};
 use crate::AppState;
 
 const DEMO_SETTING: &str = "demo.tenant_id";
+/// The demo's tenant ids while a load is under way.
+const LOADING_SETTING: &str = "demo.loading";
 const DEMO_EMAIL: &str = "demo@tally.local";
 pub const DEMO_DAYS: i64 = 30;
 const EVENTS_PER_DAY: i64 = 400;
@@ -169,15 +171,52 @@ fn city_address(rng: &mut StdRng, city: &CityNetwork<'_>) -> String {
 }
 
 /// Loads the demo tenant unless it exists. Returns what to tell the person who asked.
+///
+/// Idempotent and resumable: the ids of the tenants about to be made are recorded before
+/// anything is created (`demo.loading`), and the demo counts as loaded only once
+/// `demo.tenant_id` is written at the very end. A load cut short (a `kill -9`) is found at
+/// the next start, its tenants are deleted through the deletion path, and the load starts
+/// over; a loaded demo is reused with a fresh password and key, so the credentials printed
+/// always work.
 pub async fn seed(state: &AppState) -> anyhow::Result<String> {
     let stores = &state.stores;
-    if let Some(id) = stores.identity.get_setting(DEMO_SETTING).await? {
-        return Ok(format!(
-            "demo data already loaded (tenant {id}); log in as {DEMO_EMAIL} with the password printed when it was created"
-        ));
-    }
     let e = |e: crate::error::ApiError| anyhow::anyhow!("{e}");
-    let tenant = tenancy::create_tenant(stores, "Demo Company", None)
+    let mut notes = String::new();
+    if let Some(unfinished) = stores.identity.get_setting(LOADING_SETTING).await? {
+        for id in unfinished
+            .split(',')
+            .filter_map(|s| s.parse::<TenantId>().ok())
+        {
+            if stores.identity.get_tenant(id).await?.is_some() {
+                stores.deletion.delete_tenant(id).await?;
+            }
+        }
+        stores.identity.put_setting(LOADING_SETTING, None).await?;
+        notes.push_str("removed an unfinished demo load; loading it again\n");
+    }
+    if let Some(id) = stores.identity.get_setting(DEMO_SETTING).await? {
+        match id.parse::<TenantId>() {
+            Ok(tenant) if stores.identity.get_tenant(tenant).await?.is_some() => {
+                let (password, key) = fresh_credentials(state, tenant).await?;
+                return Ok(format!(
+                    "demo data already loaded (tenant {tenant}); new credentials:\n  log in:  {DEMO_EMAIL} / {password}\n  API key: {key}"
+                ));
+            }
+            // The demo tenant was deleted since: load it again.
+            _ => stores.identity.put_setting(DEMO_SETTING, None).await?,
+        }
+    }
+    let ids = [
+        TenantId::generate(),
+        TenantId::generate(),
+        TenantId::generate(),
+    ];
+    let recorded: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    stores
+        .identity
+        .put_setting(LOADING_SETTING, Some(&recorded.join(",")))
+        .await?;
+    let tenant = tenancy::create_tenant_as(stores, ids[0], "Demo Company", None)
         .await
         .map_err(e)?;
     let password = tally_core::auth::generate_password();
@@ -192,32 +231,62 @@ pub async fn seed(state: &AppState) -> anyhow::Result<String> {
     )
     .await
     .map_err(e)?;
-    let (_, key) = tenancy::create_api_key(
-        stores,
-        tenant.id,
-        "demo",
-        [Scope::Ingest, Scope::Read].into(),
-    )
-    .await
-    .map_err(e)?;
+    let key = demo_key(state, tenant.id).await?;
     let events = load_events(state, tenant.id).await?;
     let quotas = load_quotas(state, tenant.id).await?;
     let mut calls = load_ai_usage(state, tenant.id, 1).await?;
     // Two more tenants, so cross-tenant admin views have something to compare.
     for (i, name) in ["Acme Robotics", "Globex Retail"].into_iter().enumerate() {
-        let other = tenancy::create_tenant(stores, name, None)
+        let other = tenancy::create_tenant_as(stores, ids[1 + i], name, None)
             .await
             .map_err(e)?;
         calls += load_ai_usage(state, other.id, 2 + i as u64).await?;
     }
     stores
         .identity
-        .init_setting(DEMO_SETTING, &tenant.id.to_string())
+        .put_setting(DEMO_SETTING, Some(&tenant.id.to_string()))
         .await?;
+    stores.identity.put_setting(LOADING_SETTING, None).await?;
     Ok(format!(
-        "loaded demo tenant {} with {events} events over {DEMO_DAYS} days and {calls} AI calls over {AI_DAYS} days (3 tenants) and {quotas} quotas\n  log in:  {DEMO_EMAIL} / {password}\n  API key: {key}",
+        "{notes}loaded demo tenant {} with {events} events over {DEMO_DAYS} days and {calls} AI calls over {AI_DAYS} days (3 tenants) and {quotas} quotas\n  log in:  {DEMO_EMAIL} / {password}\n  API key: {key}",
         tenant.id
     ))
+}
+
+/// A new ingest-and-read key for the demo tenant.
+async fn demo_key(state: &AppState, tenant: TenantId) -> anyhow::Result<String> {
+    let (_, key) = tenancy::create_api_key(
+        &state.stores,
+        tenant,
+        "demo",
+        [Scope::Ingest, Scope::Read].into(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(key)
+}
+
+/// A new password for the demo account (ending its sessions) and a new key.
+async fn fresh_credentials(state: &AppState, tenant: TenantId) -> anyhow::Result<(String, String)> {
+    let stores = &state.stores;
+    let account = stores
+        .identity
+        .find_account_by_email(DEMO_EMAIL)
+        .await?
+        .filter(|a| a.tenant_id == tenant)
+        .ok_or_else(|| anyhow::anyhow!("the demo account {DEMO_EMAIL} no longer exists"))?;
+    let password = tally_core::auth::generate_password();
+    let hash = state
+        .auth
+        .hash_password(&password)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    stores
+        .identity
+        .set_password(tenant, account.id, &hash)
+        .await?;
+    state.auth.forget_account(account.id);
+    Ok((password, demo_key(state, tenant).await?))
 }
 
 async fn load_events(state: &AppState, tenant: TenantId) -> anyhow::Result<usize> {

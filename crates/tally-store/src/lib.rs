@@ -155,6 +155,11 @@ pub trait IdentityStore: Send + Sync {
     async fn revoke_api_key(&self, tenant: TenantId, id: ApiKeyId, at: i64) -> StoreResult<bool>;
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Stores (`Some`) or removes (`None`) a setting.
+    async fn put_setting(&self, key: &str, value: Option<&str>) -> StoreResult<()>;
+    /// Replaces an account's password hash and ends its sessions; `false` if the tenant
+    /// has no such account.
+    async fn set_password(&self, tenant: TenantId, id: AccountId, hash: &str) -> StoreResult<bool>;
     /// Stores a setting unless one exists; returns the value in force.
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String>;
 }

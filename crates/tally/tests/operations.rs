@@ -389,3 +389,91 @@ fn tenant_delete_needs_the_name_and_a_stopped_server() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[test]
+fn a_demo_load_killed_at_any_point_is_finished_by_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Loading takes a few seconds; each kill lands somewhere inside it.
+    for delay_ms in [300, 800, 1_500, 2_200] {
+        let mut child = spawn_serve(dir.path(), &[("TALLY_DEMO", "true")]);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut server = Server::start_with(dir.path(), &["--demo"], &[]);
+    assert!(
+        server
+            .stdout_lines
+            .iter()
+            .any(|l| l.starts_with("removed an unfinished demo load")),
+        "the last kill interrupted a load: {:?}",
+        server.stdout_lines
+    );
+    let (password, key) = demo_credentials(&server);
+    let client = reqwest::blocking::Client::new();
+    let login = client
+        .post(format!("{}/api/v1/auth/login", server.base))
+        .json(&json!({"email": "demo@tally.local", "password": password}))
+        .send()
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let list: serde_json::Value = client
+        .get(format!(
+            "{}/api/v1/insights/activities/?page_size=1",
+            server.base
+        ))
+        .bearer_auth(&key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        list["count"], 12_000,
+        "one whole demo, nothing twice: {list}"
+    );
+    server.terminate();
+    let tenants = admin(dir.path(), &["tenant", "list"]);
+    for name in ["Demo Company", "Acme Robotics", "Globex Retail"] {
+        assert_eq!(tenants.matches(name).count(), 1, "{tenants}");
+    }
+
+    // A loaded demo is reused, with credentials that work again.
+    let server = Server::start_with(dir.path(), &["--demo"], &[]);
+    assert!(server
+        .stdout_lines
+        .iter()
+        .any(|l| l.starts_with("demo data already loaded")));
+    let (again, key) = demo_credentials(&server);
+    assert_ne!(again, password);
+    let login = client
+        .post(format!("{}/api/v1/auth/login", server.base))
+        .json(&json!({"email": "demo@tally.local", "password": again}))
+        .send()
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let r = client
+        .get(format!("{}/api/v1/auth/me", server.base))
+        .bearer_auth(&key)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// The demo password and API key a `--demo` start printed.
+fn demo_credentials(server: &Server) -> (String, String) {
+    let line = |prefix: &str| {
+        server
+            .stdout_lines
+            .iter()
+            .find_map(|l| {
+                l.trim_start()
+                    .strip_prefix(prefix)
+                    .map(str::trim)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("no {prefix} line in {:?}", server.stdout_lines))
+    };
+    let login = line("log in:");
+    let password = login.rsplit(" / ").next().unwrap().to_owned();
+    (password, line("API key:"))
+}

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::audit::{AuditFilter, AuditRecord, Outcome};
 use tally_core::auth::Action;
 use tally_core::time::rfc3339;
-use tally_core::{FieldError, TenantId};
+use tally_core::{check_id, FieldError, TenantId};
 
 use super::extract::{ApiQuery, Auth};
 use super::insights::{parse_u32, require};
@@ -26,7 +26,7 @@ pub struct AuditQuery {
     #[param(pattern = r"^[a-z_]+\.[a-z_]+$", max_length = 64)]
     action: Option<String>,
     /// An actor, e.g. `account:<uuid>`, `api_key:<uuid>`, `cli`, `anonymous`.
-    #[param(pattern = r"^[^\u0000-\u001F\u007F]+$", max_length = 128)]
+    #[param(pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$", max_length = 128)]
     actor: Option<String>,
     #[param(value_type = Option<Outcome>)]
     outcome: Option<String>,
@@ -123,6 +123,23 @@ pub async fn list(
                 })
             })
             .transpose()?;
+    if let Some(a) = &q.actor {
+        check_id("actor", a, 128)?;
+    }
+    if let Some(a) = &q.action {
+        let well_formed = a.len() <= 64
+            && a.split_once('.').is_some_and(|(area, verb)| {
+                let word = |w: &str| {
+                    !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                };
+                word(area) && word(verb)
+            });
+        if !well_formed {
+            return Err(
+                FieldError::invalid("action", "must be an action such as account.deleted").into(),
+            );
+        }
+    }
     let filter = AuditFilter {
         tenant_id,
         action: q.action,

@@ -36,6 +36,17 @@ pub async fn create_tenant(
     name: &str,
     max_events: Option<u64>,
 ) -> ApiResult<Tenant> {
+    create_tenant_as(stores, TenantId::generate(), name, max_events).await
+}
+
+/// Creates a tenant with an id chosen beforehand (the demo records its ids before it
+/// creates anything, so an interrupted load can be found and removed).
+pub async fn create_tenant_as(
+    stores: &Stores,
+    id: TenantId,
+    name: &str,
+    max_events: Option<u64>,
+) -> ApiResult<Tenant> {
     let name = check_name("name", name)?;
     if max_events.is_some_and(|n| n == 0 || n > MAX_EVENTS_LIMIT) {
         return Err(FieldError::invalid(
@@ -45,7 +56,7 @@ pub async fn create_tenant(
         .into());
     }
     let tenant = Tenant {
-        id: TenantId::generate(),
+        id,
         name,
         max_events,
         created_at: now_micros(),

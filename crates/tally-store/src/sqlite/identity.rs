@@ -314,6 +314,35 @@ impl IdentityStore for SqliteStore {
         .await
     }
 
+    async fn put_setting(&self, key: &str, value: Option<&str>) -> StoreResult<()> {
+        let (key, value) = (key.to_owned(), value.map(str::to_owned));
+        self.write(move |conn| {
+            match value {
+                Some(v) => conn.execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![key, v],
+                )?,
+                None => conn.execute("DELETE FROM settings WHERE key = ?1", [key])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_password(&self, tenant: TenantId, id: AccountId, hash: &str) -> StoreResult<bool> {
+        let hash = hash.to_owned();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE accounts SET password_hash = ?3, session_version = session_version + 1
+                 WHERE id = ?1 AND tenant_id = ?2",
+                params![id.0.as_bytes(), tenant.0.as_bytes(), hash],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.write(move |conn| {
