@@ -135,6 +135,10 @@ pub struct StorageConfig {
     pub readers: usize,
     /// Page cache per connection, MiB.
     pub cache_mb: i64,
+    /// Writes are refused (507, `/readyz` 503) while the data dir's filesystem has less
+    /// free space than this, and resume when it returns. Default: 128 MiB, twice the
+    /// log size at which checkpoints restart it, so a checkpoint always fits.
+    pub min_free_mb: Option<u64>,
 }
 
 impl Default for Config {
@@ -179,6 +183,7 @@ impl Default for StorageConfig {
         Self {
             readers: 4,
             cache_mb: 16,
+            min_free_mb: None,
         }
     }
 }

@@ -57,6 +57,11 @@ pub enum ApiError {
     StorageLimit(u64),
     #[error("storage is full")]
     StorageFull,
+    #[error("free space on the server's disk is {free_bytes} bytes, below the {min_free_bytes} bytes writes need; writes resume when space returns")]
+    LowSpace {
+        free_bytes: u64,
+        min_free_bytes: u64,
+    },
     #[error("service unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -99,7 +104,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::StorageFull | ApiError::LowSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -123,6 +128,7 @@ impl ApiError {
             ApiError::UriTooLong(_) => "URI_TOO_LONG",
             ApiError::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
             ApiError::StorageLimit(_) | ApiError::StorageFull => codes::STORAGE_LIMIT,
+            ApiError::LowSpace { .. } => "INSUFFICIENT_STORAGE",
             ApiError::RequestTimeout(_) => "REQUEST_TIMEOUT",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
@@ -141,6 +147,10 @@ impl ApiError {
                 max_bytes,
             } => json!({ "max_headers": max_headers, "max_header_bytes": max_bytes }),
             ApiError::StorageLimit(limit) => json!({ "max_events": limit }),
+            ApiError::LowSpace {
+                free_bytes,
+                min_free_bytes,
+            } => json!({ "free_bytes": free_bytes, "min_free_bytes": min_free_bytes }),
             ApiError::RequestTimeout(secs) => json!({ "body_read_timeout_secs": secs }),
             ApiError::RateLimited {
                 retry_after_secs, ..
@@ -171,6 +181,13 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(msg) => ApiError::Conflict(msg),
             StoreError::Full => ApiError::StorageFull,
+            StoreError::LowSpace {
+                free_bytes,
+                min_free_bytes,
+            } => ApiError::LowSpace {
+                free_bytes,
+                min_free_bytes,
+            },
             StoreError::Unavailable(msg) => ApiError::Unavailable(msg),
             StoreError::Internal(msg) => ApiError::Internal(msg),
         }

@@ -107,7 +107,22 @@ pub fn own_data_dir(config: &Config, command: &str) -> anyhow::Result<datadir::O
 /// Opens the embedded store in the data directory: as its owner (holding the lock from
 /// [`own_data_dir`]), or as a guest beside the owner (`SqliteConfig::guest`).
 pub fn open_store(config: &Config, guest: bool) -> anyhow::Result<Arc<SqliteStore>> {
+    open_store_with(config, guest, None)
+}
+
+/// [`open_store`] reading free space from `probe` instead of the OS (tests).
+pub fn open_store_with(
+    config: &Config,
+    guest: bool,
+    probe: Option<tally_store::sqlite::FreeSpaceProbe>,
+) -> anyhow::Result<Arc<SqliteStore>> {
     let mut sc = SqliteConfig::new(config.database_path());
+    if let Some(mb) = config.storage.min_free_mb {
+        sc.min_free_bytes = mb.saturating_mul(1024 * 1024);
+    }
+    if let Some(probe) = probe {
+        sc.free_space = probe;
+    }
     sc.readers = config.storage.readers.max(1);
     sc.cache_mb = config.storage.cache_mb.max(1);
     sc.guest = guest;

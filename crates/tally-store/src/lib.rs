@@ -33,6 +33,13 @@ pub enum StoreError {
     /// The disk is full.
     #[error("storage is full")]
     Full,
+    /// Free space is below the floor that keeps the store recoverable: writes wait for
+    /// space to return.
+    #[error("free space on the data dir's filesystem is {free_bytes} bytes, below the {min_free_bytes} bytes writes need")]
+    LowSpace {
+        free_bytes: u64,
+        min_free_bytes: u64,
+    },
     /// The writer has stopped (shutting down or failed).
     #[error("storage is unavailable: {0}")]
     Unavailable(String),

@@ -477,3 +477,52 @@ fn demo_credentials(server: &Server) -> (String, String) {
     let password = login.rsplit(" / ").next().unwrap().to_owned();
     (password, line("API key:"))
 }
+
+#[test]
+fn a_disk_below_the_free_space_floor_serves_reads_and_refuses_writes_saying_why() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let key = {
+        let tenant = admin(&dir, &["tenant", "create", "--name", "Full"]);
+        admin(
+            &dir,
+            &[
+                "key",
+                "create",
+                "--tenant",
+                &tenant,
+                "--name",
+                "k",
+                "--scopes",
+                "ingest,read",
+            ],
+        )
+    };
+    Server::start(&dir).terminate();
+    // Restarted with a floor no disk meets: the real free-space probe (statvfs) is below it.
+    let config = root.path().join("tally.toml");
+    std::fs::write(&config, "[storage]\nmin_free_mb = 1000000000000\n").unwrap();
+    let server = Server::start_with(&dir, &["--config", config.to_str().unwrap()], &[]);
+    let client = reqwest::blocking::Client::new();
+    let r = client
+        .post(format!("{}/api/v1/insights/track/", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"event_type": "user_action", "event_name": "x"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 507);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "INSUFFICIENT_STORAGE", "{body}");
+    let ready = client
+        .get(format!("{}/readyz", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().unwrap().contains("free space"));
+    let list = client
+        .get(format!("{}/api/v1/insights/activities/", server.base))
+        .bearer_auth(&key)
+        .send()
+        .unwrap();
+    assert_eq!(list.status(), 200, "reads go on");
+}

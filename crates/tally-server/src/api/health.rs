@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::error::ApiError;
 use crate::AppState;
 
 /// The process is up.
@@ -25,18 +26,25 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     match (read, write) {
         (Ok(_), Ok(_)) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         (r, w) => {
-            let error = r
-                .err()
-                .or(w.err())
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            tracing::warn!(%error, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({ "error": { "code": "SERVICE_UNAVAILABLE", "message": "storage is not ready", "details": {} } }),
-                ),
-            )
+            let error = r.err().or(w.err());
+            let text = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+            tracing::warn!(error = %text, "readiness check failed");
+            // Low free space is the operator's to fix: say so. Anything else stays
+            // generic here (the log has it).
+            let body = match error.map(ApiError::from) {
+                Some(
+                    low @ ApiError::LowSpace {
+                        free_bytes,
+                        min_free_bytes,
+                    },
+                ) => json!({ "error": {
+                    "code": "INSUFFICIENT_STORAGE", "message": low.to_string(),
+                    "details": { "free_bytes": free_bytes, "min_free_bytes": min_free_bytes } } }),
+                _ => {
+                    json!({ "error": { "code": "SERVICE_UNAVAILABLE", "message": "storage is not ready", "details": {} } })
+                }
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body))
         }
     }
 }

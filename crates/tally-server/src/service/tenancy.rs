@@ -190,6 +190,10 @@ pub async fn signing_secret(stores: &Stores, configured: Option<&str>) -> ApiRes
         }
         return Ok(s.to_owned());
     }
+    // Read first: a restart writes nothing here (it may be short of disk space).
+    if let Some(secret) = stores.identity.get_setting("auth.jwt_secret").await? {
+        return Ok(secret);
+    }
     Ok(stores
         .identity
         .init_setting("auth.jwt_secret", &auth::generate_secret())

@@ -74,6 +74,24 @@ pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 impl TestApp {
+    pub fn from_parts(
+        state: AppState,
+        stores: Stores,
+        sqlite: Arc<SqliteStore>,
+        dir: tempfile::TempDir,
+        tenant: TenantId,
+        key: String,
+    ) -> Self {
+        Self {
+            state,
+            stores,
+            sqlite,
+            dir,
+            tenant,
+            key,
+        }
+    }
+
     pub async fn call(
         &self,
         method: &str,

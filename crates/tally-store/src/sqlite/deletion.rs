@@ -1,7 +1,8 @@
 //! The one deletion path: a tenant with everything it owns, or one tracked user's data
 //! (erasure requests). The main database's rows go in one writer transaction; the user
 //! index's rows (its own file) are purged by the fold thread, which owns that file, right
-//! after. Every table is accounted for in the lists below, and a test compares them with
+//! after. Deletions go through even while free space is below the floor (they are how an
+//! operator honours an erasure request on a full disk). Every table is accounted for in the lists below, and a test compares them with
 //! the schema, so a new table cannot be forgotten.
 
 use std::collections::{BTreeMap, HashMap};

@@ -532,11 +532,10 @@ impl EventStore for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.writer
-            .job_with_state(events.len(), move |conn, state| {
-                insert_events_tx(conn, state, tenant, max_events, events)
-            })
-            .await
+        self.write_with_state(events.len(), move |conn, state| {
+            insert_events_tx(conn, state, tenant, max_events, events)
+        })
+        .await
     }
 
     async fn list_activities(

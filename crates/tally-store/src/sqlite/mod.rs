@@ -9,6 +9,7 @@ mod audit;
 mod checkpoint;
 pub mod deletion;
 mod events;
+mod headroom;
 mod identity;
 mod profiles;
 mod quotas;
@@ -29,7 +30,9 @@ use tokio::sync::Semaphore;
 use crate::{StoreError, StoreResult};
 use writer::Writer;
 
-#[derive(Debug, Clone)]
+pub use headroom::{statvfs_probe, FreeSpaceProbe, DEFAULT_MIN_FREE_BYTES};
+
+#[derive(Clone)]
 pub struct SqliteConfig {
     pub path: PathBuf,
     pub readers: usize,
@@ -42,6 +45,10 @@ pub struct SqliteConfig {
     /// commands that change a few rows (accounts, keys) while the server runs; SQLite
     /// serialises their writes with the owner's. Never insert events as a guest.
     pub guest: bool,
+    /// Writes are refused while the filesystem has less free space than this.
+    pub min_free_bytes: u64,
+    /// Where free space is read from (the OS by default; tests inject their own).
+    pub free_space: FreeSpaceProbe,
 }
 
 impl SqliteConfig {
@@ -52,12 +59,15 @@ impl SqliteConfig {
             cache_mb: 16,
             write_queue: 8192,
             guest: false,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            free_space: statvfs_probe(),
         }
     }
 }
 
 pub struct SqliteStore {
     writer: Writer,
+    headroom: headroom::Headroom,
     /// `None` for a guest.
     checkpointer: Option<checkpoint::Checkpointer>,
     user_index: Arc<user_index::UserIndex>,
@@ -167,6 +177,15 @@ impl SqliteStore {
                 })?;
             }
         }
+        let dir = match config.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let headroom =
+            headroom::Headroom::new(dir, config.min_free_bytes, config.free_space.clone());
+        if let Err(e) = headroom.check() {
+            tracing::warn!(error = %e, "starting with reads only: writes are refused until free space returns");
+        }
         let mut conn = open_connection(&config.path, config.cache_mb.max(8) * 2, false)?;
         let user_index = if config.guest {
             schema::require_current(&conn)?;
@@ -187,6 +206,7 @@ impl SqliteStore {
             readers.push(reader);
         }
         Ok(Self {
+            headroom,
             writer: Writer::start(
                 conn,
                 config.write_queue,
@@ -246,13 +266,30 @@ impl SqliteStore {
         .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
     }
 
-    /// Runs `f` inside the writer's next transaction; resolves after it commits.
+    /// Runs `f` inside the writer's next transaction; resolves after it commits. Refused
+    /// while free space is below the floor.
     async fn write<R, F>(&self, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
+        self.headroom.check()?;
         self.writer.job(f).await
+    }
+
+    /// Like [`write`](Self::write), with the writer's state.
+    async fn write_with_state<R, F>(&self, weight: usize, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, &mut writer::WriterState) -> StoreResult<R> + Send + 'static,
+    {
+        self.headroom.check()?;
+        self.writer.job_with_state(weight, f).await
+    }
+
+    /// Free bytes on the data dir's filesystem and the floor below which writes stop.
+    pub fn free_space(&self) -> (u64, u64) {
+        (self.headroom.free(), self.headroom.floor())
     }
 }
 

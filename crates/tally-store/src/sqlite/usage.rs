@@ -554,8 +554,7 @@ impl UsageStore for SqliteStore {
             return Ok(Vec::new());
         }
         let weight = records.len();
-        self.writer
-            .job_with_state(weight, move |conn, _| insert_tx(conn, tenant, &records))
+        self.write_with_state(weight, move |conn, _| insert_tx(conn, tenant, &records))
             .await
     }
 
