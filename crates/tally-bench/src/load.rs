@@ -25,7 +25,7 @@ const PAGES: [&str; 5] = [
 ];
 
 /// One realistic event (~450 bytes of JSON) with a unique client id.
-fn event_json(rng: &mut StdRng, id: u64, ts: &str) -> String {
+pub fn event_json(rng: &mut StdRng, id: u64, ts: &str) -> String {
     let user = rng.gen_range(1..5000);
     let project = rng.gen_range(1..20);
     let page = PAGES[rng.gen_range(0..PAGES.len())];
@@ -248,7 +248,7 @@ pub async fn ingest(seconds: u64, connections: usize, batch: usize) -> anyhow::R
 
 /// Open-loop load: requests are scheduled at a fixed rate and latency is measured from the
 /// scheduled time, so a stall is charged to every request it delays.
-async fn open_loop(
+pub async fn open_loop(
     client: &reqwest::Client,
     rate: u64,
     seconds: u64,

@@ -9,11 +9,13 @@
 //! target/release/tally-bench activities    # activity listing p95 over 10M stored events
 //! target/release/tally-bench ai-ingest     # AI usage ingestion throughput
 //! target/release/tally-bench ai-reads      # every AI analytics endpoint over 10M usage records
+//! target/release/tally-bench login-flood   # track latency idle and during a login flood
 //! target/release/tally-bench all
 //! ```
 
 mod ai;
 mod load;
+mod login;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +68,16 @@ enum Bench {
         #[arg(long, default_value_t = 2000)]
         queries: usize,
     },
+    /// Single-event track latency idle and during a login flood.
+    LoginFlood {
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Login attempts per second, offered open loop.
+        #[arg(long, default_value_t = 1000)]
+        flood_rate: u64,
+    },
     /// Everything above with defaults.
     All,
 }
@@ -90,12 +102,18 @@ fn main() -> anyhow::Result<()> {
                 batch,
             } => ai::ingest(seconds, connections, batch).await,
             Bench::AiReads { records, queries } => ai::reads(records, queries).await,
+            Bench::LoginFlood {
+                rate,
+                seconds,
+                flood_rate,
+            } => login::login_flood(rate, seconds, flood_rate).await,
             Bench::All => {
                 load::ingest(20, 8, 100).await?;
                 load::track(1000, 20).await?;
                 load::activities(10_000_000, 2000).await?;
                 ai::ingest(20, 8, 100).await?;
-                ai::reads(10_000_000, 2000).await
+                ai::reads(10_000_000, 2000).await?;
+                login::login_flood(200, 10, 1000).await
             }
         }
     })

@@ -43,11 +43,17 @@ pub fn admin(data_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 
 impl Server {
     pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Like `start`, with more `serve` arguments (e.g. `--config`).
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new(tally_bin()?)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             // TALLY_BENCH_SERVER_LOG sets the server's log filter (e.g. `tally_store=debug`).
             .env(
                 "TALLY_LOG",

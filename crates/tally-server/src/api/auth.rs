@@ -32,7 +32,7 @@ pub async fn login(
         Err(e) => {
             if let ApiError::Unauthorized(..) = e {
                 // Never the password; the e-mail as typed, to see what was tried.
-                tracing::warn!(email, ip = ?ip, "failed login");
+                tracing::info!(email, ip = ?ip, "failed login");
                 let entry = Entry {
                     outcome: Outcome::Failure,
                     ..Entry::success(None, action::LOGIN_FAILED, None)
