@@ -375,12 +375,8 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
             )
             .await
             .map_err(api)?;
-            let entry = Entry::success(
-                Some(a.tenant_id),
-                action::ACCOUNT_CREATED,
-                Some(format!("account:{}", a.id)),
-            )
-            .details(json!({ "email": a.email, "role": a.role }));
+            let entry = Entry::account(&a, action::ACCOUNT_CREATED)
+                .details(json!({ "email": a.email, "role": a.role }));
             audit::record(stores, &Actor::cli(), entry).await;
             println!("{}", a.id);
             if generated {

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{admin, Server};
+use common::{tenant_and_key, Server};
 use serde_json::json;
 
 const CYCLES: usize = 20;
@@ -184,20 +184,7 @@ fn verify(dir: &std::path::Path, ledger: &Ledger, cycle: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_twenty_times_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let tenant = admin(dir.path(), &["tenant", "create", "--name", "crash"]);
-    let key = admin(
-        dir.path(),
-        &[
-            "key",
-            "create",
-            "--tenant",
-            &tenant,
-            "--name",
-            "load",
-            "--scopes",
-            "ingest,read",
-        ],
-    );
+    let (tenant, key) = tenant_and_key(dir.path(), "crash", "ingest,read");
     assert!(key.starts_with("tly_"), "the key alone on stdout: {key}");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for cycle in 0..CYCLES {

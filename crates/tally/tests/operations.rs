@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{admin, spawn_serve, Server};
+use common::{admin, spawn_serve, tenant_and_key, Server};
 use serde_json::json;
 
 fn stderr_of(child: std::process::Child) -> (std::process::ExitStatus, String) {
@@ -102,20 +102,7 @@ fn two_first_starts_racing_on_a_fresh_dir_end_with_one_server_and_a_whole_schema
 fn admin_commands_work_beside_a_running_server_and_reach_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let tenant = admin(dir.path(), &["tenant", "create", "--name", "Beside"]);
-    let key = admin(
-        dir.path(),
-        &[
-            "key",
-            "create",
-            "--tenant",
-            &tenant,
-            "--name",
-            "k",
-            "--scopes",
-            "ingest,read",
-        ],
-    );
+    let (_, key) = tenant_and_key(dir.path(), "Beside", "ingest,read");
     let client = reqwest::blocking::Client::new();
     let r = client
         .post(format!("{}/api/v1/insights/track/", server.base))
@@ -349,13 +336,7 @@ fn thousands_of_idle_connections_do_not_stop_the_server_and_the_cap_answers_503(
 #[test]
 fn tenant_delete_needs_the_name_and_a_stopped_server() {
     let dir = tempfile::tempdir().unwrap();
-    let tenant = admin(dir.path(), &["tenant", "create", "--name", "Doomed"]);
-    let key = admin(
-        dir.path(),
-        &[
-            "key", "create", "--tenant", &tenant, "--name", "k", "--scopes", "ingest",
-        ],
-    );
+    let (tenant, key) = tenant_and_key(dir.path(), "Doomed", "ingest");
     let run = |args: &[&str]| {
         std::process::Command::new(common::BIN)
             .arg("admin")
@@ -482,22 +463,7 @@ fn demo_credentials(server: &Server) -> (String, String) {
 fn a_disk_below_the_free_space_floor_serves_reads_and_refuses_writes_saying_why() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
-    let key = {
-        let tenant = admin(&dir, &["tenant", "create", "--name", "Full"]);
-        admin(
-            &dir,
-            &[
-                "key",
-                "create",
-                "--tenant",
-                &tenant,
-                "--name",
-                "k",
-                "--scopes",
-                "ingest,read",
-            ],
-        )
-    };
+    let (_, key) = tenant_and_key(&dir, "Full", "ingest,read");
     Server::start(&dir).terminate();
     // Restarted with a floor no disk meets: the real free-space probe (statvfs) is below it.
     let config = root.path().join("tally.toml");

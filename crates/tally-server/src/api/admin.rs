@@ -144,12 +144,8 @@ pub async fn create_account(
         },
     )
     .await?;
-    let entry = Entry::success(
-        Some(a.tenant_id),
-        action::ACCOUNT_CREATED,
-        Some(format!("account:{}", a.id)),
-    )
-    .details(json!({ "email": a.email, "role": a.role }));
+    let entry = Entry::account(&a, action::ACCOUNT_CREATED)
+        .details(json!({ "email": a.email, "role": a.role }));
     audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
     Ok((StatusCode::CREATED, Json(account_response(a))))
 }
@@ -215,12 +211,7 @@ pub async fn update_account(
     } else {
         action::ACCOUNT_ENABLED
     };
-    let entry = Entry::success(
-        Some(account.tenant_id),
-        what,
-        Some(format!("account:{}", account.id)),
-    )
-    .details(json!({ "email": account.email }));
+    let entry = Entry::account(&account, what).details(json!({ "email": account.email }));
     audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
     Ok(Json(account_response(updated)))
 }
@@ -241,12 +232,8 @@ pub async fn delete_account(
     let account = managed(&state, &p, q.tenant_id.as_deref(), &account_id).await?;
     tenancy::delete_account(&state.stores, &account).await?;
     state.auth.forget_account(account.id);
-    let entry = Entry::success(
-        Some(account.tenant_id),
-        action::ACCOUNT_DELETED,
-        Some(format!("account:{}", account.id)),
-    )
-    .details(json!({ "email": account.email, "role": account.role }));
+    let entry = Entry::account(&account, action::ACCOUNT_DELETED)
+        .details(json!({ "email": account.email, "role": account.role }));
     audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -274,11 +261,7 @@ pub async fn end_account_sessions(
         return Err(ApiError::NotFound("account"));
     }
     state.auth.forget_account(account.id);
-    let entry = Entry::success(
-        Some(account.tenant_id),
-        action::SESSIONS_ENDED,
-        Some(format!("account:{}", account.id)),
-    );
+    let entry = Entry::account(&account, action::SESSIONS_ENDED);
     audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -42,11 +42,10 @@ pub async fn login(
             return Err(e);
         }
     };
-    let target = Some(format!("account:{}", r.account.id));
     audit::record(
         &state.stores,
         &actor,
-        Entry::success(Some(r.account.tenant_id), action::LOGIN, target),
+        Entry::account(&r.account, action::LOGIN),
     )
     .await;
     Ok(Json(LoginResponse {
@@ -80,11 +79,10 @@ pub async fn logout(
         label: Some(account.email.clone()),
         ip,
     };
-    let target = Some(format!("account:{}", account.id));
     audit::record(
         &state.stores,
         &actor,
-        Entry::success(Some(account.tenant_id), action::LOGOUT, target),
+        Entry::account(&account, action::LOGOUT),
     )
     .await;
     Ok(StatusCode::NO_CONTENT)

@@ -71,6 +71,15 @@ impl<'a> Entry<'a> {
         }
     }
 
+    /// An action on an account of its tenant.
+    pub fn account(account: &tally_core::tenancy::Account, action: &'a str) -> Self {
+        Self::success(
+            Some(account.tenant_id),
+            action,
+            Some(format!("account:{}", account.id)),
+        )
+    }
+
     pub fn details(mut self, details: serde_json::Value) -> Self {
         self.details = details;
         self

@@ -6,7 +6,7 @@ use serde_json::json;
 use tally_core::auth::{Role, Scope, TokenSigner};
 use tally_core::AccountId;
 
-use crate::support::app;
+use crate::support::{app, ghost};
 
 const EVENT: &str = r#"{"event_type": "system_event", "event_name": "deploy"}"#;
 
@@ -68,14 +68,7 @@ async fn wrong_credentials_are_one_generic_401() {
 #[tokio::test]
 async fn expired_forged_and_malformed_tokens_are_401() {
     let t = app().await;
-    let secret = t
-        .stores
-        .identity
-        .get_setting("auth.jwt_secret")
-        .await
-        .unwrap()
-        .unwrap();
-    let signer = TokenSigner::new(secret.as_bytes(), 60);
+    let signer = t.signer().await;
     let now = chrono::Utc::now().timestamp();
     let (expired, _) = signer.issue(&ghost(t.tenant), now - 3600).unwrap();
     let r = t
@@ -424,18 +417,4 @@ async fn accounts_and_tenants_administration() {
         .unwrap()
         .iter()
         .any(|x| x["name"] == "Beta"));
-}
-
-/// An admin account that was never stored.
-fn ghost(tenant: tally_core::TenantId) -> tally_core::tenancy::Account {
-    tally_core::tenancy::Account {
-        id: AccountId::generate(),
-        tenant_id: tenant,
-        email: "ghost@example.com".into(),
-        password_hash: String::new(),
-        role: Role::Admin,
-        created_at: 0,
-        disabled_at: None,
-        session_version: 0,
-    }
 }

@@ -4,9 +4,9 @@
 
 use axum::http::StatusCode;
 use serde_json::json;
-use tally_core::auth::{Role, TokenSigner};
+use tally_core::auth::Role;
 
-use super::support::{app, TestApp};
+use super::support::{app, ghost, TestApp};
 
 async fn me(t: &TestApp, token: &str) -> (StatusCode, String) {
     let r = t.call("GET", "/api/v1/auth/me", Some(token), None).await;
@@ -16,24 +16,8 @@ async fn me(t: &TestApp, token: &str) -> (StatusCode, String) {
 #[tokio::test]
 async fn a_token_signed_with_the_real_secret_for_a_missing_account_is_refused() {
     let t = app().await;
-    let secret = t
-        .stores
-        .identity
-        .get_setting("auth.jwt_secret")
-        .await
-        .unwrap()
-        .unwrap();
-    let signer = TokenSigner::new(secret.as_bytes(), 600);
-    let ghost = tally_core::tenancy::Account {
-        id: tally_core::AccountId::generate(),
-        tenant_id: t.tenant,
-        email: "root@nowhere.example".into(),
-        password_hash: String::new(),
-        role: Role::Admin,
-        created_at: 0,
-        disabled_at: None,
-        session_version: 0,
-    };
+    let signer = t.signer().await;
+    let ghost = ghost(t.tenant);
     let (token, _) = signer
         .issue(&ghost, chrono::Utc::now().timestamp())
         .unwrap();

@@ -181,6 +181,18 @@ impl TestApp {
         self.account(tenant, role).await.2
     }
 
+    /// A token signer with the server's own secret (to forge tokens as an insider could).
+    pub async fn signer(&self) -> tally_core::auth::TokenSigner {
+        let secret = self
+            .stores
+            .identity
+            .get_setting("auth.jwt_secret")
+            .await
+            .unwrap()
+            .unwrap();
+        tally_core::auth::TokenSigner::new(secret.as_bytes(), 600)
+    }
+
     /// Logs an existing account in; the response.
     pub async fn login(&self, email: &str) -> Resp {
         self.call(
@@ -272,5 +284,19 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// An admin account of `tenant` that was never stored.
+pub fn ghost(tenant: TenantId) -> tally_core::tenancy::Account {
+    tally_core::tenancy::Account {
+        id: tally_core::AccountId::generate(),
+        tenant_id: tenant,
+        email: "ghost@example.com".into(),
+        password_hash: String::new(),
+        role: Role::Admin,
+        created_at: 0,
+        disabled_at: None,
+        session_version: 0,
     }
 }

@@ -48,6 +48,18 @@ pub fn spawn_serve(data_dir: &Path, env: &[(&str, &str)]) -> Child {
     cmd.spawn().expect("start tally serve")
 }
 
+/// Creates a tenant named `name` and a key for it with `scopes`: (tenant id, key).
+pub fn tenant_and_key(data_dir: &Path, name: &str, scopes: &str) -> (String, String) {
+    let tenant = admin(data_dir, &["tenant", "create", "--name", name]);
+    let key = admin(
+        data_dir,
+        &[
+            "key", "create", "--tenant", &tenant, "--name", "k", "--scopes", scopes,
+        ],
+    );
+    (tenant, key)
+}
+
 pub struct Server {
     pub child: Child,
     pub base: String,
