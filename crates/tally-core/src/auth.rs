@@ -227,6 +227,10 @@ pub fn generate_password() -> String {
 pub const MIN_PASSWORD_LEN: usize = 10;
 /// Long enough for any passphrase, short enough that hashing it costs nothing extra.
 pub const MAX_PASSWORD_LEN: usize = 256;
+/// The longest e-mail address (RFC 5321's path limit less its brackets).
+pub const MAX_EMAIL_LEN: usize = 254;
+/// The longest password a login may present (longer ones cannot match a stored one).
+pub const MAX_LOGIN_PASSWORD_LEN: usize = 1024;
 
 fn random_alphanumeric(n: usize) -> String {
     rand::thread_rng()

@@ -242,11 +242,14 @@ pub async fn seed(state: &AppState) -> anyhow::Result<String> {
             .map_err(e)?;
         calls += load_ai_usage(state, other.id, 2 + i as u64).await?;
     }
+    // Loaded, and no longer loading, in one transaction.
     stores
         .identity
-        .put_setting(DEMO_SETTING, Some(&tenant.id.to_string()))
+        .put_settings(vec![
+            (DEMO_SETTING.to_owned(), Some(tenant.id.to_string())),
+            (LOADING_SETTING.to_owned(), None),
+        ])
         .await?;
-    stores.identity.put_setting(LOADING_SETTING, None).await?;
     Ok(format!(
         "{notes}loaded demo tenant {} with {events} events over {DEMO_DAYS} days and {calls} AI calls over {AI_DAYS} days (3 tenants) and {quotas} quotas\n  log in:  {DEMO_EMAIL} / {password}\n  API key: {key}",
         tenant.id

@@ -35,11 +35,14 @@ const HYPER_MAX_HEADERS: usize = 1_000;
 /// hyper's read buffer, which bounds a request head; the router refuses heads larger than
 /// `api::limits::MAX_HEADER_BYTES`.
 const HYPER_MAX_BUF: usize = 1024 * 1024;
+/// How an HTTP/2 connection with prior knowledge starts.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 /// File descriptors kept free for the database, logs and the like when the connection cap
 /// is fitted under the open-file limit.
 const RESERVED_FDS: u64 = 256;
 /// Refusals (503) being written at once; beyond this an excess connection is just closed.
-const MAX_REFUSALS: usize = 1_024;
+/// Well inside `RESERVED_FDS`, so refusing never uses up the open-file limit.
+const MAX_REFUSALS: usize = 64;
 
 /// How the loop treats connections.
 #[derive(Debug, Clone, Copy)]
@@ -200,9 +203,14 @@ struct Activity {
     /// Last time bytes moved either way.
     last: AtomicU64,
     /// When the first byte of a request head arrived while no request was in flight
-    /// (0: none pending).
+    /// (0: none pending). HTTP/1 only.
     head_started: AtomicU64,
     in_flight: AtomicUsize,
+    /// Set on an HTTP/2 connection (its preface seen): its control frames arrive between
+    /// requests, so the head timeout does not apply; the idle timeout does.
+    http2: std::sync::atomic::AtomicBool,
+    /// Whether the first read was seen (the preface check is done once).
+    started: std::sync::atomic::AtomicBool,
 }
 
 /// One request being served; dropped when its response head is ready.
@@ -222,6 +230,8 @@ impl Activity {
             last: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            http2: std::sync::atomic::AtomicBool::new(false),
+            started: std::sync::atomic::AtomicBool::new(false),
         };
         me.touch();
         me
@@ -236,9 +246,12 @@ impl Activity {
         self.last.store(self.now(), Ordering::Relaxed);
     }
 
-    fn read(&self) {
+    fn read(&self, bytes: &[u8]) {
         self.touch();
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
+        if !self.started.swap(true, Ordering::Relaxed) && bytes.starts_with(H2_PREFACE) {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.http2.load(Ordering::Relaxed) {
             let _ = self.head_started.compare_exchange(
                 0,
                 self.now(),
@@ -292,7 +305,7 @@ impl AsyncRead for WatchedStream {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.read();
+            self.activity.read(&buf.filled()[before..]);
         }
         polled
     }

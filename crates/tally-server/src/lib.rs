@@ -145,6 +145,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let timeouts = config.http.durations()?;
+    if config.audit.retention_days == 0 {
+        anyhow::bail!("audit.retention_days must be at least 1");
+    }
     // Held until the writer has stopped, at the end of this function.
     let ownership = own_data_dir(&config, "serve")?;
     if demo && config.geoip.database.is_none() {
@@ -193,9 +196,6 @@ pub async fn serve(
     println!("tally listening on http://{addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tally started");
 
-    if config.audit.retention_days == 0 {
-        anyhow::bail!("audit.retention_days must be at least 1");
-    }
     let retention = std::time::Duration::from_secs(u64::from(config.audit.retention_days) * 86_400);
     let retain = tokio::spawn(service::audit::retain(stores.clone(), retention));
     let limits = http::ConnectionLimits {

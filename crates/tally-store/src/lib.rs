@@ -163,7 +163,12 @@ pub trait IdentityStore: Send + Sync {
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
     /// Stores (`Some`) or removes (`None`) a setting.
-    async fn put_setting(&self, key: &str, value: Option<&str>) -> StoreResult<()>;
+    async fn put_setting(&self, key: &str, value: Option<&str>) -> StoreResult<()> {
+        self.put_settings(vec![(key.to_owned(), value.map(str::to_owned))])
+            .await
+    }
+    /// Stores or removes several settings in one transaction.
+    async fn put_settings(&self, settings: Vec<(String, Option<String>)>) -> StoreResult<()>;
     /// Replaces an account's password hash and ends its sessions; `false` if the tenant
     /// has no such account.
     async fn set_password(&self, tenant: TenantId, id: AccountId, hash: &str) -> StoreResult<bool>;

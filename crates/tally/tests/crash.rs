@@ -125,7 +125,13 @@ async fn load_and_kill(server: &mut Server, key: &str, cycle: usize, ledger: &Ar
 
 /// Every acknowledged item is stored once, and the rollups count exactly the stored rows.
 fn verify(dir: &std::path::Path, ledger: &Ledger, cycle: usize) {
-    let conn = rusqlite::Connection::open(dir.join("tally.db")).unwrap();
+    // Read-only: closing it must not checkpoint the log, so that the next start recovers
+    // from exactly what the kill left.
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("tally.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
     let ids = |sql: &str| -> HashMap<String, i64> {
         let mut stmt = conn.prepare(sql).unwrap();
         stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))

@@ -183,6 +183,11 @@ async fn managed(
     id: &str,
 ) -> ApiResult<Account> {
     require(p, Action::ManageTenant)?;
+    if !matches!(p.credential, Credential::Account { .. }) {
+        return Err(ApiError::Forbidden(
+            "accounts are managed by accounts, not API keys".into(),
+        ));
+    }
     let tenant = tenant_for(p, tenant)?;
     let id: AccountId = id.parse().map_err(|_| ApiError::NotFound("account"))?;
     tenancy::managed_account(&state.stores, p, tenant, id).await

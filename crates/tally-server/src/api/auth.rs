@@ -26,21 +26,31 @@ pub async fn login(
     let now = chrono::Utc::now().timestamp();
     let email = body.email.trim();
     let result = state.auth.login(email, &body.password, ip, now).await;
-    let actor = Actor::anonymous(email, ip);
     let r = match result {
         Ok(r) => r,
         Err(e) => {
             if let ApiError::Unauthorized(..) = e {
-                // Never the password; the e-mail as typed, to see what was tried.
+                // Never the password; the e-mail as typed, to see what was tried. An attempt
+                // on an existing account is in that account's tenant's trail.
                 tracing::info!(email, ip = ?ip, "failed login");
+                let target = state.stores.identity.find_account_by_email(email).await;
+                let (tenant, target) = match target {
+                    Ok(Some(a)) => (Some(a.tenant_id), Some(format!("account:{}", a.id))),
+                    _ => (None, None),
+                };
                 let entry = Entry {
                     outcome: Outcome::Failure,
-                    ..Entry::success(None, action::LOGIN_FAILED, None)
+                    ..Entry::success(tenant, action::LOGIN_FAILED, target)
                 };
-                audit::record(&state.stores, &actor, entry).await;
+                audit::record(&state.stores, &Actor::anonymous(email, ip), entry).await;
             }
             return Err(e);
         }
+    };
+    let actor = Actor {
+        actor: format!("account:{}", r.account.id),
+        label: Some(r.account.email.clone()),
+        ip,
     };
     audit::record(
         &state.stores,

@@ -33,6 +33,9 @@ pub struct Authenticator {
     signer: TokenSigner,
     keys: TtlCache<String, ApiKey>,
     accounts: TtlCache<AccountId, Option<Account>>,
+    /// Moved on by every `forget_account`: an account read before a change must not be
+    /// cached after it.
+    account_epoch: std::sync::atomic::AtomicU64,
     revoked: TtlCache<uuid::Uuid, bool>,
     passwords: Passwords,
     limiter: std::sync::Arc<RateLimiter>,
@@ -61,6 +64,7 @@ impl Authenticator {
             signer,
             keys: TtlCache::new(Duration::from_secs(30), 10_000),
             accounts: TtlCache::new(SESSION_TTL, 10_000),
+            account_epoch: std::sync::atomic::AtomicU64::new(0),
             revoked: TtlCache::new(SESSION_TTL, 100_000),
             passwords: Passwords::start().map_err(ApiError::internal)?,
             limiter,
@@ -104,8 +108,12 @@ impl Authenticator {
         let account = match self.accounts.get(&claims.sub) {
             Some(a) => a,
             None => {
+                use std::sync::atomic::Ordering;
+                let epoch = self.account_epoch.load(Ordering::Acquire);
                 let a = self.stores.identity.get_account(claims.sub).await?;
-                self.accounts.insert(claims.sub, a.clone());
+                if self.account_epoch.load(Ordering::Acquire) == epoch {
+                    self.accounts.insert(claims.sub, a.clone());
+                }
                 a
             }
         };
@@ -147,6 +155,8 @@ impl Authenticator {
 
     /// Forgets every key and account of a deleted tenant.
     pub fn forget_tenant(&self, tenant: TenantId) {
+        self.account_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.keys.remove_where(|k| k.tenant_id == tenant);
         self.accounts
             .remove_where(|a| a.as_ref().is_some_and(|a| a.tenant_id == tenant));
@@ -155,6 +165,8 @@ impl Authenticator {
     /// Forgets what is cached of an account after it changed here (disabled, deleted,
     /// sessions ended), so that its tokens are judged afresh at once.
     pub fn forget_account(&self, id: AccountId) {
+        self.account_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.accounts.remove(&id);
     }
 
@@ -204,6 +216,24 @@ impl Authenticator {
         client: Option<IpAddr>,
         now_secs: i64,
     ) -> ApiResult<LoginResult> {
+        // Bounded before anything keeps them (limiter keys, logs, the audit trail).
+        if email.chars().count() > auth::MAX_EMAIL_LEN {
+            return Err(tally_core::FieldError::invalid(
+                "email",
+                format!("must be at most {} characters", auth::MAX_EMAIL_LEN),
+            )
+            .into());
+        }
+        if password.chars().count() > auth::MAX_LOGIN_PASSWORD_LEN {
+            return Err(tally_core::FieldError::invalid(
+                "password",
+                format!(
+                    "must be at most {} characters",
+                    auth::MAX_LOGIN_PASSWORD_LEN
+                ),
+            )
+            .into());
+        }
         let throttled = |wait: Duration| ApiError::RateLimited {
             message: "too many login attempts; retry later".into(),
             retry_after_secs: wait.as_secs().max(1),

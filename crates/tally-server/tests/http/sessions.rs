@@ -260,6 +260,80 @@ async fn a_login_flood_on_one_account_gets_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_login_flood_from_one_address_gets_429_whatever_the_accounts() {
+    let t = super::support::app_with(|c| c.limits.trust_forwarded_for = true).await;
+    let attempt = |email: String, ip: &'static str| {
+        let body =
+            serde_json::to_vec(&json!({"email": email, "password": "wrong password"})).unwrap();
+        axum::http::Request::builder()
+            .method("POST")
+            .uri("/api/v1/auth/login")
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", ip)
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    };
+    // A new e-mail every time: only the per-address limit (30 a minute) can stop it.
+    for i in 0..30 {
+        let r = t
+            .send(attempt(format!("guess{i}@example.com"), "198.51.100.7"))
+            .await;
+        assert_eq!(r.code(), "INVALID_CREDENTIALS", "attempt {i}");
+    }
+    let r = t
+        .send(attempt("guess-more@example.com".into(), "198.51.100.7"))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    // Another address is not affected; oversized input is refused before anything keeps it.
+    let r = t
+        .send(attempt("guess-more@example.com".into(), "198.51.100.8"))
+        .await;
+    assert_eq!(r.code(), "INVALID_CREDENTIALS");
+    let r = t
+        .send(attempt(
+            format!("{}@example.com", "a".repeat(300)),
+            "198.51.100.9",
+        ))
+        .await;
+    assert_eq!((r.status, r.field()), (StatusCode::BAD_REQUEST, "email"));
+}
+
+#[tokio::test]
+async fn api_keys_cannot_manage_accounts() {
+    let t = app().await;
+    let (owner_id, _, _) = t.account(t.tenant, Role::Owner).await;
+    for (method, path) in [
+        ("DELETE", format!("/api/v1/accounts/{owner_id}")),
+        ("POST", format!("/api/v1/accounts/{owner_id}/end_sessions")),
+    ] {
+        let r = t.call(method, &path, Some(&t.key), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {path}");
+    }
+    let r = t
+        .call(
+            "PATCH",
+            &format!("/api/v1/accounts/{owner_id}"),
+            Some(&t.key),
+            Some(&json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(t
+        .stores
+        .identity
+        .get_account(owner_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .disabled_at
+        .is_none());
+}
+
+#[tokio::test]
 async fn every_administrative_action_is_in_the_audit_trail_with_its_actor() {
     let t = app().await;
     let (owner_id, owner_email, owner) = t.account(t.tenant, Role::Owner).await;
@@ -350,11 +424,25 @@ async fn every_administrative_action_is_in_the_audit_trail_with_its_actor() {
     );
     assert_eq!(find("account.deleted")["details"]["email"], "new@acme.io");
     assert_eq!(find("auth.login")["actor_label"], owner_email);
+    assert_eq!(find("auth.login")["actor"], actor);
     assert_eq!(
         find("api_key.created")["details"]["scopes"],
         json!(["ingest"])
     );
-    // Failed logins of an unknown tenant are platform-wide: the platform admin sees them.
+    // A failed login on an account is in its tenant's trail, with no actor but the e-mail.
+    let mine = t
+        .call(
+            "GET",
+            "/api/v1/audit?action=auth.login_failed",
+            Some(&owner),
+            None,
+        )
+        .await;
+    let mine = mine.body["results"].as_array().unwrap();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["target"], format!("account:{owner_id}"));
+    assert_eq!(mine[0]["actor"], "anonymous");
+    // The platform admin sees every failed login.
     let (_, _, admin) = t.account(t.tenant, Role::Admin).await;
     let failed = t
         .call(

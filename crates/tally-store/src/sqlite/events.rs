@@ -15,10 +15,10 @@ use super::writer::WriterState;
 use super::{uuid_from, SqliteStore};
 use crate::{ActivityRef, EventStore, InsertOutcome, StoreError, StoreResult};
 
-type DailyKey = (TenantId, i64, String, i64);
+pub(crate) type DailyKey = (TenantId, i64, String, i64);
 
 /// Daily rollup changes accumulated in memory during one transaction.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct RollupDelta {
     daily: HashMap<DailyKey, u64>,
     per_tenant: HashMap<TenantId, u64>,
@@ -46,6 +46,40 @@ impl RollupDelta {
         for (k, n) in other.per_tenant {
             *self.per_tenant.entry(k).or_default() += n;
         }
+    }
+
+    /// Takes out this transaction's not yet written counts of `tenant` (its deletion).
+    pub(crate) fn take_tenant(&mut self, tenant: TenantId) -> RollupDelta {
+        let mut taken = RollupDelta::default();
+        self.daily.retain(|k, n| {
+            let keep = k.0 != tenant;
+            if !keep {
+                taken.daily.insert(k.clone(), *n);
+            }
+            keep
+        });
+        if let Some(n) = self.per_tenant.remove(&tenant) {
+            taken.per_tenant.insert(tenant, n);
+        }
+        taken
+    }
+
+    /// Puts back counts taken out by a deletion that failed.
+    pub(crate) fn restore(&mut self, taken: RollupDelta) {
+        self.merge(taken);
+    }
+
+    /// Lowers a not yet written daily count by up to `n`; returns by how much.
+    pub(crate) fn lower_pending(&mut self, key: &DailyKey, n: u64) -> u64 {
+        let Some(pending) = self.daily.get_mut(key) else {
+            return 0;
+        };
+        let taken = (*pending).min(n);
+        *pending -= taken;
+        if *pending == 0 {
+            self.daily.remove(key);
+        }
+        taken
     }
 
     pub(crate) fn pending_for(&self, tenant: TenantId) -> u64 {

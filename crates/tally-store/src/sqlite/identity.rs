@@ -164,7 +164,7 @@ impl IdentityStore for SqliteStore {
         id: AccountId,
         disabled_at: Option<i64>,
     ) -> StoreResult<bool> {
-        self.write(move |conn| {
+        self.write_essential(move |conn| {
             let n = conn.execute(
                 "UPDATE accounts SET disabled_at = ?3 WHERE id = ?1 AND tenant_id = ?2",
                 params![id.0.as_bytes(), tenant.0.as_bytes(), disabled_at],
@@ -175,7 +175,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn end_all_sessions(&self, tenant: TenantId, id: AccountId) -> StoreResult<bool> {
-        self.write(move |conn| {
+        self.write_essential(move |conn| {
             let n = conn.execute(
                 "UPDATE accounts SET session_version = session_version + 1
                  WHERE id = ?1 AND tenant_id = ?2",
@@ -187,7 +187,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn delete_account(&self, tenant: TenantId, id: AccountId) -> StoreResult<bool> {
-        self.write(move |conn| {
+        self.write_essential(move |conn| {
             let n = conn.execute(
                 "DELETE FROM accounts WHERE id = ?1 AND tenant_id = ?2",
                 params![id.0.as_bytes(), tenant.0.as_bytes()],
@@ -208,7 +208,7 @@ impl IdentityStore for SqliteStore {
         expires_at: i64,
         now_secs: i64,
     ) -> StoreResult<()> {
-        self.write(move |conn| {
+        self.write_essential(move |conn| {
             conn.execute(
                 "INSERT OR IGNORE INTO revoked_sessions (session_id, account_id, expires_at)
                  VALUES (?1, ?2, ?3)",
@@ -293,7 +293,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn revoke_api_key(&self, tenant: TenantId, id: ApiKeyId, at: i64) -> StoreResult<bool> {
-        self.write(move |conn| {
+        self.write_essential(move |conn| {
             let n = conn.execute(
                 "UPDATE api_keys SET revoked_at = ?3 WHERE id = ?1 AND tenant_id = ?2 AND revoked_at IS NULL",
                 params![id.0.as_bytes(), tenant.0.as_bytes(), at],
@@ -314,17 +314,18 @@ impl IdentityStore for SqliteStore {
         .await
     }
 
-    async fn put_setting(&self, key: &str, value: Option<&str>) -> StoreResult<()> {
-        let (key, value) = (key.to_owned(), value.map(str::to_owned));
+    async fn put_settings(&self, settings: Vec<(String, Option<String>)>) -> StoreResult<()> {
         self.write(move |conn| {
-            match value {
-                Some(v) => conn.execute(
-                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    params![key, v],
-                )?,
-                None => conn.execute("DELETE FROM settings WHERE key = ?1", [key])?,
-            };
+            for (key, value) in settings {
+                match value {
+                    Some(v) => conn.execute(
+                        "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        params![key, v],
+                    )?,
+                    None => conn.execute("DELETE FROM settings WHERE key = ?1", [key])?,
+                };
+            }
             Ok(())
         })
         .await

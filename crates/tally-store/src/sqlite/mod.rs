@@ -277,6 +277,17 @@ impl SqliteStore {
         self.writer.job(f).await
     }
 
+    /// A write that goes through below the free-space floor: security changes (ending
+    /// sessions, disabling or deleting accounts, revoking keys) must never wait for disk
+    /// space. Each is one small row.
+    async fn write_essential<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        self.writer.job(f).await
+    }
+
     /// Like [`write`](Self::write), with the writer's state.
     async fn write_with_state<R, F>(&self, weight: usize, f: F) -> StoreResult<R>
     where

@@ -401,6 +401,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_tenant ON audit_log(tenant_id, id);
     CREATE INDEX audit_by_time ON audit_log(at);
     "#,
+    // 9: purges of the user index decided by a committed deletion and not yet done there
+    // (the index is another file); run again at open until done.
+    r#"
+    CREATE TABLE pending_purges (
+        id INTEGER PRIMARY KEY,
+        tenant_id BLOB NOT NULL,
+        user_id TEXT
+    );
+    "#,
 ];
 
 /// The user index's own database (`user_index.rs`): derived data, rebuilt from `events`

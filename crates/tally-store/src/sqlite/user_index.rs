@@ -169,6 +169,7 @@ impl UserIndex {
             changed: Condvar::new(),
             thread: Mutex::new(None),
         });
+        replay_purges(main, &conn)?;
         index.recover(main, &conn)?;
         let me = index.clone();
         let handle = std::thread::Builder::new()
@@ -399,8 +400,36 @@ impl UserIndex {
     }
 }
 
-/// Deletes the index rows `what` names, in one transaction.
+/// Runs the purges a deletion committed in the main database but the index never did (a
+/// crash in between), then forgets them.
+fn replay_purges(main: &Connection, index: &Connection) -> StoreResult<()> {
+    let pending: Vec<(i64, Vec<u8>, Option<String>)> = main
+        .prepare("SELECT id, tenant_id, user_id FROM pending_purges ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, tenant, user) in pending {
+        let tenant = TenantId(uuid_from(tenant)?);
+        let what = match user {
+            Some(u) => Purge::User(tenant, u),
+            None => Purge::Tenant(tenant),
+        };
+        let rows = purge_rows(index, &what)?;
+        tracing::info!(?what, ?rows, "finished a purge of the user index cut short");
+        main.execute("DELETE FROM pending_purges WHERE id = ?1", [id])?;
+    }
+    Ok(())
+}
+
+/// Deletes the index rows `what` names, in one transaction, durably (unlike folds, a
+/// purge cannot be redone from `events` once its pending record is gone).
 fn purge_rows(conn: &Connection, what: &Purge) -> StoreResult<BTreeMap<String, u64>> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let result = purge_rows_once(conn, what);
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    result
+}
+
+fn purge_rows_once(conn: &Connection, what: &Purge) -> StoreResult<BTreeMap<String, u64>> {
     let (filter, user) = match what {
         Purge::Tenant(t) => (("tenant_id = ?1", *t), None),
         Purge::User(t, u) => (("tenant_id = ?1 AND user_id = ?2", *t), Some(u.as_str())),
