@@ -180,6 +180,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(msg) => ApiError::Conflict(msg),
+            StoreError::NotFound(_) => ApiError::NotFound("tenant"),
             StoreError::Full => ApiError::StorageFull,
             StoreError::LowSpace {
                 free_bytes,

@@ -30,6 +30,9 @@ pub enum StoreError {
     /// A uniqueness rule was broken; the message names what.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// What the operation is for no longer exists (e.g. its tenant was deleted).
+    #[error("{0} not found")]
+    NotFound(String),
     /// The disk is full.
     #[error("storage is full")]
     Full,

@@ -1551,3 +1551,58 @@ async fn deletions_in_the_same_commit_as_new_events_leave_exact_counts() {
         assert_eq!(f.stores.events.event_count(kept).await.unwrap(), expected);
     }
 }
+
+/// Writes authenticated just before their tenant was deleted leave nothing behind.
+#[tokio::test]
+async fn writes_for_a_deleted_tenant_are_refused() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    f.stores.deletion.delete_tenant(t).await.unwrap();
+    let gone = |r: Result<(), StoreError>| {
+        assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+    };
+    gone(
+        f.stores
+            .events
+            .insert_events(
+                t,
+                None,
+                vec![event(T0, Some("u"), None, EventType::UserAction, "x")],
+            )
+            .await
+            .map(|_| ()),
+    );
+    gone(
+        f.stores
+            .usage
+            .insert_usage(t, vec![usage(None, "2025-07-01T10:00:00Z")].into())
+            .await
+            .map(|_| ()),
+    );
+    let profile = UserProfile {
+        user_id: "u".into(),
+        email: None,
+        full_name: None,
+        role: None,
+        created_at: T0,
+        updated_at: T0,
+    };
+    gone(f.stores.profiles.upsert_user(t, profile).await.map(|_| ()));
+    let price = tally_core::pricing::ModelPrice {
+        provider: "openai".into(),
+        model: "gpt-4o".into(),
+        effective_from: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
+        input_per_mtok: tally_core::pricing::Nanos(1),
+        output_per_mtok: tally_core::pricing::Nanos(1),
+        cached_input_per_mtok: None,
+    };
+    gone(f.stores.usage.put_price_override(t, price).await);
+    gone(
+        f.stores
+            .quotas
+            .replace_quota_rules(t, Vec::new(), T0)
+            .await
+            .map(|_| ()),
+    );
+    assert!(f.stores.identity.get_tenant(t).await.unwrap().is_none());
+}

@@ -148,9 +148,7 @@ fn tenant_key(conn: &Connection, tenant: TenantId) -> StoreResult<i64> {
                 )?
                 .execute([id])?;
             if made == 0 {
-                return Err(StoreError::Unavailable(format!(
-                    "tenant {tenant} does not exist"
-                )));
+                return Err(StoreError::NotFound("tenant".into()));
             }
             Ok(conn.last_insert_rowid())
         }

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use tally_core::pricing::{Nanos, NANOS_PER_USD};
+use tally_core::TenantId;
 use tokio::sync::Semaphore;
 
 use crate::{StoreError, StoreResult};
@@ -277,6 +278,21 @@ impl SqliteStore {
         self.writer.job(f).await
     }
 
+    /// [`write`](Self::write) of data owned by `tenant`: refused when the tenant no longer
+    /// exists, checked inside the transaction, so that a request authenticated just before
+    /// its tenant was deleted cannot leave rows behind.
+    async fn write_for<R, F>(&self, tenant: TenantId, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        self.write(move |conn| {
+            require_tenant(conn, tenant)?;
+            f(conn)
+        })
+        .await
+    }
+
     /// A write that goes through below the free-space floor: security changes (ending
     /// sessions, disabling or deleting accounts, revoking keys) must never wait for disk
     /// space. Each is one small row.
@@ -322,6 +338,18 @@ impl ReaderPool {
         if let Ok(mut v) = self.conns.lock() {
             v.push(conn);
         }
+    }
+}
+
+/// `NotFound` unless the tenant exists (in the caller's transaction).
+pub(crate) fn require_tenant(conn: &Connection, tenant: TenantId) -> StoreResult<()> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")?
+        .exists([tenant.0.as_bytes()])?;
+    if exists {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound("tenant".into()))
     }
 }
 

@@ -77,7 +77,7 @@ impl ProfileStore for SqliteStore {
         tenant: TenantId,
         p: UserProfile,
     ) -> StoreResult<(UserProfile, bool)> {
-        self.write(move |conn| {
+        self.write_for(tenant, move |conn| {
             let existed: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM tracked_users WHERE tenant_id = ?1 AND user_id = ?2)",
                 params![tenant.0.as_bytes(), p.user_id],
@@ -147,7 +147,7 @@ impl ProfileStore for SqliteStore {
     }
 
     async fn upsert_project(&self, tenant: TenantId, p: Project) -> StoreResult<(Project, bool)> {
-        self.write(move |conn| {
+        self.write_for(tenant, move |conn| {
             let existed: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM projects WHERE tenant_id = ?1 AND project_id = ?2)",
                 params![tenant.0.as_bytes(), p.project_id],

@@ -160,7 +160,7 @@ impl QuotaStore for SqliteStore {
         rules: Vec<QuotaRule>,
         at: i64,
     ) -> StoreResult<Vec<QuotaRule>> {
-        self.write(move |conn| replace_tx(conn, tenant, rules, at))
+        self.write_for(tenant, move |conn| replace_tx(conn, tenant, rules, at))
             .await
     }
 
@@ -172,7 +172,7 @@ impl QuotaStore for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |conn| {
+        self.write_for(tenant, move |conn| {
             let mut insert = conn.prepare_cached(
                 "INSERT OR IGNORE INTO quota_events (tenant_id, rule_id, rule_name, metric, window_start,
                      threshold, used, limit_value, ts)

@@ -554,8 +554,11 @@ impl UsageStore for SqliteStore {
             return Ok(Vec::new());
         }
         let weight = records.len();
-        self.write_with_state(weight, move |conn, _| insert_tx(conn, tenant, &records))
-            .await
+        self.write_with_state(weight, move |conn, _| {
+            super::require_tenant(conn, tenant)?;
+            insert_tx(conn, tenant, &records)
+        })
+        .await
     }
 
     async fn usage_count(&self, tenant: TenantId) -> StoreResult<u64> {
@@ -838,7 +841,7 @@ impl UsageStore for SqliteStore {
     }
 
     async fn put_price_override(&self, tenant: TenantId, p: ModelPrice) -> StoreResult<()> {
-        self.write(move |conn| {
+        self.write_for(tenant, move |conn| {
             conn.execute(
                 "INSERT INTO price_overrides (tenant_id, provider, model, effective_from, input_per_mtok_nanos,
                      output_per_mtok_nanos, cached_input_per_mtok_nanos)
