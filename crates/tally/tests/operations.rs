@@ -177,6 +177,10 @@ fn an_unwritable_data_dir_and_an_unused_admin_password_are_explained() {
         stderr.contains("TALLY_ADMIN_PASSWORD (auth.admin_password) was not used"),
         "{stderr}"
     );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "a log that is not a terminal carries no colour codes: {stderr:?}"
+    );
 
     // A data dir that cannot be made names the path and the OS error.
     let file = root.path().join("a-file");
