@@ -8,6 +8,7 @@ pub mod demo;
 pub mod error;
 mod http;
 pub mod service;
+pub mod supervisor;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub analytics: Arc<service::analytics::Analytics>,
     /// The one keyed rate limiter (logins now; keys, tenants and models later).
     pub limiter: Arc<service::ratelimit::RateLimiter>,
+    /// The background tasks' states (`/readyz`).
+    pub tasks: supervisor::TaskBoard,
 }
 
 impl AppState {
@@ -92,6 +95,7 @@ impl AppState {
             usage,
             quotas,
             limiter,
+            tasks: supervisor::TaskBoard::default(),
             stores,
         })
     }
@@ -197,13 +201,17 @@ pub async fn serve(
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tally started");
 
     let retention = std::time::Duration::from_secs(u64::from(config.audit.retention_days) * 86_400);
-    let retain = tokio::spawn(service::audit::retain(stores.clone(), retention));
+    let mut supervisor = supervisor::Supervisor::new(state.tasks.clone());
+    let audit_stores = stores.clone();
+    supervisor.spawn("audit_retention", move |stop| {
+        service::audit::retain(audit_stores.clone(), retention, stop)
+    });
     let limits = http::ConnectionLimits {
         timeouts,
         max_connections: http::fit_connection_cap(config.http.max_connections),
     };
     http::run(listener, api::service(state), limits, shutdown).await;
-    retain.abort();
+    supervisor.shutdown(timeouts.shutdown).await;
 
     tracing::info!("draining pending writes");
     tokio::task::spawn_blocking(move || sqlite.shutdown())

@@ -35,9 +35,17 @@ fn a_second_server_on_a_data_dir_fails_fast_naming_the_holder() {
             && stderr.contains("`tally serve`"),
         "{stderr}"
     );
-    // The first server is unharmed.
+    // The first server is unharmed, and its background tasks run under the supervisor.
     let r = reqwest::blocking::get(format!("{}/healthz", first.base)).unwrap();
     assert_eq!(r.status(), 200);
+    let ready: serde_json::Value = reqwest::blocking::get(format!("{}/readyz", first.base))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        ready["tasks"]["audit_retention"]["state"], "running",
+        "{ready}"
+    );
 
     // A crashed owner leaves no stale lock: the next server takes over at once.
     first.kill9();

@@ -14,7 +14,7 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Storage answers reads and the writer accepts work.
+/// Storage answers reads and the writer accepts work; lists the background tasks' states.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let read = state.stores.identity.get_setting("auth.jwt_secret").await;
@@ -24,7 +24,12 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         .init_setting("readyz.probe", "ok")
         .await;
     match (read, write) {
-        (Ok(_), Ok(_)) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        // Background tasks are reported, not judged: a task restarting after a failure
+        // does not make storage unready.
+        (Ok(_), Ok(_)) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "tasks": state.tasks.snapshot() })),
+        ),
         (r, w) => {
             let error = r.err().or(w.err());
             let text = error.as_ref().map(|e| e.to_string()).unwrap_or_default();

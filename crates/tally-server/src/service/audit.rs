@@ -109,16 +109,26 @@ pub async fn list(stores: &Stores, filter: AuditFilter) -> ApiResult<Vec<AuditRe
     Ok(stores.audit.list_audit(filter).await?)
 }
 
-/// Drops entries older than `retention`, now and then every six hours, until the task is
-/// aborted.
-pub async fn retain(stores: Stores, retention: Duration) {
+/// Drops entries older than `retention`, now and then every six hours, until stopped (a
+/// supervised task: a failure is returned and the supervisor runs it again later).
+pub async fn retain(
+    stores: Stores,
+    retention: Duration,
+    mut stop: crate::supervisor::Stop,
+) -> anyhow::Result<()> {
     loop {
         let before = now_micros() - retention.as_micros() as i64;
-        match stores.audit.purge_audit(before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(entries = n, "dropped audit entries past retention"),
-            Err(error) => tracing::warn!(%error, "failed to apply the audit retention"),
+        let n = stores
+            .audit
+            .purge_audit(before)
+            .await
+            .map_err(|e| anyhow::anyhow!("failed to apply the audit retention: {e}"))?;
+        if n > 0 {
+            tracing::info!(entries = n, "dropped audit entries past retention");
         }
-        tokio::time::sleep(Duration::from_secs(6 * 3600)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(6 * 3600)) => {}
+            () = stop.stopped() => return Ok(()),
+        }
     }
 }
