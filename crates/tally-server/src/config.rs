@@ -119,6 +119,10 @@ pub struct AuthConfig {
     pub admin_email: String,
     /// Its password; generated and printed once when absent.
     pub admin_password: Option<String>,
+    /// Login attempts a minute per e-mail address (429 beyond).
+    pub login_attempts_per_account: u32,
+    /// Login attempts a minute per client IP (429 beyond).
+    pub login_attempts_per_ip: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -174,6 +178,8 @@ impl Default for AuthConfig {
             token_ttl_secs: 3_600,
             admin_email: "admin@tally.local".into(),
             admin_password: None,
+            login_attempts_per_account: 10,
+            login_attempts_per_ip: 30,
         }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tally_core::auth::TokenSigner;
 use tally_core::enrich::Enricher;
+use tally_core::ratelimit::Quota;
 use tally_store::{datadir, SqliteConfig, SqliteStore, Stores};
 
 pub use api::app;
@@ -66,7 +67,14 @@ impl AppState {
             None => Enricher::new(),
         };
         let limiter = Arc::new(service::ratelimit::RateLimiter::new());
-        let auth = Authenticator::new(stores.clone(), signer, limiter.clone())
+        if config.auth.login_attempts_per_account == 0 || config.auth.login_attempts_per_ip == 0 {
+            anyhow::bail!("auth.login_attempts_per_account and _per_ip must be at least 1");
+        }
+        let login_limits = service::auth::LoginLimits {
+            per_account: Quota::per_minute(config.auth.login_attempts_per_account),
+            per_ip: Quota::per_minute(config.auth.login_attempts_per_ip),
+        };
+        let auth = Authenticator::new(stores.clone(), signer, limiter.clone(), login_limits)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let quotas = Arc::new(service::quota::Quotas::new(stores.clone()));
         let usage = Arc::new(service::usage::Usage::new(

@@ -23,10 +23,14 @@ use crate::error::{ApiError, ApiResult};
 
 /// How long an account's state or a session's revocation may be served from memory.
 const SESSION_TTL: Duration = Duration::from_secs(5);
-/// Login attempts per e-mail address (known or not, so that both look alike).
-pub const LOGIN_PER_ACCOUNT: Quota = Quota::per_minute(10);
-/// Login attempts per client IP.
-pub const LOGIN_PER_IP: Quota = Quota::per_minute(30);
+/// How many login attempts a minute are allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// Per e-mail address (known or not, so that both look alike).
+    pub per_account: Quota,
+    /// Per client IP.
+    pub per_ip: Quota,
+}
 
 pub struct Authenticator {
     stores: Stores,
@@ -39,6 +43,7 @@ pub struct Authenticator {
     revoked: TtlCache<uuid::Uuid, bool>,
     passwords: Passwords,
     limiter: std::sync::Arc<RateLimiter>,
+    login_limits: LoginLimits,
     /// A valid argon2 hash of a random password, verified against when the e-mail is
     /// unknown so that both failures take the same time.
     dummy_hash: String,
@@ -56,6 +61,7 @@ impl Authenticator {
         stores: Stores,
         signer: TokenSigner,
         limiter: std::sync::Arc<RateLimiter>,
+        login_limits: LoginLimits,
     ) -> ApiResult<Self> {
         let dummy_hash =
             auth::hash_password(&auth::generate_password()).map_err(ApiError::internal)?;
@@ -68,6 +74,7 @@ impl Authenticator {
             revoked: TtlCache::new(SESSION_TTL, 100_000),
             passwords: Passwords::start().map_err(ApiError::internal)?,
             limiter,
+            login_limits,
             dummy_hash,
         })
     }
@@ -240,13 +247,13 @@ impl Authenticator {
         };
         if let Some(ip) = client {
             self.limiter
-                .check(&format!("login-ip:{ip}"), LOGIN_PER_IP)
+                .check(&format!("login-ip:{ip}"), self.login_limits.per_ip)
                 .map_err(throttled)?;
         }
         self.limiter
             .check(
                 &format!("login-account:{}", email.to_lowercase()),
-                LOGIN_PER_ACCOUNT,
+                self.login_limits.per_account,
             )
             .map_err(throttled)?;
         let account = self.stores.identity.find_account_by_email(email).await?;
