@@ -17,6 +17,7 @@ use tally_core::time::{now_micros, rfc3339};
 use tally_core::{check_id, FieldError, TenantId};
 use uuid::Uuid;
 
+use super::batch::{self, Counted, Report};
 use super::dto::DeletionResponse;
 use super::dto::*;
 use super::extract::{parse_item, ApiQuery, Auth, ClientIp, JsonBody};
@@ -64,14 +65,6 @@ fn upsert_status(created: bool) -> StatusCode {
         StatusCode::CREATED
     } else {
         StatusCode::OK
-    }
-}
-
-pub(crate) fn item_error(e: &FieldError) -> ItemError {
-    ItemError {
-        code: e.code.to_owned(),
-        message: e.message.clone(),
-        field: e.field.clone(),
     }
 }
 
@@ -149,76 +142,55 @@ pub async fn track_batch(
     JsonBody(body): JsonBody<BatchRequest>,
 ) -> ApiResult<(StatusCode, Json<BatchResponse>)> {
     require(&p, Action::Ingest)?;
-    check_batch_len("events", body.events.len(), state.config.max_batch_events)?;
+    batch::check_len(
+        "events",
+        "event",
+        body.events.len(),
+        state.config.max_batch_events,
+    )?;
     let items: Vec<_> = body
         .events
         .iter()
         .map(|raw| parse_event(raw.get()))
         .collect();
     let outcomes = state.insights.track(p.tenant_id, items, ip).await?;
-    let mut results = Vec::with_capacity(outcomes.len());
-    let (mut ok, mut failed, mut dup) = (0, 0, 0);
-    for (index, o) in outcomes.into_iter().enumerate() {
-        results.push(match o {
-            TrackOutcome::Accepted(a) => {
-                ok += 1;
-                dup += usize::from(a.duplicate);
-                BatchItem {
-                    index,
-                    status: "accepted",
-                    id: Some(a.tracking_id),
-                    activity_id: Some(a.id),
-                    duplicate: Some(a.duplicate),
-                    error: None,
-                }
-            }
-            TrackOutcome::Rejected(e) => {
-                failed += 1;
-                BatchItem {
-                    index,
-                    status: "rejected",
-                    id: None,
-                    activity_id: None,
-                    duplicate: None,
-                    error: Some(item_error(&e)),
-                }
-            }
-        });
-    }
+    let report = Report::of(outcomes, |index, o| match o {
+        TrackOutcome::Accepted(a) => Counted::Accepted {
+            duplicate: a.duplicate,
+            item: BatchItem {
+                index,
+                status: "accepted",
+                id: Some(a.tracking_id),
+                activity_id: Some(a.id),
+                duplicate: Some(a.duplicate),
+                error: None,
+            },
+        },
+        TrackOutcome::Rejected(e) => Counted::Rejected(BatchItem {
+            index,
+            status: "rejected",
+            id: None,
+            activity_id: None,
+            duplicate: None,
+            error: Some(batch::item_error(&e)),
+        }),
+    });
     let response = BatchResponse {
         batch_id: Uuid::now_v7(),
-        events_count: results.len(),
-        processed_count: ok,
-        failed_count: failed,
-        duplicate_count: dup,
+        events_count: report.results.len(),
+        processed_count: report.accepted,
+        failed_count: report.rejected,
+        duplicate_count: report.duplicates,
         processed_at: rfc3339(now_micros()),
-        results,
+        results: report.results,
     };
-    if ok == 0 {
-        return Err(ApiError::BadRequest {
-            code: "BATCH_REJECTED",
-            message: "no event of the batch was accepted; see details.results".into(),
-            details: serde_json::to_value(&response).map_err(ApiError::internal)?,
-        });
-    }
-    let status = if failed == 0 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::MULTI_STATUS
-    };
+    let status = batch::status(
+        response.processed_count,
+        response.failed_count,
+        "event",
+        &response,
+    )?;
     Ok((status, Json(response)))
-}
-
-fn check_batch_len(field: &str, n: usize, max: usize) -> ApiResult<()> {
-    if n == 0 {
-        return Err(FieldError::invalid(field, "must contain at least one event").into());
-    }
-    if n > max {
-        return Err(ApiError::TooManyItems(format!(
-            "{field} holds {n} events; the limit is {max} per request"
-        )));
-    }
-    Ok(())
 }
 
 /// Validate events without storing them.
@@ -239,8 +211,9 @@ pub async fn track_test(
         )
         .into());
     }
-    check_batch_len(
+    batch::check_len(
         "test_events",
+        "event",
         body.test_events.len(),
         state.config.max_batch_events,
     )?;
@@ -275,7 +248,7 @@ pub async fn track_test(
         events.push(TestEventResult {
             index,
             valid: item.error.is_none(),
-            error: item.error.as_ref().map(item_error),
+            error: item.error.as_ref().map(batch::item_error),
             sensitive_data: item.sensitive,
             estimated_storage_bytes: item.storage_bytes,
         });

@@ -6,6 +6,7 @@ mod admin;
 mod analytics;
 mod audit;
 mod auth;
+mod batch;
 pub mod contract;
 pub mod dto;
 pub mod extract;

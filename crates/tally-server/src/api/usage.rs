@@ -11,11 +11,12 @@ use tally_core::pricing::{ModelPrice, Nanos};
 use tally_core::usage::{CostSource, UsageInput};
 use tally_core::FieldError;
 
+use super::batch::{self, Counted, Report};
 use super::dto::ItemError;
 use super::extract::ClientIp;
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
-use super::insights::{item_error, require, tenant_for, TenantQuery};
-use crate::error::{ApiError, ApiResult};
+use super::insights::{require, tenant_for, TenantQuery};
+use crate::error::ApiResult;
 use crate::service::audit::{self, Actor, Entry};
 use crate::service::usage::{PriceInput, UsageResult};
 use crate::AppState;
@@ -154,18 +155,12 @@ pub async fn ingest(
     require(&p, Action::Ingest)?;
     let (items, single) = match serde_json::from_str::<UsageBatch>(raw.get()) {
         Ok(batch) => {
-            let n = batch.records.len();
-            if n == 0 {
-                return Err(
-                    FieldError::invalid("records", "must contain at least one record").into(),
-                );
-            }
-            if n > state.config.max_batch_events {
-                return Err(ApiError::TooManyItems(format!(
-                    "records holds {n} records; the limit is {} per request",
-                    state.config.max_batch_events
-                )));
-            }
+            batch::check_len(
+                "records",
+                "record",
+                batch.records.len(),
+                state.config.max_batch_events,
+            )?;
             (
                 batch
                     .records
@@ -183,23 +178,20 @@ pub async fn ingest(
             return Err(e.clone().into());
         }
     }
-    let mut out = Vec::with_capacity(results.len());
-    let (mut ok, mut failed, mut dup) = (0, 0, 0);
     let mut total = Nanos::ZERO;
-    for (index, r) in results.into_iter().enumerate() {
-        out.push(match r {
-            UsageResult::Stored {
-                id,
+    let report = Report::of(results, |index, r| match r {
+        UsageResult::Stored {
+            id,
+            duplicate,
+            cost,
+            cost_source,
+        } => {
+            if !duplicate {
+                total += cost;
+            }
+            Counted::Accepted {
                 duplicate,
-                cost,
-                cost_source,
-            } => {
-                ok += 1;
-                dup += usize::from(duplicate);
-                if !duplicate {
-                    total += cost;
-                }
-                UsageItem {
+                item: UsageItem {
                     index,
                     status: "accepted",
                     id: Some(id),
@@ -207,44 +199,37 @@ pub async fn ingest(
                     cost_usd: Some(cost.usd_rounded(6)),
                     cost_source: Some(cost_source),
                     error: None,
-                }
+                },
             }
-            UsageResult::Rejected(e) => {
-                failed += 1;
-                UsageItem {
-                    index,
-                    status: "rejected",
-                    id: None,
-                    duplicate: None,
-                    cost_usd: None,
-                    cost_source: None,
-                    error: Some(item_error(&e)),
-                }
-            }
-        });
-    }
+        }
+        UsageResult::Rejected(e) => Counted::Rejected(UsageItem {
+            index,
+            status: "rejected",
+            id: None,
+            duplicate: None,
+            cost_usd: None,
+            cost_source: None,
+            error: Some(batch::item_error(&e)),
+        }),
+    });
     let response = UsageResponse {
-        records_count: out.len(),
-        processed_count: ok,
-        failed_count: failed,
-        duplicate_count: dup,
+        records_count: report.results.len(),
+        processed_count: report.accepted,
+        failed_count: report.rejected,
+        duplicate_count: report.duplicates,
         total_cost_usd: total.usd_rounded(6),
-        results: out,
+        results: report.results,
     };
-    if ok == 0 {
-        return Err(ApiError::BadRequest {
-            code: "BATCH_REJECTED",
-            message: "no record of the batch was accepted; see details.results".into(),
-            details: serde_json::to_value(&response).map_err(ApiError::internal)?,
-        });
+    let mut status = batch::status(
+        response.processed_count,
+        response.failed_count,
+        "record",
+        &response,
+    )?;
+    // A single record sent again: it exists, nothing was created.
+    if single && response.duplicate_count == 1 {
+        status = StatusCode::OK;
     }
-    let status = if failed > 0 {
-        StatusCode::MULTI_STATUS
-    } else if single && dup == 1 {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
     Ok((status, Json(response)))
 }
 
