@@ -12,8 +12,8 @@ use tally_core::quota::{
     percent, project, Decision, QuotaEvent, QuotaInput, QuotaMetric, QuotaScope, QuotaStatus,
     QuotaWindow,
 };
-use tally_core::time::{now_micros, rfc3339, to_datetime};
-use tally_core::usage::{priced_cost, reported_cost, MAX_TOKENS};
+use tally_core::time::{now_micros, rfc3339};
+use tally_core::usage::{reported_cost, MAX_TOKENS};
 use tally_core::FieldError;
 
 use super::extract::ClientIp;
@@ -21,8 +21,8 @@ use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
 use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::ApiResult;
 use crate::service::audit::{self, Actor, Entry};
-use crate::service::quota::{display_amount, is_tenant_budget, CallEstimate, Tracked};
-use crate::service::usage::cheaper_sibling;
+use crate::service::quota::{display_amount, is_tenant_budget, Tracked};
+use crate::service::usage::PreflightCall;
 use crate::AppState;
 use tally_core::audit::action;
 
@@ -414,67 +414,29 @@ pub async fn test(
             return Err(FieldError::invalid(field, format!("must be at most {MAX_TOKENS}")).into());
         }
     }
-    let tokens = TokenUsage {
-        input: body.input_tokens.unwrap_or(0),
-        output: body.output_tokens.unwrap_or(0),
-        ..Default::default()
-    };
-    let mut notes = Vec::new();
-    let catalog = state.usage.catalog(tenant).await?;
-    let today = to_datetime(now_micros()).date_naive();
-    let cost = match body.estimated_cost_usd {
-        Some(v) => reported_cost("estimated_cost_usd", &v)?,
-        // Without a cost, the tokens are priced; without either, the call tests the
-        // request quotas and costs nothing.
-        None => match catalog.lookup(&provider, &model, today) {
-            Some(price) => priced_cost("input_tokens", price.cost(&tokens))?,
-            None => {
-                if tokens.input + tokens.output > 0 {
-                    notes.push(format!(
-                        "no price for {provider}/{model}: cost quotas were tested at $0; \
-                         give estimated_cost_usd to test them"
-                    ));
-                }
-                Nanos::ZERO
-            }
+    let call = PreflightCall {
+        provider,
+        model,
+        user_id,
+        estimated_cost: body
+            .estimated_cost_usd
+            .map(|v| reported_cost("estimated_cost_usd", &v))
+            .transpose()?,
+        tokens: TokenUsage {
+            input: body.input_tokens.unwrap_or(0),
+            output: body.output_tokens.unwrap_or(0),
+            ..Default::default()
         },
     };
-    let total_tokens = tokens.input + tokens.output;
-    let now = now_micros();
-    let call = CallEstimate {
-        provider: provider.clone(),
-        model: model.clone(),
-        user_id: user_id.clone(),
-        cost,
-        tokens: total_tokens,
-    };
-    let verdict = state.quotas.check(tenant, &call, now).await?;
-    let mut reasons = notes;
-    let quotas: Vec<RuleCheck> = verdict
+    let check = state.usage.preflight(tenant, call, now_micros()).await?;
+    let quotas = check
+        .verdict
         .rules
         .iter()
         .map(|r| {
             let t = &r.tracked;
             let m = t.rule.metric;
             let after = t.used.saturating_add(r.amount);
-            let pct = round(percent(after, t.rule.limit), 1);
-            match r.decision {
-                Decision::Block => reasons.push(format!(
-                    "'{}' would reach {pct} % of its {} limit of {}; it is enforced",
-                    t.rule.name,
-                    t.rule.window.as_str(),
-                    display_amount(m, t.rule.limit.into())
-                )),
-                Decision::Warn if after > i128::from(t.rule.limit) => reasons.push(format!(
-                    "'{}' would reach {pct} % of its limit; it is not enforced, so the call is only reported",
-                    t.rule.name
-                )),
-                Decision::Warn => reasons.push(format!(
-                    "'{}' would reach {pct} %, at or above its {} % warning threshold",
-                    t.rule.name, t.rule.warn_percent
-                )),
-                Decision::Allow => {}
-            }
             RuleCheck {
                 id: t.rule.id,
                 name: t.rule.name.clone(),
@@ -483,35 +445,29 @@ pub async fn test(
                 limit: display_amount(m, t.rule.limit.into()),
                 used: display_amount(m, t.used),
                 amount: display_amount(m, r.amount),
-                usage_percent_after: pct,
+                usage_percent_after: round(percent(after, t.rule.limit), 1),
                 remaining_after: display_amount(m, (i128::from(t.rule.limit) - after).max(0)),
                 decision: r.decision,
             }
         })
         .collect();
-    let mut alternatives = Vec::new();
-    if verdict.decision != Decision::Allow && total_tokens > 0 {
-        if let Some((cheaper, price)) = cheaper_sibling(&catalog, &provider, &model, today) {
-            let alt = CallEstimate {
-                model: cheaper.to_owned(),
-                cost: price.cost(&tokens),
-                ..call.clone()
-            };
-            let v = state.quotas.check(tenant, &alt, now).await?;
-            alternatives.push(Alternative {
-                provider: provider.clone(),
-                model: alt.model,
-                estimated_cost_usd: alt.cost.usd_rounded(6),
-                decision: v.decision,
-            });
-        }
-    }
+    let alternatives = check
+        .alternatives
+        .into_iter()
+        .map(|a| Alternative {
+            provider: a.provider,
+            model: a.model,
+            estimated_cost_usd: a.cost.usd_rounded(6),
+            decision: a.decision,
+        })
+        .collect();
+    let decision = check.verdict.decision;
     Ok(Json(QuotaTestResponse {
-        decision: verdict.decision,
-        allowed: verdict.decision != Decision::Block,
-        estimated_cost_usd: cost.usd_rounded(6),
-        estimated_tokens: total_tokens,
-        reasons,
+        decision,
+        allowed: decision != Decision::Block,
+        estimated_cost_usd: check.cost.usd_rounded(6),
+        estimated_tokens: check.tokens,
+        reasons: check.reasons,
         quotas,
         alternatives,
     }))

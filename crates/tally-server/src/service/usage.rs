@@ -13,8 +13,10 @@ use tally_core::{FieldError, TenantId};
 use tally_store::{Stores, UsageOutcome};
 
 use super::cache::TtlCache;
-use super::quota::Quotas;
+use super::quota::{CallEstimate, Quotas, RuleVerdict, Verdict};
 use crate::error::{ApiError, ApiResult};
+use tally_core::pricing::TokenUsage;
+use tally_core::quota::Decision;
 
 pub struct Usage {
     stores: Stores,
@@ -56,6 +58,76 @@ impl Usage {
         let catalog = Arc::new(self.defaults.with_overrides(&overrides));
         self.catalogs.insert(tenant, catalog.clone());
         Ok(catalog)
+    }
+
+    /// Would a call pass, warn or be blocked by the tenant's quotas, why, and which
+    /// cheaper model of the same family would do better. Nothing is recorded: the check a
+    /// gateway runs before it forwards a call, and what `POST /ai/quotas/test` answers.
+    /// Without an estimated cost the tokens are priced from the tenant's catalog; without
+    /// either, only the request and token quotas are tested.
+    pub async fn preflight(
+        &self,
+        tenant: TenantId,
+        call: PreflightCall,
+        now: i64,
+    ) -> ApiResult<Preflight> {
+        let catalog = self.catalog(tenant).await?;
+        let today = tally_core::time::to_datetime(now).date_naive();
+        let mut reasons = Vec::new();
+        let cost = match call.estimated_cost {
+            Some(cost) => cost,
+            None => match catalog.lookup(&call.provider, &call.model, today) {
+                Some(price) => {
+                    tally_core::usage::priced_cost("input_tokens", price.cost(&call.tokens))?
+                }
+                None => {
+                    if call.tokens.input + call.tokens.output > 0 {
+                        reasons.push(format!(
+                            "no price for {}/{}: cost quotas were tested at $0; \
+                             give estimated_cost_usd to test them",
+                            call.provider, call.model
+                        ));
+                    }
+                    Nanos::ZERO
+                }
+            },
+        };
+        let tokens = call.tokens.input + call.tokens.output;
+        let estimate = CallEstimate {
+            provider: call.provider.clone(),
+            model: call.model.clone(),
+            user_id: call.user_id.clone(),
+            cost,
+            tokens,
+        };
+        let verdict = self.quotas.check(tenant, &estimate, now).await?;
+        reasons.extend(verdict.rules.iter().filter_map(reason));
+        let mut alternatives = Vec::new();
+        if verdict.decision != Decision::Allow && tokens > 0 {
+            if let Some((cheaper, price)) =
+                cheaper_sibling(&catalog, &call.provider, &call.model, today)
+            {
+                let alt = CallEstimate {
+                    model: cheaper.to_owned(),
+                    cost: price.cost(&call.tokens),
+                    ..estimate.clone()
+                };
+                let v = self.quotas.check(tenant, &alt, now).await?;
+                alternatives.push(Alternative {
+                    provider: alt.provider,
+                    model: alt.model,
+                    cost: alt.cost,
+                    decision: v.decision,
+                });
+            }
+        }
+        Ok(Preflight {
+            verdict,
+            cost,
+            tokens,
+            reasons,
+            alternatives,
+        })
     }
 
     pub async fn ingest(
@@ -296,3 +368,62 @@ pub fn cheaper_sibling<'c>(
 
 /// Calls averaging fewer output tokens than this are candidates for a cheaper model.
 pub const SHORT_OUTPUT_TOKENS: u64 = 300;
+
+/// A call to check against the quotas before it is made.
+#[derive(Debug, Clone)]
+pub struct PreflightCall {
+    /// Lower case.
+    pub provider: String,
+    pub model: String,
+    pub user_id: Option<String>,
+    /// The caller's estimate; priced from the tokens when absent.
+    pub estimated_cost: Option<Nanos>,
+    pub tokens: TokenUsage,
+}
+
+/// A cheaper model of the same family and how the quotas would judge it.
+#[derive(Debug, Clone)]
+pub struct Alternative {
+    pub provider: String,
+    pub model: String,
+    pub cost: Nanos,
+    pub decision: Decision,
+}
+
+/// The answer of a pre-call check.
+#[derive(Debug, Clone)]
+pub struct Preflight {
+    /// Every matching rule's verdict; its decision is the strictest.
+    pub verdict: Verdict,
+    pub cost: Nanos,
+    /// Input plus output tokens.
+    pub tokens: u64,
+    /// One sentence per rule that warns or blocks (and a note when the call could not be
+    /// priced).
+    pub reasons: Vec<String>,
+    pub alternatives: Vec<Alternative>,
+}
+
+/// Why one rule warns or blocks, in a sentence; `None` when it allows.
+fn reason(r: &RuleVerdict) -> Option<String> {
+    let t = &r.tracked;
+    let after = t.used.saturating_add(r.amount);
+    let pct = tally_core::activity::round_to(tally_core::quota::percent(after, t.rule.limit), 1);
+    match r.decision {
+        Decision::Block => Some(format!(
+            "'{}' would reach {pct} % of its {} limit of {}; it is enforced",
+            t.rule.name,
+            t.rule.window.as_str(),
+            super::quota::display_amount(t.rule.metric, t.rule.limit.into())
+        )),
+        Decision::Warn if after > i128::from(t.rule.limit) => Some(format!(
+            "'{}' would reach {pct} % of its limit; it is not enforced, so the call is only reported",
+            t.rule.name
+        )),
+        Decision::Warn => Some(format!(
+            "'{}' would reach {pct} %, at or above its {} % warning threshold",
+            t.rule.name, t.rule.warn_percent
+        )),
+        Decision::Allow => None,
+    }
+}
