@@ -248,8 +248,12 @@ impl Activity {
 
     fn read(&self, bytes: &[u8]) {
         self.touch();
-        if !self.started.swap(true, Ordering::Relaxed) && bytes.starts_with(H2_PREFACE) {
-            self.http2.store(true, Ordering::Relaxed);
+        // Only the connection's first read can carry the HTTP/2 preface: one relaxed load
+        // on every later read.
+        if !self.started.load(Ordering::Relaxed) {
+            self.started.store(true, Ordering::Relaxed);
+            self.http2
+                .store(bytes.starts_with(H2_PREFACE), Ordering::Relaxed);
         }
         if self.in_flight.load(Ordering::Relaxed) == 0 && !self.http2.load(Ordering::Relaxed) {
             let _ = self.head_started.compare_exchange(

@@ -137,15 +137,6 @@ pub fn lock(dir: &Path, command: &str) -> Result<Ownership, DataDirError> {
     Ok(Ownership { _file: file })
 }
 
-/// Whether another process owns `dir` right now, and who.
-pub fn holder(dir: &Path) -> Result<Option<String>, DataDirError> {
-    match lock(dir, "probe") {
-        Ok(_) => Ok(None),
-        Err(DataDirError::Held { holder, .. }) => Ok(Some(holder)),
-        Err(e) => Err(e),
-    }
-}
-
 /// "pid 42 on host a (`tally serve`, since …)" from the lock file's lines.
 fn describe(record: &str) -> String {
     let field = |name: &str| {
@@ -184,11 +175,14 @@ mod tests {
         );
         assert!(text.contains("`tally serve`"), "{text}");
         assert_eq!(
-            holder(dir.path()).unwrap().unwrap(),
-            describe(&std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap())
+            text,
+            format!(
+                "data dir {} is in use by {}; one process owns a data dir at a time (stop it first, or use the HTTP API)",
+                dir.path().display(),
+                describe(&std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap())
+            )
         );
         drop(first);
-        assert!(holder(dir.path()).unwrap().is_none());
         lock(dir.path(), "admin").unwrap();
     }
 

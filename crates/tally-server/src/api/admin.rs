@@ -14,7 +14,7 @@ use super::dto::*;
 use super::extract::{ApiQuery, Auth, ClientIp, JsonBody};
 use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::{ApiError, ApiResult};
-use crate::service::audit::{self, Actor, Entry};
+use crate::service::audit::{self, Entry};
 use crate::service::tenancy::{self, NewAccount};
 use crate::AppState;
 
@@ -58,7 +58,7 @@ pub async fn create_tenant(
         Some(format!("tenant:{}", t.id)),
     )
     .details(json!({ "name": t.name, "max_events": t.max_events }));
-    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    audit::record_by(&state.stores, &p, ip, entry).await;
     Ok((StatusCode::CREATED, Json(tenant_response(t))))
 }
 
@@ -101,7 +101,7 @@ pub async fn delete_tenant(
         Some(format!("tenant:{tenant}")),
     )
     .details(json!({ "name": t.name, "deleted_rows": report.rows }));
-    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    audit::record_by(&state.stores, &p, ip, entry).await;
     Ok(Json(DeletionResponse {
         deleted: format!("tenant:{tenant}"),
         deleted_rows: report.rows,
@@ -146,7 +146,7 @@ pub async fn create_account(
     .await?;
     let entry = Entry::account(&a, action::ACCOUNT_CREATED)
         .details(json!({ "email": a.email, "role": a.role }));
-    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    audit::record_by(&state.stores, &p, ip, entry).await;
     Ok((StatusCode::CREATED, Json(account_response(a))))
 }
 
@@ -193,6 +193,19 @@ async fn managed(
     tenancy::managed_account(&state.stores, p, tenant, id).await
 }
 
+/// After an account changed: its cached state is dropped, so its tokens are judged afresh
+/// at once, and the change goes into the trail.
+async fn account_changed(
+    state: &AppState,
+    p: &Principal,
+    ip: Option<std::net::IpAddr>,
+    account: &Account,
+    entry: Entry<'_>,
+) {
+    state.auth.forget_account(account.id);
+    audit::record_by(&state.stores, p, ip, entry).await;
+}
+
 /// Disable or re-enable an account. A disabled account cannot log in and its tokens are
 /// refused at once.
 #[utoipa::path(patch, path = "/api/v1/accounts/{account_id}", tag = "admin", request_body = UpdateAccountRequest,
@@ -210,14 +223,13 @@ pub async fn update_account(
 ) -> ApiResult<Json<AccountResponse>> {
     let account = managed(&state, &p, q.tenant_id.as_deref(), &account_id).await?;
     let updated = tenancy::set_account_disabled(&state.stores, &account, body.disabled).await?;
-    state.auth.forget_account(account.id);
     let what = if body.disabled {
         action::ACCOUNT_DISABLED
     } else {
         action::ACCOUNT_ENABLED
     };
     let entry = Entry::account(&account, what).details(json!({ "email": account.email }));
-    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    account_changed(&state, &p, ip, &account, entry).await;
     Ok(Json(account_response(updated)))
 }
 
@@ -236,10 +248,9 @@ pub async fn delete_account(
 ) -> ApiResult<StatusCode> {
     let account = managed(&state, &p, q.tenant_id.as_deref(), &account_id).await?;
     tenancy::delete_account(&state.stores, &account).await?;
-    state.auth.forget_account(account.id);
     let entry = Entry::account(&account, action::ACCOUNT_DELETED)
         .details(json!({ "email": account.email, "role": account.role }));
-    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    account_changed(&state, &p, ip, &account, entry).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -265,9 +276,8 @@ pub async fn end_account_sessions(
     {
         return Err(ApiError::NotFound("account"));
     }
-    state.auth.forget_account(account.id);
     let entry = Entry::account(&account, action::SESSIONS_ENDED);
-    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    account_changed(&state, &p, ip, &account, entry).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -303,7 +313,7 @@ pub async fn create_key(
         Some(format!("api_key:{}", key.id)),
     )
     .details(json!({ "name": key.name, "prefix": key.display_prefix(), "scopes": scopes }));
-    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    audit::record_by(&state.stores, &p, ip, entry).await;
     Ok((StatusCode::CREATED, Json(key_response(key, Some(full)))))
 }
 
@@ -351,6 +361,6 @@ pub async fn revoke_key(
         action::KEY_REVOKED,
         Some(format!("api_key:{id}")),
     );
-    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    audit::record_by(&state.stores, &p, ip, entry).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -22,7 +22,7 @@ use super::dto::DeletionResponse;
 use super::dto::*;
 use super::extract::{parse_item, ApiQuery, Auth, ClientIp, JsonBody};
 use crate::error::{ApiError, ApiResult};
-use crate::service::audit::{self, Actor, Entry};
+use crate::service::audit::{self, Entry};
 use crate::service::insights::{ActivityDetail, TrackOutcome};
 use crate::AppState;
 use tally_core::audit::action;
@@ -795,7 +795,7 @@ pub async fn erase_user(
         Some(format!("tracked_user:{user_id}")),
     )
     .details(serde_json::json!({ "deleted_rows": report.rows }));
-    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    audit::record_by(&state.stores, &p, ip, entry).await;
     Ok(Json(DeletionResponse {
         deleted: format!("tracked_user:{user_id}"),
         deleted_rows: report.rows,

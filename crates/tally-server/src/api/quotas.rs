@@ -20,7 +20,7 @@ use super::extract::ClientIp;
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
 use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::ApiResult;
-use crate::service::audit::{self, Actor, Entry};
+use crate::service::audit::{self, Entry};
 use crate::service::quota::{display_amount, is_tenant_budget, Tracked};
 use crate::service::usage::PreflightCall;
 use crate::AppState;
@@ -312,7 +312,7 @@ pub async fn configure(
     let sent: serde_json::Value = serde_json::from_str(raw.get()).unwrap_or_default();
     let entry = Entry::success(Some(p.tenant_id), action::QUOTAS_REPLACED, None)
         .details(serde_json::json!({ "rules": sent.get("quotas") }));
-    audit::record(&state.stores, &Actor::principal(&p, ip), entry).await;
+    audit::record_by(&state.stores, &p, ip, entry).await;
     Ok(Json(status_of(&state, p.tenant_id).await?))
 }
 

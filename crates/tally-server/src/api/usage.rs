@@ -17,7 +17,7 @@ use super::extract::ClientIp;
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
 use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::ApiResult;
-use crate::service::audit::{self, Actor, Entry};
+use crate::service::audit::{self, Entry};
 use crate::service::usage::{PriceInput, UsageResult};
 use crate::AppState;
 use tally_core::audit::action;
@@ -298,6 +298,6 @@ pub async fn put_price(
         Some(format!("price:{}/{}", shown.provider, shown.model)),
     )
     .details(serde_json::to_value(&shown).unwrap_or_default());
-    audit::record(&state.stores, &Actor::principal(&p, ip), audited).await;
+    audit::record_by(&state.stores, &p, ip, audited).await;
     Ok((StatusCode::CREATED, Json(shown)))
 }

@@ -105,6 +105,11 @@ pub async fn record(stores: &Stores, actor: &Actor, entry: Entry<'_>) {
     }
 }
 
+/// Appends `entry` by an authenticated caller.
+pub async fn record_by(stores: &Stores, p: &Principal, ip: Option<IpAddr>, entry: Entry<'_>) {
+    record(stores, &Actor::principal(p, ip), entry).await;
+}
+
 pub async fn list(stores: &Stores, filter: AuditFilter) -> ApiResult<Vec<AuditRecord>> {
     Ok(stores.audit.list_audit(filter).await?)
 }
