@@ -43,8 +43,6 @@ pub struct AppState {
     pub usage: Arc<service::usage::Usage>,
     pub quotas: Arc<service::quota::Quotas>,
     pub analytics: Arc<service::analytics::Analytics>,
-    /// The one keyed rate limiter (logins now; keys, tenants and models later).
-    pub limiter: Arc<service::ratelimit::RateLimiter>,
     /// The background tasks' states (`/readyz`).
     pub tasks: supervisor::TaskBoard,
 }
@@ -74,7 +72,7 @@ impl AppState {
             per_account: Quota::per_minute(config.auth.login_attempts_per_account),
             per_ip: Quota::per_minute(config.auth.login_attempts_per_ip),
         };
-        let auth = Authenticator::new(stores.clone(), signer, limiter.clone(), login_limits)
+        let auth = Authenticator::new(stores.clone(), signer, limiter, login_limits)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let quotas = Arc::new(service::quota::Quotas::new(stores.clone()));
         let usage = Arc::new(service::usage::Usage::new(
@@ -102,7 +100,6 @@ impl AppState {
             )),
             usage,
             quotas,
-            limiter,
             tasks: supervisor::TaskBoard::default(),
             stores,
         })

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,8 +71,6 @@ impl TaskBoard {
     }
 }
 
-type TaskFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
-
 /// A started task: its own stop signal, so that tasks stop one after another.
 struct Started {
     name: &'static str,
@@ -103,13 +100,12 @@ impl Supervisor {
         let board = self.board.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = Stop(stop_rx);
-        let make = move |stop: Stop| -> TaskFuture { Box::pin(task(stop)) };
         board.update(name, |s| s.state = TaskState::Running);
         let handle = tokio::spawn(async move {
             let mut backoff = FIRST_BACKOFF;
             loop {
                 // Its own task, so that a panic is caught as a failure.
-                let outcome = tokio::spawn(make(stop.clone())).await;
+                let outcome = tokio::spawn(task(stop.clone())).await;
                 let failure = match outcome {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(format!("{e:#}")),

@@ -325,15 +325,10 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
             if admins.iter().any(|a| a.role == Role::Admin) {
                 bail!("tenant {tenant} holds platform admin accounts; nothing was deleted");
             }
-            let report = tenancy::delete_tenant(stores, None, tenant)
+            let report = tenancy::delete_tenant(stores, None, &t)
                 .await
                 .map_err(api)?;
-            let entry = Entry::success(
-                Some(tenant),
-                action::TENANT_DELETED,
-                Some(format!("tenant:{tenant}")),
-            )
-            .details(json!({ "name": t.name, "deleted_rows": report.rows }));
+            let entry = Entry::tenant_deleted(&t, &report.rows);
             audit::record(stores, &Actor::cli(), entry).await;
             for (table, n) in &report.rows {
                 if *n > 0 {
@@ -346,12 +341,7 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
             let t = tenancy::create_tenant(stores, &name, max_events)
                 .await
                 .map_err(api)?;
-            let entry = Entry::success(
-                Some(t.id),
-                action::TENANT_CREATED,
-                Some(format!("tenant:{}", t.id)),
-            )
-            .details(json!({ "name": t.name, "max_events": t.max_events }));
+            let entry = Entry::tenant_created(&t);
             audit::record(stores, &Actor::cli(), entry).await;
             println!("{}", t.id);
         }
@@ -396,13 +386,7 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
             let (created, key) = tenancy::create_api_key(stores, tenant, &name, scopes)
                 .await
                 .map_err(api)?;
-            let scopes: Vec<&str> = created.scopes.iter().map(|s| s.as_str()).collect();
-            let entry = Entry::success(
-                Some(tenant),
-                action::KEY_CREATED,
-                Some(format!("api_key:{}", created.id)),
-            )
-            .details(json!({ "name": created.name, "prefix": created.display_prefix(), "scopes": scopes }));
+            let entry = Entry::key_created(&created);
             audit::record(stores, &Actor::cli(), entry).await;
             println!("{key}");
         }
@@ -430,11 +414,7 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
             if !stores.identity.revoke_api_key(tenant, key_id, now).await? {
                 bail!("no active key {key_id} in tenant {tenant}");
             }
-            let entry = Entry::success(
-                Some(tenant),
-                action::KEY_REVOKED,
-                Some(format!("api_key:{key_id}")),
-            );
+            let entry = Entry::key_revoked(tenant, key_id);
             audit::record(stores, &Actor::cli(), entry).await;
             eprintln!("revoked {key_id}");
         }

@@ -52,12 +52,7 @@ pub async fn create_tenant(
 ) -> ApiResult<(StatusCode, Json<TenantResponse>)> {
     require(&p, Action::Platform)?;
     let t = tenancy::create_tenant(&state.stores, &body.name, body.max_events).await?;
-    let entry = Entry::success(
-        Some(t.id),
-        action::TENANT_CREATED,
-        Some(format!("tenant:{}", t.id)),
-    )
-    .details(json!({ "name": t.name, "max_events": t.max_events }));
+    let entry = Entry::tenant_created(&t);
     audit::record_by(&state.stores, &p, ip, entry).await;
     Ok((StatusCode::CREATED, Json(tenant_response(t))))
 }
@@ -92,15 +87,10 @@ pub async fn delete_tenant(
         .parse()
         .map_err(|_| ApiError::NotFound("tenant"))?;
     let t = tenancy::require_tenant(&state.stores, tenant).await?;
-    let report = tenancy::delete_tenant(&state.stores, Some(p.tenant_id), tenant).await?;
+    let report = tenancy::delete_tenant(&state.stores, Some(p.tenant_id), &t).await?;
     state.auth.forget_tenant(tenant);
     state.quotas.forget(tenant);
-    let entry = Entry::success(
-        Some(tenant),
-        action::TENANT_DELETED,
-        Some(format!("tenant:{tenant}")),
-    )
-    .details(json!({ "name": t.name, "deleted_rows": report.rows }));
+    let entry = Entry::tenant_deleted(&t, &report.rows);
     audit::record_by(&state.stores, &p, ip, entry).await;
     Ok(Json(DeletionResponse {
         deleted: format!("tenant:{tenant}"),
@@ -306,13 +296,7 @@ pub async fn create_key(
         body.scopes.into_iter().collect(),
     )
     .await?;
-    let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
-    let entry = Entry::success(
-        Some(tenant_id),
-        action::KEY_CREATED,
-        Some(format!("api_key:{}", key.id)),
-    )
-    .details(json!({ "name": key.name, "prefix": key.display_prefix(), "scopes": scopes }));
+    let entry = Entry::key_created(&key);
     audit::record_by(&state.stores, &p, ip, entry).await;
     Ok((StatusCode::CREATED, Json(key_response(key, Some(full)))))
 }
@@ -356,11 +340,7 @@ pub async fn revoke_key(
         return Err(ApiError::NotFound("api key"));
     }
     state.auth.forget_key(tenant, id);
-    let entry = Entry::success(
-        Some(tenant),
-        action::KEY_REVOKED,
-        Some(format!("api_key:{id}")),
-    );
+    let entry = Entry::key_revoked(tenant, id);
     audit::record_by(&state.stores, &p, ip, entry).await;
     Ok(StatusCode::NO_CONTENT)
 }

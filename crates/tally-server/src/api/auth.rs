@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use tally_core::audit::{action, Outcome};
+use tally_core::audit::action;
 use tally_core::auth::Credential;
 use tally_core::time::rfc3339;
 
@@ -25,39 +25,7 @@ pub async fn login(
 ) -> ApiResult<Json<LoginResponse>> {
     let now = chrono::Utc::now().timestamp();
     let email = body.email.trim();
-    let result = state.auth.login(email, &body.password, ip, now).await;
-    let r = match result {
-        Ok(r) => r,
-        Err(e) => {
-            if let ApiError::Unauthorized(..) = e {
-                // Never the password; the e-mail as typed, to see what was tried. An attempt
-                // on an existing account is in that account's tenant's trail.
-                tracing::info!(email, ip = ?ip, "failed login");
-                let target = state.stores.identity.find_account_by_email(email).await;
-                let (tenant, target) = match target {
-                    Ok(Some(a)) => (Some(a.tenant_id), Some(format!("account:{}", a.id))),
-                    _ => (None, None),
-                };
-                let entry = Entry {
-                    outcome: Outcome::Failure,
-                    ..Entry::success(tenant, action::LOGIN_FAILED, target)
-                };
-                audit::record(&state.stores, &Actor::anonymous(email, ip), entry).await;
-            }
-            return Err(e);
-        }
-    };
-    let actor = Actor {
-        actor: format!("account:{}", r.account.id),
-        label: Some(r.account.email.clone()),
-        ip,
-    };
-    audit::record(
-        &state.stores,
-        &actor,
-        Entry::account(&r.account, action::LOGIN),
-    )
-    .await;
+    let r = state.auth.login(email, &body.password, ip, now).await?;
     Ok(Json(LoginResponse {
         access_token: r.token,
         token_type: "Bearer",
@@ -84,17 +52,8 @@ pub async fn logout(
     }
     let now = chrono::Utc::now().timestamp();
     let account = state.auth.logout(&token, now).await?;
-    let actor = Actor {
-        actor: format!("account:{}", account.id),
-        label: Some(account.email.clone()),
-        ip,
-    };
-    audit::record(
-        &state.stores,
-        &actor,
-        Entry::account(&account, action::LOGOUT),
-    )
-    .await;
+    let entry = Entry::account(&account, action::LOGOUT);
+    audit::record(&state.stores, &Actor::account(&account, ip), entry).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tally_core::audit::{actor_of, AuditFilter, AuditRecord, Outcome};
+use tally_core::audit::{action, actor_of, AuditFilter, AuditRecord, Outcome};
 use tally_core::auth::Principal;
 use tally_core::time::now_micros;
 use tally_core::TenantId;
@@ -28,6 +28,15 @@ impl Actor {
         Self {
             actor: actor_of(p),
             label: None,
+            ip,
+        }
+    }
+
+    /// A logged-in account (its own login or logout).
+    pub fn account(account: &tally_core::tenancy::Account, ip: Option<IpAddr>) -> Self {
+        Self {
+            actor: format!("account:{}", account.id),
+            label: Some(account.email.clone()),
             ip,
         }
     }
@@ -77,6 +86,48 @@ impl<'a> Entry<'a> {
             Some(account.tenant_id),
             action,
             Some(format!("account:{}", account.id)),
+        )
+    }
+
+    pub fn tenant_created(t: &tally_core::tenancy::Tenant) -> Self {
+        Self::success(
+            Some(t.id),
+            action::TENANT_CREATED,
+            Some(format!("tenant:{}", t.id)),
+        )
+        .details(serde_json::json!({ "name": t.name, "max_events": t.max_events }))
+    }
+
+    pub fn tenant_deleted(
+        t: &tally_core::tenancy::Tenant,
+        rows: &std::collections::BTreeMap<String, u64>,
+    ) -> Self {
+        Self::success(
+            Some(t.id),
+            action::TENANT_DELETED,
+            Some(format!("tenant:{}", t.id)),
+        )
+        .details(serde_json::json!({ "name": t.name, "deleted_rows": rows }))
+    }
+
+    /// A new key: its name, display prefix and scopes (never the key).
+    pub fn key_created(k: &tally_core::tenancy::ApiKey) -> Self {
+        let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+        Self::success(
+            Some(k.tenant_id),
+            action::KEY_CREATED,
+            Some(format!("api_key:{}", k.id)),
+        )
+        .details(
+            serde_json::json!({ "name": k.name, "prefix": k.display_prefix(), "scopes": scopes }),
+        )
+    }
+
+    pub fn key_revoked(tenant: TenantId, id: tally_core::ApiKeyId) -> Self {
+        Self::success(
+            Some(tenant),
+            action::KEY_REVOKED,
+            Some(format!("api_key:{id}")),
         )
     }
 

@@ -16,10 +16,12 @@ use tally_core::tenancy::{Account, ApiKey};
 use tally_core::{AccountId, TenantId};
 use tally_store::Stores;
 
+use super::audit::{self, Actor, Entry};
 use super::cache::TtlCache;
 use super::passwords::{PasswordError, Passwords};
 use super::ratelimit::RateLimiter;
 use crate::error::{ApiError, ApiResult};
+use tally_core::audit::{action, Outcome};
 
 /// How long an account's state or a session's revocation may be served from memory.
 const SESSION_TTL: Duration = Duration::from_secs(5);
@@ -215,7 +217,8 @@ impl Authenticator {
     }
 
     /// Checks a password. Attempts are limited per e-mail address and per client IP
-    /// (429 with the wait) before any hashing; a disabled account cannot log in.
+    /// (429 with the wait) before any hashing; a disabled account cannot log in. Logins
+    /// and failed logins go into the audit trail.
     pub async fn login(
         &self,
         email: &str,
@@ -267,13 +270,27 @@ impl Authenticator {
             .map_err(password_error)?;
         let account = match (ok, account) {
             (true, Some(a)) if a.disabled_at.is_none() => a,
-            _ => {
+            (_, tried) => {
+                // Never the password; the e-mail as typed, to see what was tried. An
+                // attempt on an existing account goes into its tenant's trail.
+                tracing::info!(email, ip = ?client, "failed login");
+                let entry = Entry {
+                    outcome: Outcome::Failure,
+                    ..Entry::success(
+                        tried.as_ref().map(|a| a.tenant_id),
+                        action::LOGIN_FAILED,
+                        tried.as_ref().map(|a| format!("account:{}", a.id)),
+                    )
+                };
+                audit::record(&self.stores, &Actor::anonymous(email, client), entry).await;
                 return Err(ApiError::Unauthorized(
                     "INVALID_CREDENTIALS",
                     "email or password is incorrect".into(),
-                ))
+                ));
             }
         };
+        let entry = Entry::account(&account, action::LOGIN);
+        audit::record(&self.stores, &Actor::account(&account, client), entry).await;
         let (token, expires_at) = self
             .signer
             .issue(&account, now_secs)

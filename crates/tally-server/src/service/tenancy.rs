@@ -260,15 +260,15 @@ pub async fn delete_account(stores: &Stores, account: &Account) -> ApiResult<()>
     Ok(())
 }
 
-/// Deletes a tenant and everything it owns (events, profiles, usage, quotas, prices,
+/// Deletes a tenant (as looked up by the caller) and everything it owns (events, profiles, usage, quotas, prices,
 /// accounts, keys), keeping its audit trail. Refused for the tenant the caller belongs
 /// to, so that an admin cannot delete the ground under them.
 pub async fn delete_tenant(
     stores: &Stores,
     actor_tenant: Option<TenantId>,
-    tenant: TenantId,
+    tenant: &Tenant,
 ) -> ApiResult<tally_store::DeletionReport> {
-    require_tenant(stores, tenant).await?;
+    let tenant = tenant.id;
     if actor_tenant == Some(tenant) {
         return Err(ApiError::Conflict(
             "you cannot delete the tenant your own account belongs to".into(),

@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use tally_core::TenantId;
 
-use super::events::RollupDelta;
+use super::events::{find_tenant_key, RollupDelta};
 use super::user_index::Purge;
 use super::SqliteStore;
 use crate::{DeletionReport, DeletionStore, StoreResult};
@@ -69,13 +69,6 @@ pub const USER_TABLES: &[&str] = &[
     "tracked_users",
 ];
 
-fn tenant_key(conn: &Connection, tenant: TenantId) -> StoreResult<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT key FROM tenant_keys WHERE tenant_id = ?1")?
-        .query_row([tenant.0.as_bytes()], |r| r.get(0))
-        .optional()?)
-}
-
 fn delete_tenant_rows(conn: &Connection, tenant: TenantId) -> StoreResult<DeletionReport> {
     let id = tenant.0.as_bytes();
     let mut rows = BTreeMap::new();
@@ -84,7 +77,7 @@ fn delete_tenant_rows(conn: &Connection, tenant: TenantId) -> StoreResult<Deleti
         [id],
     )?;
     rows.insert("revoked_sessions".to_owned(), sessions as u64);
-    if let Some(key) = tenant_key(conn, tenant)? {
+    if let Some(key) = find_tenant_key(conn, tenant)? {
         let n = conn.execute("DELETE FROM events WHERE tenant_key = ?1", [key])?;
         rows.insert("events".to_owned(), n as u64);
     }
@@ -120,7 +113,7 @@ fn erase_user_rows(
 ) -> StoreResult<DeletionReport> {
     let id = tenant.0.as_bytes();
     let mut rows = BTreeMap::new();
-    if let Some(key) = tenant_key(conn, tenant)? {
+    if let Some(key) = find_tenant_key(conn, tenant)? {
         // The erased events' share of the daily counts, to take out of them.
         let mut counts: HashMap<(i64, String, i64), i64> = HashMap::new();
         let mut stmt = conn.prepare(

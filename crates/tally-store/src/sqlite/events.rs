@@ -129,15 +129,19 @@ fn tenant_event_count(conn: &Connection, tenant: TenantId) -> StoreResult<u64> {
 /// (NULL, matching nothing, for a tenant that never stored an event).
 const TENANT_KEY: &str = "(SELECT key FROM tenant_keys WHERE tenant_id = ?)";
 
+/// The tenant's key in `events`, if it stored an event (and was not deleted since).
+pub(crate) fn find_tenant_key(conn: &Connection, tenant: TenantId) -> StoreResult<Option<i64>> {
+    // One row, NULL when the tenant has no key yet.
+    Ok(conn
+        .prepare_cached(&format!("SELECT {TENANT_KEY}"))?
+        .query_row([tenant.0.as_bytes()], |r| r.get(0))?)
+}
+
 /// The tenant's key in `events`, created with its first event. One indexed lookup per
 /// operation, inside the operation's savepoint, so nothing outlives a rollback.
 fn tenant_key(conn: &Connection, tenant: TenantId) -> StoreResult<i64> {
     let id = tenant.0.as_bytes();
-    // One row, NULL when the tenant has no key yet.
-    let found: Option<i64> = conn
-        .prepare_cached(&format!("SELECT {TENANT_KEY}"))?
-        .query_row([id], |r| r.get(0))?;
-    match found {
+    match find_tenant_key(conn, tenant)? {
         Some(key) => Ok(key),
         None => {
             // Only for a tenant that exists: a deleted tenant's key stays deleted.

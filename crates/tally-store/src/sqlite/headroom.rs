@@ -5,7 +5,8 @@
 //! once space returns.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{StoreError, StoreResult};
@@ -38,8 +39,11 @@ pub(crate) struct Headroom {
     dir: PathBuf,
     floor: u64,
     probe: FreeSpaceProbe,
-    /// When last probed, and the free bytes seen then.
-    last: Mutex<Option<(Instant, u64)>>,
+    /// When the free space was last probed (milliseconds since `epoch`, 0: never) and
+    /// what it was: atomics, so that the check on every write takes no lock.
+    probed_at: AtomicU64,
+    free: AtomicU64,
+    epoch: Instant,
 }
 
 impl Headroom {
@@ -48,18 +52,20 @@ impl Headroom {
             dir,
             floor,
             probe,
-            last: Mutex::new(None),
+            probed_at: AtomicU64::new(0),
+            free: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
         }
     }
 
-    /// Free bytes now (probed at most every `PROBE_EVERY`). A failed probe counts as
-    /// enough space: the write itself will say what is wrong.
+    /// Free bytes now (probed at most every `PROBE_EVERY`; between probes, the last
+    /// answer). A failed probe counts as enough space: the write itself will say what is
+    /// wrong. Two writers may probe at once; both answers are current.
     pub(crate) fn free(&self) -> u64 {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, free)) = *last {
-            if at.elapsed() < PROBE_EVERY {
-                return free;
-            }
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let at = self.probed_at.load(Ordering::Acquire);
+        if at != 0 && now.saturating_sub(at) < PROBE_EVERY.as_millis() as u64 {
+            return self.free.load(Ordering::Acquire);
         }
         let free = match (self.probe)(&self.dir) {
             Ok(free) => free,
@@ -68,7 +74,9 @@ impl Headroom {
                 u64::MAX
             }
         };
-        let was_low = last.is_some_and(|(_, f)| f < self.floor);
+        let was = self.free.swap(free, Ordering::AcqRel);
+        self.probed_at.store(now, Ordering::Release);
+        let was_low = was < self.floor;
         if free < self.floor && !was_low {
             tracing::error!(
                 free_bytes = free,
@@ -82,12 +90,7 @@ impl Headroom {
                 "free space is back above the floor: accepting writes"
             );
         }
-        *last = Some((Instant::now(), free));
         free
-    }
-
-    pub(crate) fn floor(&self) -> u64 {
-        self.floor
     }
 
     /// `Err(LowSpace)` while below the floor.

@@ -286,9 +286,24 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
-        self.write(move |conn| {
+        self.write_for_weighted(tenant, 1, move |conn, _| f(conn))
+            .await
+    }
+
+    /// [`write_for`](Self::write_for) of `weight` rows, with the writer's state.
+    async fn write_for_weighted<R, F>(
+        &self,
+        tenant: TenantId,
+        weight: usize,
+        f: F,
+    ) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, &mut writer::WriterState) -> StoreResult<R> + Send + 'static,
+    {
+        self.write_with_state(weight, move |conn, state| {
             require_tenant(conn, tenant)?;
-            f(conn)
+            f(conn, state)
         })
         .await
     }
@@ -312,11 +327,6 @@ impl SqliteStore {
     {
         self.headroom.check()?;
         self.writer.job_with_state(weight, f).await
-    }
-
-    /// Free bytes on the data dir's filesystem and the floor below which writes stop.
-    pub fn free_space(&self) -> (u64, u64) {
-        (self.headroom.free(), self.headroom.floor())
     }
 }
 

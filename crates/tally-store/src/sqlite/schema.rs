@@ -475,6 +475,10 @@ pub(crate) fn require_current(conn: &Connection) -> StoreResult<()> {
 pub(crate) fn apply(conn: &mut Connection, list: &[&str]) -> StoreResult<()> {
     for (i, sql) in list.iter().enumerate() {
         let version = i as i64 + 1;
+        let seen: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version <= seen {
+            continue;
+        }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version <= current {

@@ -554,8 +554,7 @@ impl UsageStore for SqliteStore {
             return Ok(Vec::new());
         }
         let weight = records.len();
-        self.write_with_state(weight, move |conn, _| {
-            super::require_tenant(conn, tenant)?;
+        self.write_for_weighted(tenant, weight, move |conn, _| {
             insert_tx(conn, tenant, &records)
         })
         .await

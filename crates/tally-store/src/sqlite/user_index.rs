@@ -430,14 +430,12 @@ fn purge_rows(conn: &Connection, what: &Purge) -> StoreResult<BTreeMap<String, u
 }
 
 fn purge_rows_once(conn: &Connection, what: &Purge) -> StoreResult<BTreeMap<String, u64>> {
-    let (filter, user) = match what {
-        Purge::Tenant(t) => (("tenant_id = ?1", *t), None),
-        Purge::User(t, u) => (("tenant_id = ?1 AND user_id = ?2", *t), Some(u.as_str())),
+    let (clause, tenant, user) = match what {
+        Purge::Tenant(t) => ("tenant_id = ?1", *t, None),
+        Purge::User(t, u) => ("tenant_id = ?1 AND user_id = ?2", *t, Some(u.as_str())),
     };
-    let (clause, tenant) = filter;
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let mut rows = BTreeMap::new();
-    let result = (|| -> StoreResult<()> {
+    immediate(conn, || {
+        let mut rows = BTreeMap::new();
         for table in USER_INDEX_TABLES {
             let sql = format!("DELETE FROM {table} WHERE {clause}");
             let n = match user {
@@ -446,10 +444,19 @@ fn purge_rows_once(conn: &Connection, what: &Purge) -> StoreResult<BTreeMap<Stri
             };
             rows.insert((*table).to_owned(), n as u64);
         }
-        Ok(())
-    })();
-    match result.and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::from)) {
-        Ok(()) => Ok(rows),
+        Ok(rows)
+    })
+}
+
+/// Runs `f` in one write transaction on the index's connection, rolled back if it fails.
+fn immediate<T>(conn: &Connection, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match f().and_then(|v| {
+        conn.execute_batch("COMMIT")
+            .map(|()| v)
+            .map_err(StoreError::from)
+    }) {
+        Ok(v) => Ok(v),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
@@ -475,21 +482,13 @@ fn fold(conn: &Connection, staged: &Staged) -> StoreResult<()> {
 /// Writes the entries of `staged` above the stored watermark and moves the watermark to
 /// `upto` (at least the highest entry), in one transaction.
 fn fold_upto(conn: &Connection, staged: &Staged, upto: i64) -> StoreResult<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = watermark(conn).and_then(|from| {
+    immediate(conn, || {
+        let from = watermark(conn)?;
         if upto > from {
-            write_sorted(conn, &staged.by_user, from, upto)
-        } else {
-            Ok(())
+            write_sorted(conn, &staged.by_user, from, upto)?;
         }
-    });
-    match result.and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::from)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
+        Ok(())
+    })
 }
 
 fn write_sorted(
