@@ -80,7 +80,28 @@ fn error_response(description: &str) -> RefOr<Response> {
     )
 }
 
+/// Operations that store data through the free-space floor (`sqlite/headroom.rs`):
+/// below it they answer 507. Security changes and deletions pass the floor.
+const STORING: &[&str] = &[
+    "create_account",
+    "create_key",
+    "create_project",
+    "create_tenant",
+    "configure",
+    "identify",
+    "ingest",
+    "put_price",
+    "put_project",
+    "put_user",
+    "track",
+    "track_batch",
+];
+
 fn add_errors(op: &mut Operation, path: &str) {
+    let stores = op
+        .operation_id
+        .as_deref()
+        .is_some_and(|id| STORING.contains(&id));
     let params = op.parameters.as_deref().unwrap_or_default();
     let takes_path = path.contains('{');
     let takes_query = params
@@ -114,8 +135,18 @@ fn add_errors(op: &mut Operation, path: &str) {
         add("414", "the URI exceeds 16 KiB");
     }
     if body {
+        add(
+            "408",
+            "REQUEST_TIMEOUT: the body did not arrive within the body-read timeout",
+        );
         add("413", "the body exceeds the size limit");
         add("415", "the body is not application/json");
+    }
+    if stores {
+        add(
+            "507",
+            "INSUFFICIENT_STORAGE: free disk space is below the floor; retry later",
+        );
     }
 }
 
