@@ -9,7 +9,7 @@ use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_core::pricing::{default_catalog, TokenUsage};
-use tally_core::time::{now_micros, rfc3339, to_datetime, MICROS_PER_DAY};
+use tally_core::time::{rfc3339, to_datetime, Clock, SystemClock, MICROS_PER_DAY};
 use tally_core::usage::{CallStatus, CostSource, UsageRecord};
 use tally_core::TenantId;
 use tally_store::{SqliteConfig, SqliteStore, UsageStore};
@@ -176,7 +176,7 @@ pub async fn reads(n: u64, queries: usize) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
         let catalog = default_catalog();
-        let now = now_micros();
+        let now = SystemClock.now_micros();
         let start = now - 30 * MICROS_PER_DAY;
         let step = (30 * MICROS_PER_DAY) / n.max(1) as i64;
         let mut rng = StdRng::seed_from_u64(7);
@@ -245,7 +245,7 @@ pub async fn reads(n: u64, queries: usize) -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(config.status() == 200, "quota config: {}", config.status());
     let recent_conv = format!("conv-{}", (n - 1) / CALLS_PER_CONVERSATION);
-    let week_ago = rfc3339(now_micros() - 7 * MICROS_PER_DAY);
+    let week_ago = rfc3339(SystemClock.now_micros() - 7 * MICROS_PER_DAY);
 
     type Req = Box<dyn Fn(&reqwest::Client, &mut StdRng) -> reqwest::RequestBuilder>;
     let get = |path: String, admin: bool| -> Req {

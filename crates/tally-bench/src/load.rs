@@ -9,7 +9,7 @@ use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_core::event::{EventType, NewEvent};
-use tally_core::time::{now_micros, MICROS_PER_DAY};
+use tally_core::time::{Clock, SystemClock, MICROS_PER_DAY};
 use tally_core::TenantId;
 use tally_store::{EventStore, SqliteConfig, SqliteStore};
 
@@ -326,7 +326,7 @@ pub async fn activities(n: usize, queries: usize) -> anyhow::Result<()> {
             SqliteStore::open(SqliteConfig::new(dir.path().join("tally.db")))
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
-        let now = now_micros();
+        let now = SystemClock.now_micros();
         let chunk = 10_000;
         let producers = 2;
         let mut tasks = Vec::new();

@@ -6,10 +6,12 @@
 pub mod activity;
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod limiter;
 pub mod number;
 pub mod pricing;
 pub mod quota;

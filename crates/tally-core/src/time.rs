@@ -8,8 +8,75 @@ pub const MICROS_PER_MINUTE: i64 = 60 * MICROS_PER_SEC;
 pub const MICROS_PER_HOUR: i64 = 3_600 * MICROS_PER_SEC;
 pub const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
 
-pub fn now_micros() -> i64 {
-    Utc::now().timestamp_micros()
+/// Where every part of tally reads the current time. Production passes [`SystemClock`];
+/// tests pass a [`ManualClock`] and move it, so no test waits on wall time to cross a
+/// boundary (a window end, a token expiry, a retention cut-off).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Microseconds since the Unix epoch, UTC.
+    fn now_micros(&self) -> i64;
+
+    /// Whole seconds since the Unix epoch (JWT claims).
+    fn now_secs(&self) -> i64 {
+        self.now_micros().div_euclid(MICROS_PER_SEC)
+    }
+}
+
+/// A shared clock, as services hold it.
+pub type SharedClock = std::sync::Arc<dyn Clock>;
+
+/// The operating system's clock. The one place tally reads wall time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_micros(&self) -> i64 {
+        Utc::now().timestamp_micros()
+    }
+}
+
+impl SystemClock {
+    /// The system clock as a [`SharedClock`].
+    pub fn shared() -> SharedClock {
+        std::sync::Arc::new(SystemClock)
+    }
+}
+
+/// A clock that stands still until it is set or advanced: tests and replays.
+#[derive(Debug, Clone)]
+pub struct ManualClock(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl ManualClock {
+    /// A clock reading `micros`.
+    pub fn at(micros: i64) -> Self {
+        Self(std::sync::Arc::new(std::sync::atomic::AtomicI64::new(
+            micros,
+        )))
+    }
+
+    /// A clock reading the system time once, then standing still.
+    pub fn starting_now() -> Self {
+        Self::at(SystemClock.now_micros())
+    }
+
+    pub fn set(&self, micros: i64) {
+        self.0.store(micros, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        let by = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
+        self.0.fetch_add(by, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// This clock as a [`SharedClock`] (it keeps following [`ManualClock::set`]).
+    pub fn shared(&self) -> SharedClock {
+        std::sync::Arc::new(self.clone())
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_micros(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 pub fn to_datetime(micros: i64) -> DateTime<Utc> {

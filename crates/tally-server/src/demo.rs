@@ -9,11 +9,11 @@ use tally_core::activity::{Project, UserProfile};
 use tally_core::auth::{Role, Scope};
 use tally_core::enrich::{write_city_database, CityNetwork};
 use tally_core::event::EventInput;
-use tally_core::time::{now_micros, MICROS_PER_DAY, MICROS_PER_SEC};
+use tally_core::time::{MICROS_PER_DAY, MICROS_PER_SEC};
 use tally_core::TenantId;
 
-use crate::service::tenancy::{self, NewAccount};
 use crate::AppState;
+use tally_access::tenancy::NewAccount;
 
 const DEMO_SETTING: &str = "demo.tenant_id";
 /// The demo's tenant ids while a load is under way.
@@ -180,7 +180,7 @@ fn city_address(rng: &mut StdRng, city: &CityNetwork<'_>) -> String {
 /// always work.
 pub async fn seed(state: &AppState) -> anyhow::Result<String> {
     let stores = &state.stores;
-    let e = |e: crate::error::ApiError| anyhow::anyhow!("{e}");
+    let e = |e: tally_access::AccessError| anyhow::anyhow!("{e}");
     let mut notes = String::new();
     if let Some(unfinished) = stores.identity.get_setting(LOADING_SETTING).await? {
         for id in unfinished
@@ -216,28 +216,31 @@ pub async fn seed(state: &AppState) -> anyhow::Result<String> {
         .identity
         .put_setting(LOADING_SETTING, Some(&recorded.join(",")))
         .await?;
-    let tenant = tenancy::create_tenant_as(stores, ids[0], "Demo Company", None)
+    let tenant = state
+        .access
+        .create_tenant_as(ids[0], "Demo Company", None)
         .await
         .map_err(e)?;
     let password = tally_core::auth::generate_password();
-    tenancy::create_account(
-        stores,
-        NewAccount {
+    state
+        .access
+        .create_account(NewAccount {
             tenant_id: tenant.id,
             email: DEMO_EMAIL,
             password: &password,
             role: Role::Owner,
-        },
-    )
-    .await
-    .map_err(e)?;
+        })
+        .await
+        .map_err(e)?;
     let key = demo_key(state, tenant.id).await?;
     let events = load_events(state, tenant.id).await?;
     let quotas = load_quotas(state, tenant.id).await?;
     let mut calls = load_ai_usage(state, tenant.id, 1).await?;
     // Two more tenants, so cross-tenant admin views have something to compare.
     for (i, name) in ["Acme Robotics", "Globex Retail"].into_iter().enumerate() {
-        let other = tenancy::create_tenant_as(stores, ids[1 + i], name, None)
+        let other = state
+            .access
+            .create_tenant_as(ids[1 + i], name, None)
             .await
             .map_err(e)?;
         calls += load_ai_usage(state, other.id, 2 + i as u64).await?;
@@ -258,14 +261,11 @@ pub async fn seed(state: &AppState) -> anyhow::Result<String> {
 
 /// A new ingest-and-read key for the demo tenant.
 async fn demo_key(state: &AppState, tenant: TenantId) -> anyhow::Result<String> {
-    let (_, key) = tenancy::create_api_key(
-        &state.stores,
-        tenant,
-        "demo",
-        [Scope::Ingest, Scope::Read].into(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, key) = state
+        .access
+        .create_api_key(tenant, "demo", [Scope::Ingest, Scope::Read].into())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(key)
 }
 
@@ -293,7 +293,7 @@ async fn fresh_credentials(state: &AppState, tenant: TenantId) -> anyhow::Result
 }
 
 async fn load_events(state: &AppState, tenant: TenantId) -> anyhow::Result<usize> {
-    let now = now_micros();
+    let now = state.clock.now_micros();
     for (id, name) in PROJECTS {
         state
             .insights
@@ -352,7 +352,7 @@ async fn load_events(state: &AppState, tenant: TenantId) -> anyhow::Result<usize
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             stored += outcomes
                 .iter()
-                .filter(|o| matches!(o, crate::service::insights::TrackOutcome::Accepted(_)))
+                .filter(|o| matches!(o, tally_insights::TrackOutcome::Accepted(_)))
                 .count();
         }
     }
@@ -502,7 +502,7 @@ async fn load_quotas(state: &AppState, tenant: TenantId) -> anyhow::Result<usize
     let inputs = rules.into_iter().map(Ok).collect();
     let stored = state
         .quotas
-        .configure(tenant, inputs, now_micros())
+        .configure(tenant, inputs)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(stored.len())
@@ -515,7 +515,7 @@ async fn load_quotas(state: &AppState, tenant: TenantId) -> anyhow::Result<usize
 /// several kinds of failure, and one afternoon when a provider was degraded.
 async fn load_ai_usage(state: &AppState, tenant: TenantId, seed: u64) -> anyhow::Result<usize> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let now = now_micros();
+    let now = state.clock.now_micros();
     let hour = 3_600 * MICROS_PER_SEC;
     let today = now.div_euclid(MICROS_PER_DAY) * MICROS_PER_DAY;
     // Anthropic had a bad afternoon twelve days ago: overloaded, slow.
@@ -656,7 +656,7 @@ async fn store_usage(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(results
         .iter()
-        .filter(|r| matches!(r, crate::service::usage::UsageResult::Stored { .. }))
+        .filter(|r| matches!(r, tally_ai::usage::UsageResult::Stored { .. }))
         .count())
 }
 

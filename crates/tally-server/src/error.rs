@@ -6,8 +6,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{json, Value};
+use tally_access::AccessError;
+use tally_ai::AiError;
 use tally_core::error::codes;
 use tally_core::FieldError;
+use tally_insights::InsightsError;
 use tally_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +194,50 @@ impl From<StoreError> for ApiError {
             },
             StoreError::Unavailable(msg) => ApiError::Unavailable(msg),
             StoreError::Internal(msg) => ApiError::Internal(msg),
+        }
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Invalid(f) => ApiError::Field(f),
+            AccessError::Unauthorized(code, message) => ApiError::Unauthorized(code, message),
+            AccessError::Forbidden(message) => ApiError::Forbidden(message),
+            AccessError::NotFound(what) => ApiError::NotFound(what),
+            AccessError::Conflict(message) => ApiError::Conflict(message),
+            AccessError::RateLimited {
+                message,
+                retry_after_secs,
+            } => ApiError::RateLimited {
+                message,
+                retry_after_secs,
+            },
+            AccessError::Store(e) => e.into(),
+            AccessError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl From<InsightsError> for ApiError {
+    fn from(e: InsightsError) -> Self {
+        match e {
+            InsightsError::Invalid(f) => ApiError::Field(f),
+            InsightsError::NotFound(what) => ApiError::NotFound(what),
+            InsightsError::Store(e) => e.into(),
+            InsightsError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl From<AiError> for ApiError {
+    fn from(e: AiError) -> Self {
+        match e {
+            AiError::Invalid(f) => ApiError::Field(f),
+            AiError::NotFound(what) => ApiError::NotFound(what),
+            AiError::TooManyRules(message) => ApiError::TooManyItems(message),
+            AiError::Store(e) => e.into(),
+            AiError::Internal(detail) => ApiError::Internal(detail),
         }
     }
 }

@@ -1,28 +1,30 @@
-//! tally's HTTP server: the axum application (`api`), the domain operations it calls
-//! (`service`), configuration, and start-up/shutdown. Architecture invariant: only the
-//! `api` module knows axum.
+//! tally's HTTP server: the axum application (`api`) over the capability crates
+//! (`tally-access`, `tally-insights`, `tally-ai`), configuration, the supervisor of
+//! background tasks, and start-up/shutdown. Architecture invariant: only this crate knows
+//! axum, and within it only `api` (and `http`, the connection loop).
 
 pub mod api;
 pub mod config;
 pub mod demo;
 pub mod error;
 mod http;
-pub mod service;
 pub mod supervisor;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tally_access::Access;
 use tally_core::auth::TokenSigner;
 use tally_core::enrich::Enricher;
 use tally_core::ratelimit::Quota;
+use tally_core::time::{SharedClock, SystemClock};
 use tally_store::{datadir, SqliteConfig, SqliteStore, Stores};
 
 pub use api::app;
 pub use config::Config;
-use service::auth::Authenticator;
-use service::insights::Insights;
+use tally_access::auth::Authenticator;
+use tally_insights::Insights;
 
 /// Settings handlers need at request time.
 #[derive(Debug, Clone)]
@@ -38,19 +40,33 @@ pub struct RequestConfig {
 pub struct AppState {
     pub config: Arc<RequestConfig>,
     pub stores: Stores,
+    /// Where every service reads the time.
+    pub clock: SharedClock,
+    pub access: Access,
     pub auth: Arc<Authenticator>,
     pub insights: Arc<Insights>,
-    pub usage: Arc<service::usage::Usage>,
-    pub quotas: Arc<service::quota::Quotas>,
-    pub analytics: Arc<service::analytics::Analytics>,
+    pub usage: Arc<tally_ai::usage::Usage>,
+    pub quotas: Arc<tally_ai::quota::Quotas>,
+    pub analytics: Arc<tally_ai::analytics::Analytics>,
     /// The background tasks' states (`/readyz`).
     pub tasks: supervisor::TaskBoard,
 }
 
 impl AppState {
-    /// Wires services over the given stores.
+    /// Wires services over the given stores, on the system clock.
     pub async fn new(config: &Config, stores: Stores) -> anyhow::Result<Self> {
-        let secret = service::tenancy::signing_secret(&stores, config.auth.jwt_secret.as_deref())
+        Self::with_clock(config, stores, SystemClock::shared()).await
+    }
+
+    /// Wires services over the given stores, reading time from `clock`.
+    pub async fn with_clock(
+        config: &Config,
+        stores: Stores,
+        clock: SharedClock,
+    ) -> anyhow::Result<Self> {
+        let access = Access::new(stores.clone(), clock.clone());
+        let secret = access
+            .signing_secret(config.auth.jwt_secret.as_deref())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("failed to load the JWT signing secret")?;
@@ -64,21 +80,22 @@ impl AppState {
             }
             None => Enricher::new(),
         };
-        let limiter = Arc::new(service::ratelimit::RateLimiter::new());
+        let limiter = Arc::new(tally_core::limiter::RateLimiter::new());
         if config.auth.login_attempts_per_account == 0 || config.auth.login_attempts_per_ip == 0 {
             anyhow::bail!("auth.login_attempts_per_account and _per_ip must be at least 1");
         }
-        let login_limits = service::auth::LoginLimits {
+        let login_limits = tally_access::auth::LoginLimits {
             per_account: Quota::per_minute(config.auth.login_attempts_per_account),
             per_ip: Quota::per_minute(config.auth.login_attempts_per_ip),
         };
-        let auth = Authenticator::new(stores.clone(), signer, limiter, login_limits)
+        let auth = Authenticator::new(access.clone(), signer, limiter, login_limits)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let quotas = Arc::new(service::quota::Quotas::new(stores.clone()));
-        let usage = Arc::new(service::usage::Usage::new(
+        let quotas = Arc::new(tally_ai::quota::Quotas::new(stores.clone(), clock.clone()));
+        let usage = Arc::new(tally_ai::usage::Usage::new(
             stores.clone(),
             quotas.clone(),
             config.events.max_future_skew_secs,
+            clock.clone(),
         ));
         Ok(Self {
             config: Arc::new(RequestConfig {
@@ -92,16 +109,20 @@ impl AppState {
                 stores.clone(),
                 Arc::new(enricher),
                 config.events.clone(),
+                clock.clone(),
             )),
-            analytics: Arc::new(service::analytics::Analytics::new(
+            analytics: Arc::new(tally_ai::analytics::Analytics::new(
                 stores.clone(),
                 usage.clone(),
                 quotas.clone(),
+                clock.clone(),
             )),
             usage,
             quotas,
             tasks: supervisor::TaskBoard::default(),
             stores,
+            clock,
+            access,
         })
     }
 }
@@ -166,14 +187,14 @@ pub async fn serve(
     }
     let sqlite = open_store(&config, false)?;
     let stores = Stores::sqlite(sqlite.clone());
-    let created = service::tenancy::bootstrap_admin(
-        &stores,
-        &config.auth.admin_email,
-        config.auth.admin_password.as_deref(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))
-    .context("failed to create the first admin account")?;
+    let created = Access::new(stores.clone(), SystemClock::shared())
+        .bootstrap_admin(
+            &config.auth.admin_email,
+            config.auth.admin_password.as_deref(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("failed to create the first admin account")?;
     if let Some((email, password)) = created {
         // Printed, not logged: logs must never carry secrets.
         if config.auth.admin_password.is_some() {
@@ -207,9 +228,21 @@ pub async fn serve(
 
     let retention = std::time::Duration::from_secs(u64::from(config.audit.retention_days) * 86_400);
     let mut supervisor = supervisor::Supervisor::new(state.tasks.clone());
-    let audit_stores = stores.clone();
-    supervisor.spawn("audit_retention", move |stop| {
-        service::audit::retain(audit_stores.clone(), retention, stop)
+    let audit_access = state.access.clone();
+    supervisor.spawn("audit_retention", move |mut stop| {
+        let access = audit_access.clone();
+        async move {
+            loop {
+                access
+                    .apply_retention(retention)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("failed to apply the audit retention: {e}"))?;
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(6 * 3600)) => {}
+                    () = stop.stopped() => return Ok(()),
+                }
+            }
+        }
     });
     let limits = http::ConnectionLimits {
         timeouts,

@@ -125,7 +125,10 @@ pub fn lock(dir: &Path, command: &str) -> Result<Ownership, DataDirError> {
     let record = format!(
         "pid={}\nhost={host}\ncommand={command}\nstarted_at={}\n",
         std::process::id(),
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        tally_core::time::to_datetime(tally_core::time::Clock::now_micros(
+            &tally_core::time::SystemClock
+        ))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     );
     let write = |file: &mut File| -> std::io::Result<()> {
         file.set_len(0)?;

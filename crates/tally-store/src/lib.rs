@@ -107,6 +107,7 @@ pub trait EventStore: Send + Sync {
         limit: u32,
     ) -> StoreResult<(u64, Vec<StoredEvent>)>;
 
+    /// One activity of the tenant, by id or tracking id; `None` if the tenant has none such.
     async fn get_activity(
         &self,
         tenant: TenantId,
@@ -128,14 +129,23 @@ pub trait EventStore: Send + Sync {
 
 #[async_trait]
 pub trait IdentityStore: Send + Sync {
+    /// Stores a new tenant; a conflict if its id exists.
     async fn create_tenant(&self, tenant: Tenant) -> StoreResult<()>;
+    /// The tenant, if it exists.
     async fn get_tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>>;
+    /// Every tenant, oldest first (the platform admin's listing).
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
 
+    /// Stores a new account; a conflict if its e-mail is taken (e-mails are unique across
+    /// tenants).
     async fn create_account(&self, account: Account) -> StoreResult<()>;
+    /// The account with this e-mail (compared case-insensitively), in any tenant.
     async fn find_account_by_email(&self, email: &str) -> StoreResult<Option<Account>>;
+    /// The account, in any tenant: callers check the tenant against the caller's.
     async fn get_account(&self, id: AccountId) -> StoreResult<Option<Account>>;
+    /// The tenant's accounts, oldest first.
     async fn list_accounts(&self, tenant: TenantId) -> StoreResult<Vec<Account>>;
+    /// Accounts across all tenants (zero on a fresh data dir: the bootstrap creates one).
     async fn count_accounts(&self) -> StoreResult<u64>;
     /// Disables (`Some(at)`) or enables (`None`) an account; `false` if the tenant has no
     /// such account.
@@ -147,6 +157,7 @@ pub trait IdentityStore: Send + Sync {
     ) -> StoreResult<bool>;
     /// Ends every session of the account (moves its session version on).
     async fn end_all_sessions(&self, tenant: TenantId, id: AccountId) -> StoreResult<bool>;
+    /// Deletes the account; `false` if the tenant has no such account.
     async fn delete_account(&self, tenant: TenantId, id: AccountId) -> StoreResult<bool>;
     /// Ends one session until `expires_at` (Unix seconds), when its token expires anyway.
     async fn revoke_session(
@@ -156,14 +167,20 @@ pub trait IdentityStore: Send + Sync {
         expires_at: i64,
         now_secs: i64,
     ) -> StoreResult<()>;
+    /// Whether the session was ended by `revoke_session` (kept until its token expires).
     async fn session_revoked(&self, session: Uuid) -> StoreResult<bool>;
 
+    /// Stores a new key (its hash, never the key); a conflict if its prefix exists.
     async fn create_api_key(&self, key: ApiKey) -> StoreResult<()>;
+    /// The key with this prefix, revoked or not, in any tenant: the caller compares the
+    /// hash in constant time and checks revocation.
     async fn find_api_key(&self, prefix: &str) -> StoreResult<Option<ApiKey>>;
+    /// The tenant's keys, active and revoked, newest first.
     async fn list_api_keys(&self, tenant: TenantId) -> StoreResult<Vec<ApiKey>>;
     /// Marks a key revoked; `false` if the tenant has no such active key.
     async fn revoke_api_key(&self, tenant: TenantId, id: ApiKeyId, at: i64) -> StoreResult<bool>;
 
+    /// A server-wide setting (the JWT secret, the demo's markers).
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
     /// Stores (`Some`) or removes (`None`) a setting.
     async fn put_setting(&self, key: &str, value: Option<&str>) -> StoreResult<()> {
@@ -217,11 +234,13 @@ pub trait ProfileStore: Send + Sync {
         tenant: TenantId,
         profile: UserProfile,
     ) -> StoreResult<(UserProfile, bool)>;
+    /// The tenant's profiles among `ids`, keyed by user id; unknown ids are left out.
     async fn get_users(
         &self,
         tenant: TenantId,
         ids: &[String],
     ) -> StoreResult<HashMap<String, UserProfile>>;
+    /// One page of the tenant's profiles, by user id, and how many there are.
     async fn list_users(
         &self,
         tenant: TenantId,
@@ -229,16 +248,20 @@ pub trait ProfileStore: Send + Sync {
         limit: u32,
     ) -> StoreResult<(u64, Vec<UserProfile>)>;
 
+    /// Creates or updates; `None` fields keep their stored value. Returns the record and
+    /// whether it was created.
     async fn upsert_project(
         &self,
         tenant: TenantId,
         project: Project,
     ) -> StoreResult<(Project, bool)>;
+    /// The tenant's projects among `ids`, keyed by project id; unknown ids are left out.
     async fn get_projects(
         &self,
         tenant: TenantId,
         ids: &[String],
     ) -> StoreResult<HashMap<String, Project>>;
+    /// One page of the tenant's projects, by project id, and how many there are.
     async fn list_projects(
         &self,
         tenant: TenantId,
@@ -268,6 +291,7 @@ pub trait UsageStore: Send + Sync {
         tenant: TenantId,
         records: Arc<[UsageRecord]>,
     ) -> StoreResult<Vec<UsageOutcome>>;
+    /// Usage records stored for the tenant.
     async fn usage_count(&self, tenant: TenantId) -> StoreResult<u64>;
     /// Rollup buckets with start in `[from, to)`, by provider and model. Exact: folded in
     /// the transaction that stored the records.
@@ -309,6 +333,7 @@ pub trait UsageStore: Send + Sync {
     /// Conversations with a call at or after `since`.
     async fn active_conversations(&self, tenant: TenantId, since: i64) -> StoreResult<u64>;
 
+    /// One conversation's lifetime totals; `None` if the tenant has no call in it.
     async fn conversation(
         &self,
         tenant: TenantId,
@@ -334,6 +359,7 @@ pub trait UsageStore: Send + Sync {
 
 #[async_trait]
 pub trait QuotaStore: Send + Sync {
+    /// The tenant's quota rules, by id (a rule kept across replacements keeps its id).
     async fn quota_rules(&self, tenant: TenantId) -> StoreResult<Vec<QuotaRule>>;
 
     /// Replaces the tenant's rules. A rule with the metric, window and scope of a stored one

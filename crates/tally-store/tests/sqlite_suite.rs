@@ -903,7 +903,7 @@ fn usage(client_id: Option<&str>, ts: &str) -> tally_core::usage::UsageRecord {
     tally_core::usage::validate_usage(
         input,
         &tally_core::pricing::default_catalog(),
-        tally_core::time::now_micros(),
+        tally_core::time::Clock::now_micros(&tally_core::time::SystemClock),
         300,
     )
     .unwrap()
@@ -995,7 +995,7 @@ async fn usage_rollups_fold_exact_sums_and_mergeable_percentiles() {
     use tally_core::usage::{validate_usage, Granularity, UsageInput};
     let f = open();
     let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
-    let now = tally_core::time::now_micros();
+    let now = tally_core::time::Clock::now_micros(&tally_core::time::SystemClock);
     let rec = |i: u32, hour: u32, status: &str, model: &str| {
         let input: UsageInput = serde_json::from_value(serde_json::json!({
             "id": format!("r{i}"), "provider": "openai", "model": model, "input_tokens": 1000,
@@ -1104,7 +1104,7 @@ fn call(i: u32, user: &str, conv: &str, model: &str, ts: &str) -> tally_core::us
     tally_core::usage::validate_usage(
         input,
         &tally_core::pricing::default_catalog(),
-        tally_core::time::now_micros(),
+        tally_core::time::Clock::now_micros(&tally_core::time::SystemClock),
         300,
     )
     .unwrap()

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use tally_access::audit::{Actor, Entry};
+use tally_access::tenancy::NewAccount;
+use tally_access::Access;
 use tally_core::audit::action;
 use tally_core::auth::{Role, Scope};
+use tally_core::time::SystemClock;
 use tally_core::TenantId;
-use tally_server::service::audit::{self, Actor, Entry};
-use tally_server::service::tenancy::{self, NewAccount};
 use tally_server::Config;
 use tally_store::datadir::DataDirError;
 use tally_store::{SqliteStore, Stores};
@@ -301,11 +303,8 @@ async fn close(sqlite: Arc<SqliteStore>) -> anyhow::Result<()> {
         .context("failed to close the database")
 }
 
-fn api(e: tally_server::error::ApiError) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
-}
-
 async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::Result<()> {
+    let access = Access::new(stores.clone(), SystemClock::shared());
     match command {
         AdminCommand::Tenant(TenantCommand::Delete { tenant, confirm }) => {
             if !owner {
@@ -314,22 +313,20 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
                      DELETE /api/v1/tenants/{tenant} as the platform admin"
                 );
             }
-            let t = tenancy::require_tenant(stores, tenant).await.map_err(api)?;
+            let t = access.require_tenant(tenant).await?;
             if confirm != t.name {
                 bail!(
                     "--confirm must repeat the tenant's name exactly ({:?}); nothing was deleted",
                     t.name
                 );
             }
-            let admins = stores.identity.list_accounts(tenant).await?;
+            let admins = access.list_accounts(tenant).await?;
             if admins.iter().any(|a| a.role == Role::Admin) {
                 bail!("tenant {tenant} holds platform admin accounts; nothing was deleted");
             }
-            let report = tenancy::delete_tenant(stores, None, &t)
-                .await
-                .map_err(api)?;
+            let report = access.delete_tenant(None, &t).await?;
             let entry = Entry::tenant_deleted(&t, &report.rows);
-            audit::record(stores, &Actor::cli(), entry).await;
+            access.record(&Actor::cli(), entry).await;
             for (table, n) in &report.rows {
                 if *n > 0 {
                     eprintln!("{table}\t{n}");
@@ -338,15 +335,13 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
             eprintln!("deleted tenant {tenant} ({})", t.name);
         }
         AdminCommand::Tenant(TenantCommand::Create { name, max_events }) => {
-            let t = tenancy::create_tenant(stores, &name, max_events)
-                .await
-                .map_err(api)?;
+            let t = access.create_tenant(&name, max_events).await?;
             let entry = Entry::tenant_created(&t);
-            audit::record(stores, &Actor::cli(), entry).await;
+            access.record(&Actor::cli(), entry).await;
             println!("{}", t.id);
         }
         AdminCommand::Tenant(TenantCommand::List) => {
-            for t in stores.identity.list_tenants().await? {
+            for t in access.list_tenants().await? {
                 println!("{}\t{}", t.id, t.name);
             }
         }
@@ -358,20 +353,17 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
         }) => {
             let generated = password.is_none();
             let password = password.unwrap_or_else(tally_core::auth::generate_password);
-            let a = tenancy::create_account(
-                stores,
-                NewAccount {
+            let a = access
+                .create_account(NewAccount {
                     tenant_id: tenant,
                     email: &email,
                     password: &password,
                     role,
-                },
-            )
-            .await
-            .map_err(api)?;
+                })
+                .await?;
             let entry = Entry::account(&a, action::ACCOUNT_CREATED)
                 .details(json!({ "email": a.email, "role": a.role }));
-            audit::record(stores, &Actor::cli(), entry).await;
+            access.record(&Actor::cli(), entry).await;
             println!("{}", a.id);
             if generated {
                 eprintln!("generated password: {password}");
@@ -383,16 +375,14 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
             scopes,
         }) => {
             let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg)?;
-            let (created, key) = tenancy::create_api_key(stores, tenant, &name, scopes)
-                .await
-                .map_err(api)?;
+            let (created, key) = access.create_api_key(tenant, &name, scopes).await?;
             let entry = Entry::key_created(&created);
-            audit::record(stores, &Actor::cli(), entry).await;
+            access.record(&Actor::cli(), entry).await;
             println!("{key}");
         }
         AdminCommand::Key(KeyCommand::List { tenant }) => {
-            tenancy::require_tenant(stores, tenant).await.map_err(api)?;
-            for k in stores.identity.list_api_keys(tenant).await? {
+            access.require_tenant(tenant).await?;
+            for k in access.list_api_keys(tenant).await? {
                 let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
                 let state = if k.revoked_at.is_some() {
                     "revoked"
@@ -410,12 +400,14 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
             }
         }
         AdminCommand::Key(KeyCommand::Revoke { tenant, key_id }) => {
-            let now = tally_core::time::now_micros();
-            if !stores.identity.revoke_api_key(tenant, key_id, now).await? {
-                bail!("no active key {key_id} in tenant {tenant}");
+            match access.revoke_api_key(tenant, key_id).await {
+                Err(tally_access::AccessError::NotFound(_)) => {
+                    bail!("no active key {key_id} in tenant {tenant}")
+                }
+                other => other?,
             }
             let entry = Entry::key_revoked(tenant, key_id);
-            audit::record(stores, &Actor::cli(), entry).await;
+            access.record(&Actor::cli(), entry).await;
             eprintln!("revoked {key_id}");
         }
     }

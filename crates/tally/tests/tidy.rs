@@ -26,6 +26,13 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 /// Lines of the product's source (`crates/*/src`) that mention `needle`, outside the
 /// crates allowed to.
 fn offenders(needle: &str, allowed: &[&str]) -> Vec<String> {
+    offenders_where(|line| line.contains(needle), allowed, false)
+}
+
+/// Lines of the product's source for which `hit` holds. `allowed` names crates
+/// (`tally-store`) or files under `crates/` (`tally-core/src/time.rs`) that may; with
+/// `skip_tests`, a file's inline test module (from `#[cfg(test)]` on) is not read.
+fn offenders_where(hit: impl Fn(&str) -> bool, allowed: &[&str], skip_tests: bool) -> Vec<String> {
     let crates = workspace().join("crates");
     let mut found = Vec::new();
     for krate in std::fs::read_dir(&crates).unwrap() {
@@ -35,12 +42,75 @@ fn offenders(needle: &str, allowed: &[&str]) -> Vec<String> {
             continue;
         }
         for file in rust_files(&krate.join("src")) {
+            let relative = file
+                .strip_prefix(&crates)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if allowed.contains(&relative.as_str()) {
+                continue;
+            }
             let text = std::fs::read_to_string(&file).unwrap();
             for (i, line) in text.lines().enumerate() {
-                if line.contains(needle) {
+                if skip_tests && line.trim() == "#[cfg(test)]" {
+                    break;
+                }
+                if hit(line) {
                     found.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
                 }
             }
+        }
+    }
+    found
+}
+
+/// Reads of the wall clock that bypass the `Clock`.
+fn reads_wall_time(line: &str) -> bool {
+    ["Utc::now(", "SystemTime::now(", "Local::now("]
+        .iter()
+        .any(|n| line.contains(n))
+}
+
+/// Where the system clock may be chosen: the clock itself, and the places that wire
+/// services together (the server's start, the CLI), plus the data dir's lock file (it
+/// names when its holder started, before any service exists) and the benchmark driver
+/// (a client measuring its own time).
+const CLOCK_WIRING: &[&str] = &[
+    "tally-core/src/time.rs",
+    "tally-server/src/lib.rs",
+    "tally/src/cli.rs",
+    "tally-store/src/datadir.rs",
+    "tally-bench",
+];
+
+/// Methods of `pub trait` blocks in `text` with no `///` line above them (attributes
+/// between are fine): `file:line: fn …`.
+fn undocumented_trait_methods(file: &str, text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut in_trait = false;
+    let mut documented = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if line.starts_with("pub trait ") {
+            in_trait = true;
+            continue;
+        }
+        if in_trait && line.starts_with('}') {
+            in_trait = false;
+        }
+        if !in_trait {
+            continue;
+        }
+        if t.starts_with("///") {
+            documented = true;
+        } else if t.starts_with("#[") {
+        } else if line.starts_with("    async fn ") || line.starts_with("    fn ") {
+            if !documented {
+                found.push(format!("{file}:{}: {t}", i + 1));
+            }
+            documented = false;
+        } else if line.starts_with("    ") && !line.starts_with("     ") {
+            documented = false;
         }
     }
     found
@@ -67,8 +137,53 @@ fn only_the_store_holds_sql() {
 }
 
 #[test]
+fn only_the_clock_reads_wall_time() {
+    // The benchmark driver is a client timing itself, not part of the product.
+    let found = offenders_where(
+        reads_wall_time,
+        &["tally-core/src/time.rs", "tally-bench"],
+        true,
+    );
+    assert!(
+        found.is_empty(),
+        "wall time read outside tally_core::time (pass a Clock):\n{}",
+        found.join("\n")
+    );
+    let found = offenders_where(|l| l.contains("SystemClock"), CLOCK_WIRING, true);
+    assert!(
+        found.is_empty(),
+        "the system clock chosen outside the wiring (take a SharedClock instead):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn every_store_trait_method_is_documented() {
+    let mut found = Vec::new();
+    for file in rust_files(&workspace().join("crates/tally-store/src")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        found.extend(undocumented_trait_methods(
+            &file.display().to_string(),
+            &text,
+        ));
+    }
+    assert!(
+        found.is_empty(),
+        "store trait methods without a /// comment (say what the contract promises):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
 fn the_checks_find_what_they_look_for() {
     // A check that cannot fail proves nothing: the server's own use of axum is found.
     assert!(!offenders("axum", &[]).is_empty());
     assert!(!offenders("rusqlite", &[]).is_empty());
+    assert!(!offenders_where(reads_wall_time, &[], true).is_empty());
+    assert!(!offenders_where(|l| l.contains("SystemClock"), &[], true).is_empty());
+    let sample = "pub trait T: Send {\n    /// Said.\n    async fn said(&self);\n    #[allow(x)]\n    async fn unsaid(&self);\n}\n";
+    assert_eq!(
+        undocumented_trait_methods("sample.rs", sample),
+        vec!["sample.rs:5: async fn unsaid(&self);".to_owned()]
+    );
 }

@@ -7,16 +7,16 @@ use serde_json::json;
 use tally_core::audit::action;
 use tally_core::auth::{Action, Credential, Principal, Role};
 use tally_core::tenancy::{Account, ApiKey, Tenant};
-use tally_core::time::{now_micros, rfc3339};
+use tally_core::time::rfc3339;
 use tally_core::{AccountId, ApiKeyId, FieldError, TenantId};
 
 use super::dto::*;
 use super::extract::{ApiQuery, Auth, ClientIp, JsonBody};
 use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::{ApiError, ApiResult};
-use crate::service::audit::{self, Entry};
-use crate::service::tenancy::{self, NewAccount};
 use crate::AppState;
+use tally_access::audit::Entry;
+use tally_access::tenancy::NewAccount;
 
 fn tenant_response(t: Tenant) -> TenantResponse {
     TenantResponse {
@@ -51,9 +51,12 @@ pub async fn create_tenant(
     JsonBody(body): JsonBody<CreateTenantRequest>,
 ) -> ApiResult<(StatusCode, Json<TenantResponse>)> {
     require(&p, Action::Platform)?;
-    let t = tenancy::create_tenant(&state.stores, &body.name, body.max_events).await?;
+    let t = state
+        .access
+        .create_tenant(&body.name, body.max_events)
+        .await?;
     let entry = Entry::tenant_created(&t);
-    audit::record_by(&state.stores, &p, ip, entry).await;
+    state.access.record_by(&p, ip, entry).await;
     Ok((StatusCode::CREATED, Json(tenant_response(t))))
 }
 
@@ -65,7 +68,7 @@ pub async fn list_tenants(
     Auth(p): Auth,
 ) -> ApiResult<Json<Vec<TenantResponse>>> {
     require(&p, Action::Platform)?;
-    let tenants = state.stores.identity.list_tenants().await?;
+    let tenants = state.access.list_tenants().await?;
     Ok(Json(tenants.into_iter().map(tenant_response).collect()))
 }
 
@@ -86,12 +89,12 @@ pub async fn delete_tenant(
     let tenant: TenantId = tenant_id
         .parse()
         .map_err(|_| ApiError::NotFound("tenant"))?;
-    let t = tenancy::require_tenant(&state.stores, tenant).await?;
-    let report = tenancy::delete_tenant(&state.stores, Some(p.tenant_id), &t).await?;
+    let t = state.access.require_tenant(tenant).await?;
+    let report = state.access.delete_tenant(Some(p.tenant_id), &t).await?;
     state.auth.forget_tenant(tenant);
     state.quotas.forget(tenant);
     let entry = Entry::tenant_deleted(&t, &report.rows);
-    audit::record_by(&state.stores, &p, ip, entry).await;
+    state.access.record_by(&p, ip, entry).await;
     Ok(Json(DeletionResponse {
         deleted: format!("tenant:{tenant}"),
         deleted_rows: report.rows,
@@ -124,19 +127,18 @@ pub async fn create_account(
             "only the admin role may create admin accounts".into(),
         ));
     }
-    let a = tenancy::create_account(
-        &state.stores,
-        NewAccount {
+    let a = state
+        .access
+        .create_account(NewAccount {
             tenant_id,
             email: &body.email,
             password: &body.password,
             role: body.role,
-        },
-    )
-    .await?;
+        })
+        .await?;
     let entry = Entry::account(&a, action::ACCOUNT_CREATED)
         .details(json!({ "email": a.email, "role": a.role }));
-    audit::record_by(&state.stores, &p, ip, entry).await;
+    state.access.record_by(&p, ip, entry).await;
     Ok((StatusCode::CREATED, Json(account_response(a))))
 }
 
@@ -162,7 +164,7 @@ pub async fn list_accounts(
 ) -> ApiResult<Json<Vec<AccountResponse>>> {
     require(&p, Action::ManageTenant)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
-    let accounts = state.stores.identity.list_accounts(tenant).await?;
+    let accounts = state.access.list_accounts(tenant).await?;
     Ok(Json(accounts.into_iter().map(account_response).collect()))
 }
 
@@ -180,7 +182,7 @@ async fn managed(
     }
     let tenant = tenant_for(p, tenant)?;
     let id: AccountId = id.parse().map_err(|_| ApiError::NotFound("account"))?;
-    tenancy::managed_account(&state.stores, p, tenant, id).await
+    Ok(state.access.managed_account(p, tenant, id).await?)
 }
 
 /// After an account changed: its cached state is dropped, so its tokens are judged afresh
@@ -193,7 +195,7 @@ async fn account_changed(
     entry: Entry<'_>,
 ) {
     state.auth.forget_account(account.id);
-    audit::record_by(&state.stores, p, ip, entry).await;
+    state.access.record_by(p, ip, entry).await;
 }
 
 /// Disable or re-enable an account. A disabled account cannot log in and its tokens are
@@ -212,7 +214,10 @@ pub async fn update_account(
     JsonBody(body): JsonBody<UpdateAccountRequest>,
 ) -> ApiResult<Json<AccountResponse>> {
     let account = managed(&state, &p, q.tenant_id.as_deref(), &account_id).await?;
-    let updated = tenancy::set_account_disabled(&state.stores, &account, body.disabled).await?;
+    let updated = state
+        .access
+        .set_account_disabled(&account, body.disabled)
+        .await?;
     let what = if body.disabled {
         action::ACCOUNT_DISABLED
     } else {
@@ -237,7 +242,7 @@ pub async fn delete_account(
     ApiQuery(q): ApiQuery<TenantQuery>,
 ) -> ApiResult<StatusCode> {
     let account = managed(&state, &p, q.tenant_id.as_deref(), &account_id).await?;
-    tenancy::delete_account(&state.stores, &account).await?;
+    state.access.delete_account(&account).await?;
     let entry = Entry::account(&account, action::ACCOUNT_DELETED)
         .details(json!({ "email": account.email, "role": account.role }));
     account_changed(&state, &p, ip, &account, entry).await;
@@ -289,15 +294,12 @@ pub async fn create_key(
     if body.scopes.is_empty() {
         return Err(FieldError::invalid("scopes", "at least one scope is required").into());
     }
-    let (key, full) = tenancy::create_api_key(
-        &state.stores,
-        tenant_id,
-        &body.name,
-        body.scopes.into_iter().collect(),
-    )
-    .await?;
+    let (key, full) = state
+        .access
+        .create_api_key(tenant_id, &body.name, body.scopes.into_iter().collect())
+        .await?;
     let entry = Entry::key_created(&key);
-    audit::record_by(&state.stores, &p, ip, entry).await;
+    state.access.record_by(&p, ip, entry).await;
     Ok((StatusCode::CREATED, Json(key_response(key, Some(full)))))
 }
 
@@ -311,7 +313,7 @@ pub async fn list_keys(
 ) -> ApiResult<Json<Vec<ApiKeyResponse>>> {
     require(&p, Action::ManageTenant)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
-    let keys = state.stores.identity.list_api_keys(tenant).await?;
+    let keys = state.access.list_api_keys(tenant).await?;
     Ok(Json(
         keys.into_iter().map(|k| key_response(k, None)).collect(),
     ))
@@ -331,16 +333,9 @@ pub async fn revoke_key(
     require(&p, Action::ManageTenant)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
     let id: ApiKeyId = key_id.parse().map_err(|_| ApiError::NotFound("api key"))?;
-    if !state
-        .stores
-        .identity
-        .revoke_api_key(tenant, id, now_micros())
-        .await?
-    {
-        return Err(ApiError::NotFound("api key"));
-    }
+    state.access.revoke_api_key(tenant, id).await?;
     state.auth.forget_key(tenant, id);
     let entry = Entry::key_revoked(tenant, id);
-    audit::record_by(&state.stores, &p, ip, entry).await;
+    state.access.record_by(&p, ip, entry).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,6 @@
 //! AI analytics endpoints (seeds 000 and 003): stats, costs, performance, real time,
 //! dashboards, cross-tenant usage, seed 003's views, raw records and exports. Handlers
-//! parse and authorise; the reports come from `service::analytics`.
+//! parse and authorise; the reports come from `tally_ai::analytics`.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -10,25 +10,64 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tally_core::auth::{Action, Principal};
 use tally_core::pricing::Nanos;
-use tally_core::time::{now_micros, rfc3339};
+use tally_core::time::rfc3339;
 use tally_core::usage::{CallStatus, Generation, UsageFilter};
 use tally_core::{FieldError, TenantId};
 
 use super::extract::{ApiQuery, Auth, JsonBody};
 use super::insights::{parse_u32, require, tenant_for, TenantQuery};
 use crate::error::{ApiError, ApiResult};
-use crate::service::analytics::{
+use crate::AppState;
+use tally_ai::analytics::{
     parse_instant, ConversationCost, CostBreakdown, CostReport, Dashboard, Efficiency, GlobalUsage,
-    ModelComparison, PerformanceReport, PeriodQuery, Realtime, Table, Tabular, TenantStats, Trends,
+    ModelComparison, PerformanceReport, PeriodSpec, Realtime, Table, Tabular, TenantStats, Trends,
     UsageDashboard,
 };
-use crate::service::usage::Period;
-use crate::AppState;
 
-fn period_of(q: &PeriodQuery) -> ApiResult<(String, Period, i64)> {
-    let now = now_micros();
-    let (label, period) = q.resolve(now)?;
-    Ok((label, period, now))
+/// A period as the API takes it: `period=last_24h|last_7d|last_30d|last_90d`, `days=N`
+/// (seed 003), or `from`/`to` (RFC 3339 or YYYY-MM-DD; `to` exclusive).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams, utoipa::ToSchema)]
+#[into_params(parameter_in = Query)]
+pub struct PeriodQuery {
+    /// `last_24h`, `last_7d` (default), `last_30d` or `last_90d`.
+    #[param(value_type = Option<PeriodName>)]
+    #[schema(value_type = Option<PeriodName>)]
+    pub period: Option<String>,
+    /// The last N days (1–366), as seed 003 does.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 366)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 366)]
+    pub days: Option<String>,
+    /// Start of an explicit range (RFC 3339 or YYYY-MM-DD), rounded down to the hour; not
+    /// in the future.
+    #[param(schema_with = super::schemas::date_or_time)]
+    #[schema(schema_with = super::schemas::date_or_time)]
+    pub from: Option<String>,
+    /// End of an explicit range, exclusive, rounded up to the hour and never past now;
+    /// default now.
+    #[param(schema_with = super::schemas::date_or_time)]
+    #[schema(schema_with = super::schemas::date_or_time)]
+    pub to: Option<String>,
+}
+
+impl From<PeriodQuery> for PeriodSpec {
+    fn from(q: PeriodQuery) -> Self {
+        PeriodSpec {
+            period: q.period,
+            days: q.days,
+            from: q.from,
+            to: q.to,
+        }
+    }
+}
+
+/// The named periods.
+#[derive(utoipa::ToSchema)]
+#[allow(non_camel_case_types, dead_code)] // documentation only: the wire names
+pub enum PeriodName {
+    last_24h,
+    last_7d,
+    last_30d,
+    last_90d,
 }
 
 fn read_tenant(p: &Principal, requested: Option<&str>) -> ApiResult<TenantId> {
@@ -49,10 +88,8 @@ pub async fn tenant_stats(
     ApiQuery(q): ApiQuery<PeriodQuery>,
 ) -> ApiResult<Json<TenantStats>> {
     let tenant = read_tenant(&p, Some(&tenant_id))?;
-    let (label, period, now) = period_of(&q)?;
-    Ok(Json(
-        state.analytics.stats(tenant, label, period, now).await?,
-    ))
+    let period = PeriodSpec::from(q);
+    Ok(Json(state.analytics.stats(tenant, &period).await?))
 }
 
 /// Latency percentiles (from merged sketches, 1 % relative error), time to first token,
@@ -67,10 +104,8 @@ pub async fn performance(
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<PerformanceReport>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
-    let (label, period, _) = period_of(&q)?;
-    Ok(Json(
-        state.analytics.performance(tenant, label, period).await?,
-    ))
+    let period = PeriodSpec::from(q);
+    Ok(Json(state.analytics.performance(tenant, &period).await?))
 }
 
 /// The last five minutes: active conversations, messages per minute, response time, and
@@ -83,7 +118,7 @@ pub async fn realtime(
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<Realtime>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
-    Ok(Json(state.analytics.realtime(tenant, now_micros()).await?))
+    Ok(Json(state.analytics.realtime(tenant).await?))
 }
 
 /// Costs by provider, model, conversation and user, with recommendations that each carry
@@ -98,10 +133,8 @@ pub async fn costs(
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<CostReport>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
-    let (label, period, now) = period_of(&q)?;
-    Ok(Json(
-        state.analytics.costs(tenant, label, period, now).await?,
-    ))
+    let period = PeriodSpec::from(q);
+    Ok(Json(state.analytics.costs(tenant, &period).await?))
 }
 
 /// One conversation's cost: totals, cost by model and its most recent calls.
@@ -137,13 +170,8 @@ pub async fn dashboard(
     ApiQuery(q): ApiQuery<PeriodQuery>,
 ) -> ApiResult<Json<Dashboard>> {
     let tenant = read_tenant(&p, Some(&tenant_id))?;
-    let (label, period, now) = period_of(&q)?;
-    Ok(Json(
-        state
-            .analytics
-            .dashboard(tenant, label, period, now)
-            .await?,
-    ))
+    let period = PeriodSpec::from(q);
+    Ok(Json(state.analytics.dashboard(tenant, &period).await?))
 }
 
 /// Seed 003's `/ai/usage/dashboard/?days=7`: jobs (LLM calls) and cost in total and by
@@ -157,12 +185,9 @@ pub async fn usage_dashboard(
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<UsageDashboard>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
-    let (label, period, _) = period_of(&q)?;
+    let period = PeriodSpec::from(q);
     Ok(Json(
-        state
-            .analytics
-            .usage_dashboard(tenant, label, period)
-            .await?,
+        state.analytics.usage_dashboard(tenant, &period).await?,
     ))
 }
 
@@ -177,8 +202,8 @@ pub async fn global_usage(
     ApiQuery(q): ApiQuery<PeriodQuery>,
 ) -> ApiResult<Json<GlobalUsage>> {
     require(&p, Action::Platform)?;
-    let (label, period, _) = period_of(&q)?;
-    Ok(Json(state.analytics.global(label, period).await?))
+    let period = PeriodSpec::from(q);
+    Ok(Json(state.analytics.global(&period).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -245,12 +270,12 @@ pub async fn model_comparison(
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<ModelComparison>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
-    let (label, period, _) = period_of(&q)?;
+    let period = PeriodSpec::from(q);
     let models = model_list(&m)?;
     Ok(Json(
         state
             .analytics
-            .model_comparison(tenant, label, period, &models)
+            .model_comparison(tenant, &period, &models)
             .await?,
     ))
 }
@@ -268,13 +293,10 @@ pub async fn efficiency(
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<Efficiency>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
-    let (label, period, _) = period_of(&q)?;
+    let period = PeriodSpec::from(q);
     let models = model_list(&m)?;
     Ok(Json(
-        state
-            .analytics
-            .efficiency(tenant, label, period, &models)
-            .await?,
+        state.analytics.efficiency(tenant, &period, &models).await?,
     ))
 }
 
@@ -290,7 +312,7 @@ pub async fn cost_breakdown(
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<CostBreakdown>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
-    let (label, period, _) = period_of(&q)?;
+    let period = PeriodSpec::from(q);
     let mut models = model_list(&ModelsQuery {
         models: None,
         model: m.model,
@@ -298,7 +320,7 @@ pub async fn cost_breakdown(
     Ok(Json(
         state
             .analytics
-            .cost_breakdown(tenant, label, period, models.pop())
+            .cost_breakdown(tenant, &period, models.pop())
             .await?,
     ))
 }
@@ -313,8 +335,8 @@ pub async fn trends(
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> ApiResult<Json<Trends>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
-    let (label, period, _) = period_of(&q)?;
-    Ok(Json(state.analytics.trends(tenant, label, period).await?))
+    let period = PeriodSpec::from(q);
+    Ok(Json(state.analytics.trends(tenant, &period).await?))
 }
 
 /// Seed 003's Django-style filters on raw usage records.
@@ -596,7 +618,7 @@ pub struct ExportBody {
     #[schema(value_type = Option<ExportFormat>)]
     pub format: Option<String>,
     /// As the reports' query parameters; one of `period`, `days` or `from`/`to`.
-    #[schema(value_type = Option<crate::service::analytics::PeriodName>)]
+    #[schema(value_type = Option<PeriodName>)]
     pub period: Option<String>,
     #[serde(default, deserialize_with = "integer_text")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 366)]
@@ -679,17 +701,34 @@ fn render_csv(table: &Table) -> ApiResult<Vec<u8>> {
 
 /// Renders an export as a download: JSON with metadata and summary, or the report's table
 /// as CSV.
-fn export<T: Serialize + Tabular>(
+/// A report that can be exported: a table for CSV, and the period it covers.
+trait Exportable: Serialize + Tabular {
+    fn period(&self) -> &str;
+}
+
+macro_rules! exportable {
+    ($($t:ty),*) => {$(
+        impl Exportable for $t {
+            fn period(&self) -> &str {
+                &self.period
+            }
+        }
+    )*};
+}
+exportable!(TenantStats, GlobalUsage, CostReport, PerformanceReport);
+
+fn export<T: Exportable>(
+    stamp: (uuid::Uuid, i64),
     kind: &'static str,
     format: Format,
     tenant: Option<TenantId>,
-    period: &str,
     metrics: Vec<&'static str>,
     summary: Value,
     report: &T,
 ) -> ApiResult<Response> {
     let table = report.table();
-    let export_id = uuid::Uuid::new_v4();
+    let (export_id, generated_at) = stamp;
+    let period = report.period();
     let scope = tenant.map_or_else(|| "all".to_owned(), |t| t.0.to_string());
     let (bytes, content_type, file_name) = match format {
         Format::Csv => (
@@ -707,7 +746,7 @@ fn export<T: Serialize + Tabular>(
                     format: "json",
                     metrics_included: metrics,
                     record_count: table.rows.len(),
-                    generated_at: rfc3339(now_micros()),
+                    generated_at: rfc3339(generated_at),
                     period: period.to_owned(),
                 },
                 "summary": summary,
@@ -747,21 +786,18 @@ pub async fn export_stats(
 ) -> ApiResult<Response> {
     let tenant = read_tenant(&p, Some(&tenant_id))?;
     let format = format_of(&body)?;
-    let (label, period, now) = period_of(&body.period())?;
-    let stats = state
-        .analytics
-        .stats(tenant, label.clone(), period, now)
-        .await?;
+    let period = PeriodSpec::from(body.period());
+    let stats = state.analytics.stats(tenant, &period).await?;
     let summary = json!({
         "total_cost": stats.total_cost_usd,
         "total_messages": stats.total_messages,
         "top_provider": stats.provider_breakdown.first().map(|p| p.provider.clone()),
     });
     export(
+        state.analytics.export_stamp(),
         "stats",
         format,
         Some(tenant),
-        &label,
         vec!["cost", "usage", "reliability"],
         summary,
         &stats,
@@ -779,18 +815,18 @@ pub async fn export_usage(
 ) -> ApiResult<Response> {
     require(&p, Action::Platform)?;
     let format = format_of(&body)?;
-    let (label, period, _) = period_of(&body.period())?;
-    let usage = state.analytics.global(label.clone(), period).await?;
+    let period = PeriodSpec::from(body.period());
+    let usage = state.analytics.global(&period).await?;
     let summary = json!({
         "total_cost": usage.total_cost_usd,
         "total_messages": usage.total_messages,
         "active_tenants": usage.active_tenants,
     });
     export(
+        state.analytics.export_stamp(),
         "usage",
         format,
         None,
-        &label,
         vec!["cost", "usage", "growth"],
         summary,
         &usage,
@@ -808,21 +844,18 @@ pub async fn export_costs(
 ) -> ApiResult<Response> {
     let tenant = read_tenant(&p, body.tenant_id.as_deref())?;
     let format = format_of(&body)?;
-    let (label, period, now) = period_of(&body.period())?;
-    let costs = state
-        .analytics
-        .costs(tenant, label.clone(), period, now)
-        .await?;
+    let period = PeriodSpec::from(body.period());
+    let costs = state.analytics.costs(tenant, &period).await?;
     let summary = json!({
         "total_cost": costs.total_cost_usd,
         "top_provider": costs.by_provider.first().map(|p| p.provider.clone()),
         "potential_saving": costs.potential_saving_usd,
     });
     export(
+        state.analytics.export_stamp(),
         "costs",
         format,
         Some(tenant),
-        &label,
         vec!["cost"],
         summary,
         &costs,
@@ -840,20 +873,17 @@ pub async fn export_performance(
 ) -> ApiResult<Response> {
     let tenant = read_tenant(&p, body.tenant_id.as_deref())?;
     let format = format_of(&body)?;
-    let (label, period, _) = period_of(&body.period())?;
-    let perf = state
-        .analytics
-        .performance(tenant, label.clone(), period)
-        .await?;
+    let period = PeriodSpec::from(body.period());
+    let perf = state.analytics.performance(tenant, &period).await?;
     let summary = json!({
         "calls": perf.by_provider.iter().map(|r| r.calls).sum::<u64>(),
         "top_provider": perf.by_provider.first().map(|p| p.provider.clone()),
     });
     export(
+        state.analytics.export_stamp(),
         "performance",
         format,
         Some(tenant),
-        &label,
         vec!["performance"],
         summary,
         &perf,

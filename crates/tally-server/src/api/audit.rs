@@ -11,9 +11,8 @@ use tally_core::{check_id, FieldError, TenantId};
 use super::extract::{ApiQuery, Auth};
 use super::insights::{parse_u32, require};
 use crate::error::{ApiError, ApiResult};
-use crate::service::analytics::parse_instant;
-use crate::service::audit;
 use crate::AppState;
+use tally_ai::analytics::parse_instant;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -158,7 +157,7 @@ pub async fn list(
         before_id,
         limit: limit + 1,
     };
-    let mut rows = audit::list(&state.stores, filter).await?;
+    let mut rows = state.access.list(filter).await?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
         rows.last().map(|r| r.id.to_string())

@@ -10,8 +10,8 @@ use tally_core::time::rfc3339;
 use super::dto::{LoginRequest, LoginResponse, MeResponse};
 use super::extract::{Auth, BearerToken, ClientIp, JsonBody};
 use crate::error::{ApiError, ApiResult};
-use crate::service::audit::{self, Actor, Entry};
 use crate::AppState;
+use tally_access::audit::{Actor, Entry};
 
 /// Exchange e-mail and password for a session token (JWT, HS256, with expiry). Attempts
 /// are limited per e-mail address and per client IP (429 with `Retry-After`).
@@ -23,9 +23,8 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    let now = chrono::Utc::now().timestamp();
     let email = body.email.trim();
-    let r = state.auth.login(email, &body.password, ip, now).await?;
+    let r = state.auth.login(email, &body.password, ip).await?;
     Ok(Json(LoginResponse {
         access_token: r.token,
         token_type: "Bearer",
@@ -50,10 +49,12 @@ pub async fn logout(
             "API keys have no session; revoke the key instead".into(),
         ));
     }
-    let now = chrono::Utc::now().timestamp();
-    let account = state.auth.logout(&token, now).await?;
+    let account = state.auth.logout(&token).await?;
     let entry = Entry::account(&account, action::LOGOUT);
-    audit::record(&state.stores, &Actor::account(&account, ip), entry).await;
+    state
+        .access
+        .record(&Actor::account(&account, ip), entry)
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -78,12 +79,13 @@ pub async fn logout_all(
         .await?;
     state.auth.forget_account(id);
     let target = Some(format!("account:{id}"));
-    audit::record(
-        &state.stores,
-        &Actor::principal(&p, ip),
-        Entry::success(Some(p.tenant_id), action::SESSIONS_ENDED, target),
-    )
-    .await;
+    state
+        .access
+        .record(
+            &Actor::principal(&p, ip),
+            Entry::success(Some(p.tenant_id), action::SESSIONS_ENDED, target),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -156,7 +156,7 @@ impl FromRequestParts<AppState> for Auth {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
-        state.auth.authenticate(token).await.map(Auth)
+        Ok(Auth(state.auth.authenticate(token).await?))
     }
 }
 

@@ -13,19 +13,18 @@ use tally_core::activity::{self, ActivityFilter, Project, StoredEvent, UserProfi
 use tally_core::auth::{Action, Principal};
 use tally_core::error::codes;
 use tally_core::event::{EventInput, EventType};
-use tally_core::time::{now_micros, rfc3339};
+use tally_core::time::rfc3339;
 use tally_core::{check_id, FieldError, TenantId};
-use uuid::Uuid;
 
 use super::batch::{self, Counted, Report};
 use super::dto::DeletionResponse;
 use super::dto::*;
 use super::extract::{parse_item, ApiQuery, Auth, ClientIp, JsonBody};
 use crate::error::{ApiError, ApiResult};
-use crate::service::audit::{self, Entry};
-use crate::service::insights::{ActivityDetail, TrackOutcome};
 use crate::AppState;
+use tally_access::audit::Entry;
 use tally_core::audit::action;
+use tally_insights::{ActivityDetail, TrackOutcome};
 
 pub(crate) fn require(p: &Principal, action: Action) -> ApiResult<()> {
     if p.can(action) {
@@ -175,13 +174,14 @@ pub async fn track_batch(
             error: Some(batch::item_error(&e)),
         }),
     });
+    let (batch_id, processed_at) = state.insights.batch_stamp();
     let response = BatchResponse {
-        batch_id: Uuid::now_v7(),
+        batch_id,
         events_count: report.results.len(),
         processed_count: report.accepted,
         failed_count: report.rejected,
         duplicate_count: report.duplicates,
-        processed_at: rfc3339(now_micros()),
+        processed_at: rfc3339(processed_at),
         results: report.results,
     };
     let status = batch::status(
@@ -611,14 +611,14 @@ fn profile_from(user_id: String, body: UserProfileBody) -> Result<UserProfile, F
             ));
         }
     }
-    let now = now_micros();
     Ok(UserProfile {
         user_id,
         email,
         full_name: optional_text("full_name", body.full_name, 200)?,
         role: optional_text("role", body.role, 64)?,
-        created_at: now,
-        updated_at: now,
+        // Stamped by the service.
+        created_at: 0,
+        updated_at: 0,
     })
 }
 
@@ -795,7 +795,7 @@ pub async fn erase_user(
         Some(format!("tracked_user:{user_id}")),
     )
     .details(serde_json::json!({ "deleted_rows": report.rows }));
-    audit::record_by(&state.stores, &p, ip, entry).await;
+    state.access.record_by(&p, ip, entry).await;
     Ok(Json(DeletionResponse {
         deleted: format!("tracked_user:{user_id}"),
         deleted_rows: report.rows,
@@ -816,13 +816,13 @@ fn project_response(p: Project) -> ProjectResponse {
 
 fn project_from(project_id: String, body: ProjectBody) -> Result<Project, FieldError> {
     let name = optional_text("name", Some(body.name), 200)?.unwrap_or_default();
-    let now = now_micros();
     Ok(Project {
         project_id,
         name,
         organization_name: optional_text("organization_name", body.organization_name, 200)?,
-        created_at: now,
-        updated_at: now,
+        // Stamped by the service.
+        created_at: 0,
+        updated_at: 0,
     })
 }
 
@@ -842,7 +842,8 @@ pub async fn create_project(
     require(&p, Action::Ingest)?;
     let id = match body.project_id.take() {
         Some(id) => project_id_ok(id)?,
-        None => Uuid::new_v4().to_string(),
+        // The service names it.
+        None => String::new(),
     };
     let (stored, created) = state
         .insights

@@ -35,7 +35,7 @@ use super::{admin, analytics, audit, auth, dto, health, insights, quotas, usage}
     ),
     components(schemas(
         crate::error::ErrorEnvelope, crate::error::ErrorBody, dto::EventBody,
-        crate::service::analytics::PeriodName, analytics::ExportFormat,
+        analytics::PeriodName, analytics::ExportFormat,
         tally_core::usage::Generation, tally_core::usage::CallStatus, tally_core::event::EventType,
         tally_core::quota::QuotaMetric, tally_core::quota::QuotaWindow,
     )),

@@ -12,7 +12,7 @@ use tally_core::quota::{
     percent, project, Decision, QuotaEvent, QuotaInput, QuotaMetric, QuotaScope, QuotaStatus,
     QuotaWindow,
 };
-use tally_core::time::{now_micros, rfc3339};
+use tally_core::time::rfc3339;
 use tally_core::usage::{reported_cost, MAX_TOKENS};
 use tally_core::FieldError;
 
@@ -20,10 +20,10 @@ use super::extract::ClientIp;
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
 use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::ApiResult;
-use crate::service::audit::{self, Entry};
-use crate::service::quota::{display_amount, is_tenant_budget, Tracked};
-use crate::service::usage::PreflightCall;
 use crate::AppState;
+use tally_access::audit::Entry;
+use tally_ai::quota::{display_amount, is_tenant_budget, Tracked};
+use tally_ai::usage::PreflightCall;
 use tally_core::audit::action;
 
 /// A tenant-wide USD budget (seed 000's `daily_limit` / `monthly_limit`).
@@ -143,8 +143,8 @@ async fn status_of(
     state: &AppState,
     tenant: tally_core::TenantId,
 ) -> ApiResult<QuotaStatusResponse> {
-    let now = now_micros();
-    let snap = state.quotas.snapshot(tenant, now).await?;
+    let snap = state.quotas.snapshot(tenant).await?;
+    let now = snap.at;
     let budget = |window| {
         snap.rules
             .iter()
@@ -304,15 +304,12 @@ pub async fn configure(
             })
         })
         .collect();
-    state
-        .quotas
-        .configure(p.tenant_id, inputs, now_micros())
-        .await?;
+    state.quotas.configure(p.tenant_id, inputs).await?;
     // The rules as sent (amounts and scopes; no secrets in a quota).
     let sent: serde_json::Value = serde_json::from_str(raw.get()).unwrap_or_default();
     let entry = Entry::success(Some(p.tenant_id), action::QUOTAS_REPLACED, None)
         .details(serde_json::json!({ "rules": sent.get("quotas") }));
-    audit::record_by(&state.stores, &p, ip, entry).await;
+    state.access.record_by(&p, ip, entry).await;
     Ok(Json(status_of(&state, p.tenant_id).await?))
 }
 
@@ -428,7 +425,7 @@ pub async fn test(
             ..Default::default()
         },
     };
-    let check = state.usage.preflight(tenant, call, now_micros()).await?;
+    let check = state.usage.preflight(tenant, call).await?;
     let quotas = check
         .verdict
         .rules

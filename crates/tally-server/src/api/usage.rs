@@ -17,9 +17,9 @@ use super::extract::ClientIp;
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
 use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::ApiResult;
-use crate::service::audit::{self, Entry};
-use crate::service::usage::{PriceInput, UsageResult};
 use crate::AppState;
+use tally_access::audit::Entry;
+use tally_ai::usage::{PriceInput, UsageResult};
 use tally_core::audit::action;
 
 #[derive(Deserialize)]
@@ -298,6 +298,6 @@ pub async fn put_price(
         Some(format!("price:{}/{}", shown.provider, shown.model)),
     )
     .details(serde_json::to_value(&shown).unwrap_or_default());
-    audit::record_by(&state.stores, &p, ip, audited).await;
+    state.access.record_by(&p, ip, audited).await;
     Ok((StatusCode::CREATED, Json(shown)))
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::json;
+
 use tally_core::auth::Scope;
-use tally_server::service::tenancy;
 use tally_server::{AppState, Config};
 use tally_store::Stores;
 
@@ -30,11 +30,10 @@ async fn writes_stop_below_the_floor_and_resume_when_space_returns() {
     let sqlite = tally_server::open_store_with(&config, false, Some(probe)).unwrap();
     let stores = Stores::sqlite(sqlite.clone());
     let state = AppState::new(&config, stores.clone()).await.unwrap();
-    let tenant = tenancy::create_tenant(&stores, "acme", None)
-        .await
-        .unwrap()
-        .id;
-    let (_, key) = tenancy::create_api_key(&stores, tenant, "k", Scope::ALL.into_iter().collect())
+    let tenant = state.access.create_tenant("acme", None).await.unwrap().id;
+    let (_, key) = state
+        .access
+        .create_api_key(tenant, "k", Scope::ALL.into_iter().collect())
         .await
         .unwrap();
     let t = super::support::TestApp::from_parts(state, stores, sqlite, dir, tenant, key);

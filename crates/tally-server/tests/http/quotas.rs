@@ -132,11 +132,7 @@ async fn usage_against_configured_quotas_gives_statuses_and_events() {
     )
     .await
     .unwrap();
-    let snap = fresh
-        .quotas
-        .snapshot(t.tenant, tally_core::time::now_micros())
-        .await
-        .unwrap();
+    let snap = fresh.quotas.snapshot(t.tenant).await.unwrap();
     let used: Vec<i128> = snap.rules.iter().map(|r| r.used).collect();
     assert_eq!(used, vec![22_500_000, 3, 3000, 0]);
     assert_eq!(

@@ -6,9 +6,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tally_access::tenancy::NewAccount;
 use tally_core::auth::{Role, Scope};
 use tally_core::TenantId;
-use tally_server::service::tenancy::{self, NewAccount};
 use tally_server::{AppState, Config};
 use tally_store::{SqliteStore, Stores};
 use tower::ServiceExt;
@@ -55,14 +55,12 @@ pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let sqlite = tally_server::open_store(&config, false).unwrap();
     let stores = Stores::sqlite(sqlite.clone());
     let state = AppState::new(&config, stores.clone()).await.unwrap();
-    let tenant = tenancy::create_tenant(&stores, "acme", None)
+    let tenant = state.access.create_tenant("acme", None).await.unwrap().id;
+    let (_, key) = state
+        .access
+        .create_api_key(tenant, "all", Scope::ALL.into_iter().collect())
         .await
-        .unwrap()
-        .id;
-    let (_, key) =
-        tenancy::create_api_key(&stores, tenant, "all", Scope::ALL.into_iter().collect())
-            .await
-            .unwrap();
+        .unwrap();
     TestApp {
         state,
         stores,
@@ -152,27 +150,29 @@ impl TestApp {
 
     /// A key of this app's tenant with the given scopes.
     pub async fn key_with(&self, scopes: &[Scope]) -> String {
-        tenancy::create_api_key(
-            &self.stores,
-            self.tenant,
-            "scoped",
-            scopes.iter().copied().collect(),
-        )
-        .await
-        .unwrap()
-        .1
+        self.state
+            .access
+            .create_api_key(self.tenant, "scoped", scopes.iter().copied().collect())
+            .await
+            .unwrap()
+            .1
     }
 
     /// Creates another tenant with an all-scope key.
     pub async fn other_tenant(&self) -> (TenantId, String) {
-        let t = tenancy::create_tenant(&self.stores, "other", None)
+        let t = self
+            .state
+            .access
+            .create_tenant("other", None)
             .await
             .unwrap()
             .id;
-        let (_, key) =
-            tenancy::create_api_key(&self.stores, t, "k", Scope::ALL.into_iter().collect())
-                .await
-                .unwrap();
+        let (_, key) = self
+            .state
+            .access
+            .create_api_key(t, "k", Scope::ALL.into_iter().collect())
+            .await
+            .unwrap();
         (t, key)
     }
 
@@ -215,17 +215,17 @@ impl TestApp {
             role.as_str(),
             uuid::Uuid::new_v4().simple()
         );
-        let account = tenancy::create_account(
-            &self.stores,
-            NewAccount {
+        let account = self
+            .state
+            .access
+            .create_account(NewAccount {
                 tenant_id: tenant,
                 email: &email,
                 password: "long enough password",
                 role,
-            },
-        )
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
         let r = self.login(&email).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         let token = r.body["access_token"].as_str().unwrap().to_owned();

@@ -127,17 +127,18 @@ async fn seed_error_codes() {
 #[tokio::test]
 async fn storage_limit_is_insights_006() {
     let t = app().await;
-    let tenant = tally_server::service::tenancy::create_tenant(&t.stores, "small", Some(2))
+    let tenant = t
+        .state
+        .access
+        .create_tenant("small", Some(2))
         .await
         .unwrap();
-    let (_, key) = tally_server::service::tenancy::create_api_key(
-        &t.stores,
-        tenant.id,
-        "k",
-        [tally_core::auth::Scope::Ingest].into(),
-    )
-    .await
-    .unwrap();
+    let (_, key) = t
+        .state
+        .access
+        .create_api_key(tenant.id, "k", [tally_core::auth::Scope::Ingest].into())
+        .await
+        .unwrap();
     let ev = json!({"event_type": "system_event", "event_name": "deploy"});
     for _ in 0..2 {
         let r = t

@@ -18,11 +18,12 @@ use tally_core::quota::{
     QuotaInput, QuotaMetric, QuotaRule, QuotaScope, QuotaStatus, QuotaWindow, WindowUsage,
     MAX_RULES,
 };
+use tally_core::time::SharedClock;
 use tally_core::usage::UsageRecord;
 use tally_core::{FieldError, TenantId};
 use tally_store::Stores;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{AiError, AiResult};
 
 /// One rule with what its current window has used.
 #[derive(Debug, Clone)]
@@ -97,17 +98,21 @@ pub struct QuotaSnapshot {
     pub rules: Vec<Tracked>,
     pub today: WindowUsage,
     pub today_window: (i64, i64),
+    /// The time the snapshot describes.
+    pub at: i64,
 }
 
 pub struct Quotas {
     stores: Stores,
+    clock: SharedClock,
     slots: Mutex<HashMap<TenantId, Slot>>,
 }
 
 impl Quotas {
-    pub fn new(stores: Stores) -> Self {
+    pub fn new(stores: Stores, clock: SharedClock) -> Self {
         Self {
             stores,
+            clock,
             slots: Mutex::new(HashMap::new()),
         }
     }
@@ -122,7 +127,7 @@ impl Quotas {
 
     /// Reads the rules and their windows' usage, and records the thresholds already crossed
     /// (once per window: the store ignores repeats).
-    async fn load(&self, tenant: TenantId, now: i64) -> ApiResult<Loaded> {
+    async fn load(&self, tenant: TenantId, now: i64) -> AiResult<Loaded> {
         let rules = self.stores.quotas.quota_rules(tenant).await?;
         let today_window = QuotaWindow::Day.bounds(now);
         let mut scopes: Vec<(QuotaScope, i64, i64)> = rules
@@ -177,7 +182,7 @@ impl Quotas {
         tenant: TenantId,
         now: i64,
         f: impl FnOnce(&mut Loaded) -> R,
-    ) -> ApiResult<R> {
+    ) -> AiResult<R> {
         let slot = self.slot(tenant);
         let mut guard = slot.lock().await;
         if guard.as_ref().is_none_or(|l| now >= l.valid_until) {
@@ -185,13 +190,15 @@ impl Quotas {
         }
         match guard.as_mut() {
             Some(state) => Ok(f(state)),
-            None => Err(ApiError::Internal("quota state missing after load".into())),
+            None => Err(AiError::Internal("quota state missing after load".into())),
         }
     }
 
     /// The tenant's rules and current usage.
-    pub async fn snapshot(&self, tenant: TenantId, now: i64) -> ApiResult<QuotaSnapshot> {
+    pub async fn snapshot(&self, tenant: TenantId) -> AiResult<QuotaSnapshot> {
+        let now = self.clock.now_micros();
         self.with_state(tenant, now, |s| QuotaSnapshot {
+            at: now,
             rules: s.rules.clone(),
             today: s.today,
             today_window: s.today_window,
@@ -201,12 +208,8 @@ impl Quotas {
 
     /// Would this call pass, warn or be blocked? Answered from memory once the tenant's
     /// state is loaded.
-    pub async fn check(
-        &self,
-        tenant: TenantId,
-        call: &CallEstimate,
-        now: i64,
-    ) -> ApiResult<Verdict> {
+    pub async fn check(&self, tenant: TenantId, call: &CallEstimate) -> AiResult<Verdict> {
+        let now = self.clock.now_micros();
         self.with_state(tenant, now, |s| {
             let rules: Vec<RuleVerdict> = s
                 .rules
@@ -239,12 +242,8 @@ impl Quotas {
 
     /// Adds committed records to the tenant's windows and records the thresholds they
     /// cross. `records` pairs each newly stored record with its id.
-    pub async fn observe(
-        &self,
-        tenant: TenantId,
-        records: &[(i64, &UsageRecord)],
-        now: i64,
-    ) -> ApiResult<()> {
+    pub async fn observe(&self, tenant: TenantId, records: &[(i64, &UsageRecord)]) -> AiResult<()> {
+        let now = self.clock.now_micros();
         if records.is_empty() {
             return Ok(());
         }
@@ -297,10 +296,10 @@ impl Quotas {
         &self,
         tenant: TenantId,
         inputs: Vec<Result<QuotaInput, FieldError>>,
-        now: i64,
-    ) -> ApiResult<Vec<QuotaRule>> {
+    ) -> AiResult<Vec<QuotaRule>> {
+        let now = self.clock.now_micros();
         if inputs.len() > MAX_RULES {
-            return Err(ApiError::TooManyItems(format!(
+            return Err(AiError::TooManyRules(format!(
                 "quotas holds {} rules; the limit is {MAX_RULES}",
                 inputs.len()
             )));
@@ -331,7 +330,7 @@ impl Quotas {
             .remove(&tenant);
     }
 
-    pub async fn events(&self, tenant: TenantId, limit: u32) -> ApiResult<Vec<QuotaEvent>> {
+    pub async fn events(&self, tenant: TenantId, limit: u32) -> AiResult<Vec<QuotaEvent>> {
         Ok(self.stores.quotas.quota_events(tenant, limit).await?)
     }
 }

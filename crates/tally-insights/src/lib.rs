@@ -1,5 +1,6 @@
 //! Event tracking and activities (seed 001): validate and enrich events, store them
-//! durably, and read activities, profiles and per-user summaries back.
+//! durably, and read activities, profiles and per-user summaries back. No HTTP here:
+//! `tally-server` maps [`InsightsError`] to statuses and owns the wire shapes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,13 +15,14 @@ use tally_core::error::codes;
 use tally_core::event::{self, EventInput, EventLimits, NewEvent};
 use tally_core::sensitive::{self, SensitiveFinding};
 use tally_core::tenancy::Tenant;
-use tally_core::time::{self, now_micros};
+use tally_core::time::{self, SharedClock};
 use tally_core::{FieldError, TenantId};
 use tally_store::{ActivityRef, InsertOutcome, Stores};
 use uuid::Uuid;
 
-use super::cache::TtlCache;
-use crate::error::{ApiError, ApiResult};
+use tally_core::cache::TtlCache;
+mod error;
+pub use error::{InsightsError, InsightsResult};
 
 /// Batches larger than this are validated on a blocking thread, keeping the async
 /// runtime's threads responsive.
@@ -31,6 +33,7 @@ pub struct Insights {
     enricher: Arc<Enricher>,
     limits: Arc<EventLimits>,
     tenants: TtlCache<TenantId, Tenant>,
+    clock: SharedClock,
 }
 
 /// The result of one event of a track call.
@@ -96,8 +99,14 @@ pub struct SummaryView {
 }
 
 impl Insights {
-    pub fn new(stores: Stores, enricher: Arc<Enricher>, limits: EventLimits) -> Self {
+    pub fn new(
+        stores: Stores,
+        enricher: Arc<Enricher>,
+        limits: EventLimits,
+        clock: SharedClock,
+    ) -> Self {
         Self {
+            clock,
             stores,
             enricher,
             limits: Arc::new(limits),
@@ -105,11 +114,16 @@ impl Insights {
         }
     }
 
+    /// A new batch's id (time-ordered) and the time it was processed.
+    pub fn batch_stamp(&self) -> (Uuid, i64) {
+        (Uuid::now_v7(), self.clock.now_micros())
+    }
+
     pub fn limits(&self) -> &EventLimits {
         &self.limits
     }
 
-    async fn tenant(&self, id: TenantId) -> ApiResult<Tenant> {
+    async fn tenant(&self, id: TenantId) -> InsightsResult<Tenant> {
         if let Some(t) = self.tenants.get(&id) {
             return Ok(t);
         }
@@ -118,7 +132,7 @@ impl Insights {
             .identity
             .get_tenant(id)
             .await?
-            .ok_or(ApiError::NotFound("tenant"))?;
+            .ok_or(InsightsError::NotFound("tenant"))?;
         self.tenants.insert(id, t.clone());
         Ok(t)
     }
@@ -130,8 +144,8 @@ impl Insights {
         tenant_id: TenantId,
         items: Vec<Result<EventInput, FieldError>>,
         peer: Option<IpAddr>,
-    ) -> ApiResult<Vec<TrackOutcome>> {
-        let received_at = now_micros();
+    ) -> InsightsResult<Vec<TrackOutcome>> {
+        let received_at = self.clock.now_micros();
         let items = items.into_iter().map(|i| (i, received_at)).collect();
         self.track_received(tenant_id, items, peer).await
     }
@@ -143,7 +157,7 @@ impl Insights {
         tenant_id: TenantId,
         items: Vec<(Result<EventInput, FieldError>, i64)>,
         peer: Option<IpAddr>,
-    ) -> ApiResult<Vec<TrackOutcome>> {
+    ) -> InsightsResult<Vec<TrackOutcome>> {
         let tenant = self.tenant(tenant_id).await?;
         let prepared = if items.len() <= INLINE_PREPARE_MAX {
             prepare_all(&self.enricher, &self.limits, tenant_id, items, peer)
@@ -153,7 +167,7 @@ impl Insights {
                 prepare_all(&enricher, &limits, tenant_id, items, peer)
             })
             .await
-            .map_err(ApiError::internal)?
+            .map_err(InsightsError::internal)?
         };
 
         let mut to_store = Vec::with_capacity(prepared.len());
@@ -202,7 +216,7 @@ impl Insights {
                         ))
                     }
                     None => {
-                        return Err(ApiError::Internal(
+                        return Err(InsightsError::Internal(
                             "store returned fewer outcomes than events".into(),
                         ))
                     }
@@ -219,7 +233,7 @@ impl Insights {
         tenant_id: TenantId,
         items: Vec<Result<EventInput, FieldError>>,
     ) -> Vec<DryRunItem> {
-        let received_at = now_micros();
+        let received_at = self.clock.now_micros();
         items
             .into_iter()
             .map(|item| {
@@ -270,7 +284,7 @@ impl Insights {
         filter: &ActivityFilter,
         page: u32,
         page_size: u32,
-    ) -> ApiResult<ActivityPage> {
+    ) -> InsightsResult<ActivityPage> {
         let offset = u64::from(page.saturating_sub(1)) * u64::from(page_size);
         if offset > activity::MAX_OFFSET {
             return Err(FieldError::invalid(
@@ -300,7 +314,7 @@ impl Insights {
         &self,
         tenant: TenantId,
         events: &[StoredEvent],
-    ) -> ApiResult<(HashMap<String, UserProfile>, HashMap<String, Project>)> {
+    ) -> InsightsResult<(HashMap<String, UserProfile>, HashMap<String, Project>)> {
         let mut user_ids: Vec<String> = events.iter().filter_map(|e| e.user_id.clone()).collect();
         user_ids.sort();
         user_ids.dedup();
@@ -315,20 +329,20 @@ impl Insights {
         Ok((users, projects))
     }
 
-    pub async fn activity(&self, tenant: TenantId, raw_id: &str) -> ApiResult<ActivityDetail> {
+    pub async fn activity(&self, tenant: TenantId, raw_id: &str) -> InsightsResult<ActivityDetail> {
         let at = if let Ok(n) = raw_id.parse::<i64>() {
             ActivityRef::Id(n)
         } else if let Ok(u) = Uuid::parse_str(raw_id) {
             ActivityRef::Tracking(u)
         } else {
-            return Err(ApiError::NotFound("activity"));
+            return Err(InsightsError::NotFound("activity"));
         };
         let event = self
             .stores
             .events
             .get_activity(tenant, at)
             .await?
-            .ok_or(ApiError::NotFound("activity"))?;
+            .ok_or(InsightsError::NotFound("activity"))?;
         let (mut users, mut projects) = self
             .profiles_for(tenant, std::slice::from_ref(&event))
             .await?;
@@ -345,7 +359,7 @@ impl Insights {
         user_id: &str,
         date_from: Option<NaiveDate>,
         date_to: Option<NaiveDate>,
-    ) -> ApiResult<SummaryView> {
+    ) -> InsightsResult<SummaryView> {
         let filter = ActivityFilter {
             date_from,
             date_to,
@@ -378,10 +392,10 @@ impl Insights {
                     .await?
                     .is_empty();
             if !known && !any {
-                return Err(ApiError::NotFound("user"));
+                return Err(InsightsError::NotFound("user"));
             }
         }
-        let today = time::to_datetime(now_micros()).date_naive();
+        let today = time::to_datetime(self.clock.now_micros()).date_naive();
         let summary = activity::summarize_user(&rows, today, date_from, date_to);
         let ids: Vec<String> = summary.by_project.iter().map(|(p, _)| p.clone()).collect();
         let project_names = self
@@ -398,19 +412,29 @@ impl Insights {
         })
     }
 
+    /// Creates or updates a profile, stamped now (a stored profile keeps its creation
+    /// time).
     pub async fn upsert_user(
         &self,
         tenant: TenantId,
-        profile: UserProfile,
-    ) -> ApiResult<(UserProfile, bool)> {
+        mut profile: UserProfile,
+    ) -> InsightsResult<(UserProfile, bool)> {
+        let now = self.clock.now_micros();
+        (profile.created_at, profile.updated_at) = (now, now);
         Ok(self.stores.profiles.upsert_user(tenant, profile).await?)
     }
 
+    /// Creates or updates a project, stamped now; one without an id gets a new one.
     pub async fn upsert_project(
         &self,
         tenant: TenantId,
-        project: Project,
-    ) -> ApiResult<(Project, bool)> {
+        mut project: Project,
+    ) -> InsightsResult<(Project, bool)> {
+        if project.project_id.is_empty() {
+            project.project_id = Uuid::new_v4().to_string();
+        }
+        let now = self.clock.now_micros();
+        (project.created_at, project.updated_at) = (now, now);
         Ok(self.stores.profiles.upsert_project(tenant, project).await?)
     }
 

@@ -7,14 +7,14 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use tally_core::error::codes;
 use tally_core::pricing::{default_catalog, ModelPrice, Nanos, PriceCatalog, MAX_RECORD_COST};
-use tally_core::time::now_micros;
+use tally_core::time::SharedClock;
 use tally_core::usage::{validate_usage, CostSource, UsageInput, UsageRecord};
 use tally_core::{FieldError, TenantId};
 use tally_store::{Stores, UsageOutcome};
 
-use super::cache::TtlCache;
-use super::quota::{CallEstimate, Quotas, RuleVerdict, Verdict};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{AiError, AiResult};
+use crate::quota::{CallEstimate, Quotas, RuleVerdict, Verdict};
+use tally_core::cache::TtlCache;
 use tally_core::pricing::TokenUsage;
 use tally_core::quota::Decision;
 
@@ -24,6 +24,7 @@ pub struct Usage {
     defaults: PriceCatalog,
     catalogs: TtlCache<TenantId, Arc<PriceCatalog>>,
     max_future_skew_secs: i64,
+    clock: SharedClock,
 }
 
 /// The result of one record of an ingest call.
@@ -39,8 +40,14 @@ pub enum UsageResult {
 }
 
 impl Usage {
-    pub fn new(stores: Stores, quotas: Arc<Quotas>, max_future_skew_secs: i64) -> Self {
+    pub fn new(
+        stores: Stores,
+        quotas: Arc<Quotas>,
+        max_future_skew_secs: i64,
+        clock: SharedClock,
+    ) -> Self {
         Self {
+            clock,
             stores,
             quotas,
             defaults: default_catalog(),
@@ -50,7 +57,7 @@ impl Usage {
     }
 
     /// The prices a tenant's calls are costed with: its overrides, then the defaults.
-    pub async fn catalog(&self, tenant: TenantId) -> ApiResult<Arc<PriceCatalog>> {
+    pub async fn catalog(&self, tenant: TenantId) -> AiResult<Arc<PriceCatalog>> {
         if let Some(c) = self.catalogs.get(&tenant) {
             return Ok(c);
         }
@@ -65,12 +72,8 @@ impl Usage {
     /// gateway runs before it forwards a call, and what `POST /ai/quotas/test` answers.
     /// Without an estimated cost the tokens are priced from the tenant's catalog; without
     /// either, only the request and token quotas are tested.
-    pub async fn preflight(
-        &self,
-        tenant: TenantId,
-        call: PreflightCall,
-        now: i64,
-    ) -> ApiResult<Preflight> {
+    pub async fn preflight(&self, tenant: TenantId, call: PreflightCall) -> AiResult<Preflight> {
+        let now = self.clock.now_micros();
         let catalog = self.catalog(tenant).await?;
         let today = tally_core::time::to_datetime(now).date_naive();
         let mut reasons = Vec::new();
@@ -100,7 +103,7 @@ impl Usage {
             cost,
             tokens,
         };
-        let verdict = self.quotas.check(tenant, &estimate, now).await?;
+        let verdict = self.quotas.check(tenant, &estimate).await?;
         reasons.extend(verdict.rules.iter().filter_map(reason));
         let mut alternatives = Vec::new();
         if verdict.decision != Decision::Allow && tokens > 0 {
@@ -112,7 +115,7 @@ impl Usage {
                     cost: price.cost(&call.tokens),
                     ..estimate.clone()
                 };
-                let v = self.quotas.check(tenant, &alt, now).await?;
+                let v = self.quotas.check(tenant, &alt).await?;
                 alternatives.push(Alternative {
                     provider: alt.provider,
                     model: alt.model,
@@ -134,9 +137,9 @@ impl Usage {
         &self,
         tenant: TenantId,
         items: Vec<Result<UsageInput, FieldError>>,
-    ) -> ApiResult<Vec<UsageResult>> {
+    ) -> AiResult<Vec<UsageResult>> {
         let catalog = self.catalog(tenant).await?;
-        let received_at = now_micros();
+        let received_at = self.clock.now_micros();
         let mut valid: Vec<UsageRecord> = Vec::with_capacity(items.len());
         let mut priced: Vec<Result<(Nanos, CostSource), FieldError>> =
             Vec::with_capacity(items.len());
@@ -167,7 +170,7 @@ impl Usage {
             .collect();
         // The records are committed: a failure to update quota state must not fail the
         // call (the state reloads from the store), so it is logged instead.
-        if let Err(e) = self.quotas.observe(tenant, &inserted, now_micros()).await {
+        if let Err(e) = self.quotas.observe(tenant, &inserted).await {
             tracing::error!(error = %e, "failed to update quota usage");
         }
         let mut stored = outcomes.into_iter();
@@ -180,7 +183,7 @@ impl Usage {
                         Some(UsageOutcome::Inserted { id }) => (id, false),
                         Some(UsageOutcome::Duplicate { id }) => (id, true),
                         None => {
-                            return Err(ApiError::Internal(
+                            return Err(AiError::Internal(
                                 "store returned fewer outcomes than records".into(),
                             ))
                         }
@@ -197,7 +200,7 @@ impl Usage {
     }
 
     /// Sets the tenant's price for a model from a date on.
-    pub async fn put_price(&self, tenant: TenantId, input: PriceInput) -> ApiResult<ModelPrice> {
+    pub async fn put_price(&self, tenant: TenantId, input: PriceInput) -> AiResult<ModelPrice> {
         let text = |field: &str, t: &str, max: usize| -> Result<String, FieldError> {
             if t.is_empty()
                 || t.chars().count() > max
@@ -309,7 +312,7 @@ pub type ModelTotals = std::collections::BTreeMap<(String, String), tally_core::
 impl Usage {
     /// Merges the rollups of `period`: whole days from day buckets, the hours at either
     /// edge from hour buckets.
-    pub async fn totals(&self, tenant: TenantId, period: Period) -> ApiResult<ModelTotals> {
+    pub async fn totals(&self, tenant: TenantId, period: Period) -> AiResult<ModelTotals> {
         use tally_core::time::MICROS_PER_DAY;
         use tally_core::usage::Granularity;
         let first_day =
@@ -331,7 +334,7 @@ impl Usage {
             for r in self.stores.usage.usage_rollups(tenant, g, from, to).await? {
                 let key = (r.provider.clone(), r.model.clone());
                 match totals.get_mut(&key) {
-                    Some(t) => t.merge(&r).map_err(ApiError::internal)?,
+                    Some(t) => t.merge(&r).map_err(AiError::internal)?,
                     None => {
                         totals.insert(key, r);
                     }
@@ -414,7 +417,7 @@ fn reason(r: &RuleVerdict) -> Option<String> {
             "'{}' would reach {pct} % of its {} limit of {}; it is enforced",
             t.rule.name,
             t.rule.window.as_str(),
-            super::quota::display_amount(t.rule.metric, t.rule.limit.into())
+            crate::quota::display_amount(t.rule.metric, t.rule.limit.into())
         )),
         Decision::Warn if after > i128::from(t.rule.limit) => Some(format!(
             "'{}' would reach {pct} % of its limit; it is not enforced, so the call is only reported",

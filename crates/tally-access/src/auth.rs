@@ -16,12 +16,13 @@ use tally_core::tenancy::{Account, ApiKey};
 use tally_core::{AccountId, TenantId};
 use tally_store::Stores;
 
-use super::audit::{self, Actor, Entry};
-use super::cache::TtlCache;
-use super::passwords::{PasswordError, Passwords};
-use super::ratelimit::RateLimiter;
-use crate::error::{ApiError, ApiResult};
+use crate::audit::{Actor, Entry};
+use crate::error::{AccessError, AccessResult};
+use crate::passwords::{PasswordError, Passwords};
+use crate::Access;
 use tally_core::audit::{action, Outcome};
+use tally_core::cache::TtlCache;
+use tally_core::limiter::RateLimiter;
 
 /// How long an account's state or a session's revocation may be served from memory.
 const SESSION_TTL: Duration = Duration::from_secs(5);
@@ -36,6 +37,7 @@ pub struct LoginLimits {
 
 pub struct Authenticator {
     stores: Stores,
+    access: Access,
     signer: TokenSigner,
     keys: TtlCache<String, ApiKey>,
     accounts: TtlCache<AccountId, Option<Account>>,
@@ -60,21 +62,22 @@ pub struct LoginResult {
 
 impl Authenticator {
     pub fn new(
-        stores: Stores,
+        access: Access,
         signer: TokenSigner,
         limiter: std::sync::Arc<RateLimiter>,
         login_limits: LoginLimits,
-    ) -> ApiResult<Self> {
+    ) -> AccessResult<Self> {
         let dummy_hash =
-            auth::hash_password(&auth::generate_password()).map_err(ApiError::internal)?;
+            auth::hash_password(&auth::generate_password()).map_err(AccessError::internal)?;
         Ok(Self {
-            stores,
+            stores: access.stores.clone(),
+            access,
             signer,
             keys: TtlCache::new(Duration::from_secs(30), 10_000),
             accounts: TtlCache::new(SESSION_TTL, 10_000),
             account_epoch: std::sync::atomic::AtomicU64::new(0),
             revoked: TtlCache::new(SESSION_TTL, 100_000),
-            passwords: Passwords::start().map_err(ApiError::internal)?,
+            passwords: Passwords::start().map_err(AccessError::internal)?,
             limiter,
             login_limits,
             dummy_hash,
@@ -82,11 +85,11 @@ impl Authenticator {
     }
 
     /// Hashes a new password on the password threads.
-    pub async fn hash_password(&self, password: &str) -> ApiResult<String> {
+    pub async fn hash_password(&self, password: &str) -> AccessResult<String> {
         self.passwords.hash(password).await.map_err(password_error)
     }
 
-    pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
+    pub async fn authenticate(&self, token: &str) -> AccessResult<Principal> {
         if let Some(prefix) = auth::api_key_prefix(token) {
             return self.authenticate_key(prefix, token).await;
         }
@@ -101,19 +104,21 @@ impl Authenticator {
         })
     }
 
-    fn verify(&self, token: &str) -> ApiResult<Claims> {
+    fn verify(&self, token: &str) -> AccessResult<Claims> {
         self.signer.verify(token).map_err(|e| match e {
             TokenError::Expired => {
-                ApiError::Unauthorized("TOKEN_EXPIRED", "token has expired".into())
+                AccessError::Unauthorized("TOKEN_EXPIRED", "token has expired".into())
             }
-            TokenError::Invalid => ApiError::Unauthorized("UNAUTHORIZED", "invalid token".into()),
+            TokenError::Invalid => {
+                AccessError::Unauthorized("UNAUTHORIZED", "invalid token".into())
+            }
         })
     }
 
     /// The account behind a verified token, if its session is still valid. The role is the
     /// account's current one, not the one the token was issued with.
-    async fn session_account(&self, claims: &Claims) -> ApiResult<Account> {
-        let ended = |why: &str| ApiError::Unauthorized("SESSION_ENDED", why.into());
+    async fn session_account(&self, claims: &Claims) -> AccessResult<Account> {
+        let ended = |why: &str| AccessError::Unauthorized("SESSION_ENDED", why.into());
         let account = match self.accounts.get(&claims.sub) {
             Some(a) => a,
             None => {
@@ -151,7 +156,8 @@ impl Authenticator {
     }
 
     /// Ends the session of `token` (logout). Other sessions of the account go on.
-    pub async fn logout(&self, token: &str, now_secs: i64) -> ApiResult<Account> {
+    pub async fn logout(&self, token: &str) -> AccessResult<Account> {
+        let now_secs = self.access.clock.now_secs();
         let claims = self.verify(token)?;
         let account = self.session_account(&claims).await?;
         self.stores
@@ -179,7 +185,7 @@ impl Authenticator {
         self.accounts.remove(&id);
     }
 
-    async fn authenticate_key(&self, prefix: &str, presented: &str) -> ApiResult<Principal> {
+    async fn authenticate_key(&self, prefix: &str, presented: &str) -> AccessResult<Principal> {
         let key = match self.keys.get(&prefix.to_owned()) {
             Some(k) => Some(k),
             None => {
@@ -190,13 +196,13 @@ impl Authenticator {
                 found
             }
         };
-        let invalid = || ApiError::Unauthorized("UNAUTHORIZED", "invalid API key".into());
+        let invalid = || AccessError::Unauthorized("UNAUTHORIZED", "invalid API key".into());
         let key = key.ok_or_else(invalid)?;
         if !auth::api_key_matches(presented, &key.key_hash) {
             return Err(invalid());
         }
         if key.revoked_at.is_some() {
-            return Err(ApiError::Unauthorized(
+            return Err(AccessError::Unauthorized(
                 "UNAUTHORIZED",
                 "API key has been revoked".into(),
             ));
@@ -224,8 +230,8 @@ impl Authenticator {
         email: &str,
         password: &str,
         client: Option<IpAddr>,
-        now_secs: i64,
-    ) -> ApiResult<LoginResult> {
+    ) -> AccessResult<LoginResult> {
+        let now_secs = self.access.clock.now_secs();
         // Bounded before anything keeps them (limiter keys, logs, the audit trail).
         if email.chars().count() > auth::MAX_EMAIL_LEN {
             return Err(tally_core::FieldError::invalid(
@@ -244,7 +250,7 @@ impl Authenticator {
             )
             .into());
         }
-        let throttled = |wait: Duration| ApiError::RateLimited {
+        let throttled = |wait: Duration| AccessError::RateLimited {
             message: "too many login attempts; retry later".into(),
             retry_after_secs: wait.as_secs().max(1),
         };
@@ -282,19 +288,23 @@ impl Authenticator {
                         tried.as_ref().map(|a| format!("account:{}", a.id)),
                     )
                 };
-                audit::record(&self.stores, &Actor::anonymous(email, client), entry).await;
-                return Err(ApiError::Unauthorized(
+                self.access
+                    .record(&Actor::anonymous(email, client), entry)
+                    .await;
+                return Err(AccessError::Unauthorized(
                     "INVALID_CREDENTIALS",
                     "email or password is incorrect".into(),
                 ));
             }
         };
         let entry = Entry::account(&account, action::LOGIN);
-        audit::record(&self.stores, &Actor::account(&account, client), entry).await;
+        self.access
+            .record(&Actor::account(&account, client), entry)
+            .await;
         let (token, expires_at) = self
             .signer
             .issue(&account, now_secs)
-            .map_err(ApiError::internal)?;
+            .map_err(AccessError::internal)?;
         Ok(LoginResult {
             token,
             expires_at,
@@ -304,12 +314,12 @@ impl Authenticator {
     }
 }
 
-fn password_error(e: PasswordError) -> ApiError {
+fn password_error(e: PasswordError) -> AccessError {
     match e {
-        PasswordError::Busy => ApiError::RateLimited {
+        PasswordError::Busy => AccessError::RateLimited {
             message: "too many logins in progress; retry shortly".into(),
             retry_after_secs: 1,
         },
-        other => ApiError::internal(other),
+        other => AccessError::internal(other),
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tally_core::ratelimit::{self, Quota};
+use crate::ratelimit::{self, Quota};
 
 /// Past this many keys, keys back at a full burst are dropped before adding one.
 const MAX_KEYS: usize = 100_000;

@@ -7,13 +7,12 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::Access;
 use tally_core::audit::{action, actor_of, AuditFilter, AuditRecord, Outcome};
 use tally_core::auth::Principal;
-use tally_core::time::now_micros;
 use tally_core::TenantId;
-use tally_store::Stores;
 
-use crate::error::ApiResult;
+use crate::error::AccessResult;
 
 /// Who acted, from where.
 #[derive(Debug, Clone)]
@@ -137,54 +136,50 @@ impl<'a> Entry<'a> {
     }
 }
 
-/// Appends `entry` by `actor`. Never fails the caller: the action has happened.
-pub async fn record(stores: &Stores, actor: &Actor, entry: Entry<'_>) {
-    let record = AuditRecord {
-        id: 0,
-        at: now_micros(),
-        tenant_id: entry.tenant,
-        actor: actor.actor.clone(),
-        actor_label: actor.label.clone(),
-        ip: actor.ip.map(|ip| ip.to_string()),
-        action: entry.action.to_owned(),
-        target: entry.target,
-        outcome: entry.outcome,
-        details: entry.details,
-    };
-    if let Err(error) = stores.audit.append_audit(record).await {
-        tracing::error!(%error, action = entry.action, actor = %actor.actor, "failed to append to the audit trail");
+impl Access {
+    /// Appends `entry` by `actor`. Never fails the caller: the action has happened.
+    pub async fn record(&self, actor: &Actor, entry: Entry<'_>) {
+        let record = AuditRecord {
+            id: 0,
+            at: self.clock.now_micros(),
+            tenant_id: entry.tenant,
+            actor: actor.actor.clone(),
+            actor_label: actor.label.clone(),
+            ip: actor.ip.map(|ip| ip.to_string()),
+            action: entry.action.to_owned(),
+            target: entry.target,
+            outcome: entry.outcome,
+            details: entry.details,
+        };
+        if let Err(error) = self.stores.audit.append_audit(record).await {
+            tracing::error!(%error, action = entry.action, actor = %actor.actor, "failed to append to the audit trail");
+        }
     }
 }
 
-/// Appends `entry` by an authenticated caller.
-pub async fn record_by(stores: &Stores, p: &Principal, ip: Option<IpAddr>, entry: Entry<'_>) {
-    record(stores, &Actor::principal(p, ip), entry).await;
+impl Access {
+    /// Appends `entry` by an authenticated caller.
+    pub async fn record_by(&self, p: &Principal, ip: Option<IpAddr>, entry: Entry<'_>) {
+        self.record(&Actor::principal(p, ip), entry).await;
+    }
 }
 
-pub async fn list(stores: &Stores, filter: AuditFilter) -> ApiResult<Vec<AuditRecord>> {
-    Ok(stores.audit.list_audit(filter).await?)
+impl Access {
+    pub async fn list(&self, filter: AuditFilter) -> AccessResult<Vec<AuditRecord>> {
+        Ok(self.stores.audit.list_audit(filter).await?)
+    }
 }
 
-/// Drops entries older than `retention`, now and then every six hours, until stopped (a
-/// supervised task: a failure is returned and the supervisor runs it again later).
-pub async fn retain(
-    stores: Stores,
-    retention: Duration,
-    mut stop: crate::supervisor::Stop,
-) -> anyhow::Result<()> {
-    loop {
-        let before = now_micros() - retention.as_micros() as i64;
-        let n = stores
-            .audit
-            .purge_audit(before)
-            .await
-            .map_err(|e| anyhow::anyhow!("failed to apply the audit retention: {e}"))?;
+impl Access {
+    /// Drops entries older than `retention`; returns how many. The server runs it as a
+    /// supervised task, now and then every six hours.
+    pub async fn apply_retention(&self, retention: Duration) -> AccessResult<u64> {
+        let before =
+            self.clock.now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        let n = self.stores.audit.purge_audit(before).await?;
         if n > 0 {
             tracing::info!(entries = n, "dropped audit entries past retention");
         }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(6 * 3600)) => {}
-            () = stop.stopped() => return Ok(()),
-        }
+        Ok(n)
     }
 }
