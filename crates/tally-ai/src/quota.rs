@@ -3,10 +3,11 @@
 //! Each tenant's rules and what their current windows have used live in memory, so the
 //! gateway can ask "may this call go ahead?" without a database round trip. The state is
 //! loaded from the store on first use (rules, then every window's usage read from the
-//! rollups in one snapshot together with the highest record id it holds) and then kept
-//! current by `observe`, which the ingest path calls after each commit. A record is added
-//! only if its id is above the snapshot's watermark, so a record is never counted twice nor
-//! missed, whatever the interleaving of loads and ingests. State is dropped (and reloaded)
+//! rollups in one snapshot together with the last commit it holds) and then kept current
+//! by `observe`, which the ingest path calls after each commit with that commit's
+//! sequence. Records are added only when their commit is after the snapshot's, so a
+//! record is never counted twice nor missed, whatever the interleaving of loads and
+//! ingests, and whatever order a backend hands out record ids in. State is dropped (and reloaded)
 //! when a window rolls over or the rules change.
 
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ use tally_core::quota::{
 use tally_core::time::SharedClock;
 use tally_core::usage::UsageRecord;
 use tally_core::{FieldError, TenantId};
-use tally_store::Stores;
+use tally_store::{CommitSeq, Stores};
 
 use crate::error::{AiError, AiResult};
 
@@ -57,8 +58,9 @@ struct Loaded {
     /// The tenant's whole usage today, for the daily projection.
     today: WindowUsage,
     today_window: (i64, i64),
-    /// Records with an id at or below this were counted by the load.
-    watermark: i64,
+    /// The last commit the load's snapshot held: records of this commit or an earlier one
+    /// were counted by the load.
+    loaded_at: CommitSeq,
     /// The state is stale from this instant on (the first window end).
     valid_until: i64,
 }
@@ -138,7 +140,7 @@ impl Quotas {
             })
             .collect();
         scopes.push((QuotaScope::default(), today_window.0, today_window.1));
-        let (watermark, mut usage) = self.stores.quotas.quota_usage(tenant, scopes).await?;
+        let (loaded_at, mut usage) = self.stores.quotas.quota_usage(tenant, scopes).await?;
         let today = usage.pop().unwrap_or_default();
         let tracked: Vec<Tracked> = rules
             .into_iter()
@@ -171,7 +173,7 @@ impl Quotas {
             rules: tracked,
             today,
             today_window,
-            watermark,
+            loaded_at,
             valid_until,
         })
     }
@@ -240,9 +242,16 @@ impl Quotas {
         .await
     }
 
-    /// Adds committed records to the tenant's windows and records the thresholds they
-    /// cross. `records` pairs each newly stored record with its id.
-    pub async fn observe(&self, tenant: TenantId, records: &[(i64, &UsageRecord)]) -> AiResult<()> {
+    /// Adds the records newly stored by commit `commit` to the tenant's windows and
+    /// records the thresholds they cross. A state loaded from a snapshot that already
+    /// holds that commit counted them: they are skipped, so every record counts once
+    /// whatever the order of loads and commits.
+    pub async fn observe(
+        &self,
+        tenant: TenantId,
+        records: &[&UsageRecord],
+        commit: CommitSeq,
+    ) -> AiResult<()> {
         let now = self.clock.now_micros();
         if records.is_empty() {
             return Ok(());
@@ -250,10 +259,10 @@ impl Quotas {
         let events = self
             .with_state(tenant, now, |s| {
                 let mut events = Vec::new();
-                for (id, r) in records {
-                    if *id <= s.watermark {
-                        continue;
-                    }
+                if commit <= s.loaded_at {
+                    return events;
+                }
+                for r in records {
                     if (s.today_window.0..s.today_window.1).contains(&r.timestamp) {
                         s.today.calls += 1;
                         s.today.tokens += r.tokens.input + r.tokens.output;

@@ -10,7 +10,7 @@ use tally_core::pricing::{default_catalog, ModelPrice, Nanos, PriceCatalog, MAX_
 use tally_core::time::SharedClock;
 use tally_core::usage::{validate_usage, CostSource, UsageInput, UsageRecord};
 use tally_core::{FieldError, TenantId};
-use tally_store::{Stores, UsageOutcome};
+use tally_store::{Stores, UsageInsert, UsageOutcome};
 
 use crate::error::{AiError, AiResult};
 use crate::quota::{CallEstimate, Quotas, RuleVerdict, Verdict};
@@ -155,22 +155,22 @@ impl Usage {
             }
         }
         let valid: Arc<[UsageRecord]> = valid.into();
-        let outcomes = self
+        let UsageInsert { outcomes, commit } = self
             .stores
             .usage
             .insert_usage(tenant, valid.clone())
             .await?;
-        let inserted: Vec<(i64, &UsageRecord)> = outcomes
+        let inserted: Vec<&UsageRecord> = outcomes
             .iter()
             .zip(valid.iter())
             .filter_map(|(o, r)| match o {
-                UsageOutcome::Inserted { id } => Some((*id, r)),
+                UsageOutcome::Inserted { .. } => Some(r),
                 UsageOutcome::Duplicate { .. } => None,
             })
             .collect();
         // The records are committed: a failure to update quota state must not fail the
         // call (the state reloads from the store), so it is logged instead.
-        if let Err(e) = self.quotas.observe(tenant, &inserted).await {
+        if let Err(e) = self.quotas.observe(tenant, &inserted, commit).await {
             tracing::error!(error = %e, "failed to update quota usage");
         }
         let mut stored = outcomes.into_iter();

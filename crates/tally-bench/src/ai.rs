@@ -12,7 +12,7 @@ use tally_core::pricing::{default_catalog, TokenUsage};
 use tally_core::time::{rfc3339, to_datetime, Clock, SystemClock, MICROS_PER_DAY};
 use tally_core::usage::{CallStatus, CostSource, UsageRecord};
 use tally_core::TenantId;
-use tally_store::{SqliteConfig, SqliteStore, UsageStore};
+use tally_store::{SqliteConfig, StoreConfig, Stores};
 
 use crate::load::{
     bench_tenant, fresh_server, print_memory, print_stats, sequential_baseline, stats,
@@ -171,10 +171,11 @@ pub async fn reads(n: u64, queries: usize) -> anyhow::Result<()> {
     let tenant: TenantId = tenant_s.parse().context("tenant id")?;
     let load_start = Instant::now();
     {
-        let store = Arc::new(
-            SqliteStore::open(SqliteConfig::new(dir.path().join("tally.db")))
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
+        let stores = Stores::open(StoreConfig::Sqlite(SqliteConfig::new(
+            dir.path().join("tally.db"),
+        )))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let store = stores.usage.clone();
         let catalog = default_catalog();
         let now = SystemClock.now_micros();
         let start = now - 30 * MICROS_PER_DAY;
@@ -205,8 +206,7 @@ pub async fn reads(n: u64, queries: usize) -> anyhow::Result<()> {
         if let Some(p) = pending {
             p.await??;
         }
-        let s = store.clone();
-        tokio::task::spawn_blocking(move || s.shutdown()).await?;
+        tokio::task::spawn_blocking(move || stores.shutdown()).await?;
     }
     let load = load_start.elapsed();
     println!(

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use tally_core::event::{EventType, NewEvent};
 use tally_core::time::{Clock, SystemClock, MICROS_PER_DAY};
 use tally_core::TenantId;
-use tally_store::{EventStore, SqliteConfig, SqliteStore};
+use tally_store::{SqliteConfig, StoreConfig, Stores};
 
 use crate::server::{admin, Server};
 
@@ -322,10 +322,11 @@ pub async fn activities(n: usize, queries: usize) -> anyhow::Result<()> {
     let tenant: TenantId = tenant_s.parse().context("tenant id")?;
     let load_start = Instant::now();
     {
-        let store = Arc::new(
-            SqliteStore::open(SqliteConfig::new(dir.path().join("tally.db")))
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
+        let stores = Stores::open(StoreConfig::Sqlite(SqliteConfig::new(
+            dir.path().join("tally.db"),
+        )))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let store = stores.events.clone();
         let now = SystemClock.now_micros();
         let chunk = 10_000;
         let producers = 2;
@@ -355,8 +356,7 @@ pub async fn activities(n: usize, queries: usize) -> anyhow::Result<()> {
         for t in tasks {
             t.await??;
         }
-        let s = store.clone();
-        tokio::task::spawn_blocking(move || s.shutdown()).await?;
+        tokio::task::spawn_blocking(move || stores.shutdown()).await?;
     }
     let load = load_start.elapsed();
     println!(

@@ -687,6 +687,28 @@ impl UsageTotals {
             self.last_ts.max(r.timestamp)
         };
     }
+
+    /// Adds `other`'s calls, as if each had been added here.
+    pub fn merge(&mut self, other: &UsageTotals) {
+        if other.calls == 0 {
+            return;
+        }
+        let first = self.calls == 0;
+        self.calls += other.calls;
+        self.errors += other.errors;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cost += other.cost;
+        self.latency_sum_ms += other.latency_sum_ms;
+        (self.first_ts, self.last_ts) = if first {
+            (other.first_ts, other.last_ts)
+        } else {
+            (
+                self.first_ts.min(other.first_ts),
+                self.last_ts.max(other.last_ts),
+            )
+        };
+    }
 }
 
 /// One user's calls over a range of days.

@@ -19,7 +19,7 @@ use tally_core::auth::TokenSigner;
 use tally_core::enrich::Enricher;
 use tally_core::ratelimit::Quota;
 use tally_core::time::{SharedClock, SystemClock};
-use tally_store::{datadir, SqliteConfig, SqliteStore, Stores};
+use tally_store::{datadir, FreeSpaceProbe, SqliteConfig, StoreConfig, Stores};
 
 pub use api::app;
 pub use config::Config;
@@ -136,7 +136,7 @@ pub fn own_data_dir(config: &Config, command: &str) -> anyhow::Result<datadir::O
 
 /// Opens the embedded store in the data directory: as its owner (holding the lock from
 /// [`own_data_dir`]), or as a guest beside the owner (`SqliteConfig::guest`).
-pub fn open_store(config: &Config, guest: bool) -> anyhow::Result<Arc<SqliteStore>> {
+pub fn open_store(config: &Config, guest: bool) -> anyhow::Result<Stores> {
     open_store_with(config, guest, None)
 }
 
@@ -144,8 +144,8 @@ pub fn open_store(config: &Config, guest: bool) -> anyhow::Result<Arc<SqliteStor
 pub fn open_store_with(
     config: &Config,
     guest: bool,
-    probe: Option<tally_store::sqlite::FreeSpaceProbe>,
-) -> anyhow::Result<Arc<SqliteStore>> {
+    probe: Option<FreeSpaceProbe>,
+) -> anyhow::Result<Stores> {
     let mut sc = SqliteConfig::new(config.database_path());
     if let Some(mb) = config.storage.min_free_mb {
         sc.min_free_bytes = mb.saturating_mul(1024 * 1024);
@@ -156,15 +156,14 @@ pub fn open_store_with(
     sc.readers = config.storage.readers.max(1);
     sc.cache_mb = config.storage.cache_mb.max(1);
     sc.guest = guest;
-    let store = SqliteStore::open(sc)
+    Stores::open(StoreConfig::Sqlite(sc))
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| {
             format!(
                 "failed to open database {}",
                 config.database_path().display()
             )
-        })?;
-    Ok(Arc::new(store))
+        })
 }
 
 /// Runs the server until `shutdown` resolves, then drains in-flight requests and commits
@@ -185,8 +184,7 @@ pub async fn serve(
         demo::write_geoip(&path)?;
         config.geoip.database = Some(path);
     }
-    let sqlite = open_store(&config, false)?;
-    let stores = Stores::sqlite(sqlite.clone());
+    let stores = open_store(&config, false)?;
     let created = Access::new(stores.clone(), SystemClock::shared())
         .bootstrap_admin(
             &config.auth.admin_email,
@@ -252,7 +250,8 @@ pub async fn serve(
     supervisor.shutdown(timeouts.shutdown).await;
 
     tracing::info!("draining pending writes");
-    tokio::task::spawn_blocking(move || sqlite.shutdown())
+    let closing = stores.clone();
+    tokio::task::spawn_blocking(move || closing.shutdown())
         .await
         .context("failed to stop the writer")?;
     drop(ownership);

@@ -23,7 +23,8 @@ use uuid::Uuid;
 pub mod datadir;
 pub mod sqlite;
 
-pub use sqlite::{SqliteConfig, SqliteStore};
+use sqlite::SqliteStore;
+pub use sqlite::{FreeSpaceProbe, SqliteConfig};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -48,16 +49,6 @@ pub enum StoreError {
     Unavailable(String),
     #[error("storage error: {0}")]
     Internal(String),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full,
-            Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
-            _ => StoreError::Internal(e.to_string()),
-        }
-    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -270,6 +261,24 @@ pub trait ProfileStore: Send + Sync {
     ) -> StoreResult<(u64, Vec<Project>)>;
 }
 
+/// Where a write transaction stands in commit order. Every write transaction gets one,
+/// unique and increasing in the order transactions commit (the SQLite writer moves a
+/// counter row on inside each transaction, under the database's write lock; a PostgreSQL
+/// backend does the same under the row's lock, which makes transactions that took a
+/// sequence commit in its order). A snapshot that holds commit `n` holds every commit up
+/// to `n` and none after: what callers compare instead of record ids, which a backend may
+/// hand out in an order other than commits'.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommitSeq(pub i64);
+
+/// What an insert of usage records did: one outcome per record, and the commit that
+/// holds the new ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageInsert {
+    pub outcomes: Vec<UsageOutcome>,
+    pub commit: CommitSeq,
+}
+
 /// What happened to one usage record of an insert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsageOutcome {
@@ -284,13 +293,14 @@ pub enum UsageOutcome {
 
 #[async_trait]
 pub trait UsageStore: Send + Sync {
-    /// Stores records durably (answers after commit), once per client id and timestamp.
-    /// Shared, so the caller can still read the records once they are stored.
+    /// Stores records durably (answers after commit), once per client id and timestamp,
+    /// and says which commit holds them. Shared, so the caller can still read the records
+    /// once they are stored.
     async fn insert_usage(
         &self,
         tenant: TenantId,
         records: Arc<[UsageRecord]>,
-    ) -> StoreResult<Vec<UsageOutcome>>;
+    ) -> StoreResult<UsageInsert>;
     /// Usage records stored for the tenant.
     async fn usage_count(&self, tenant: TenantId) -> StoreResult<u64>;
     /// Rollup buckets with start in `[from, to)`, by provider and model. Exact: folded in
@@ -380,19 +390,42 @@ pub trait QuotaStore: Send + Sync {
     ) -> StoreResult<Vec<QuotaEvent>>;
 
     /// What the calls in each scope used over `[from, to)` (whole UTC days), read in one
-    /// snapshot, with the highest usage record id that snapshot holds: records with a
-    /// greater id were committed after it.
+    /// snapshot, with the last commit that snapshot holds: records an `insert_usage`
+    /// answered with a later [`CommitSeq`] are not counted in it, and records with this
+    /// one or an earlier one are. Ids play no part.
     async fn quota_usage(
         &self,
         tenant: TenantId,
         scopes: Vec<(QuotaScope, i64, i64)>,
-    ) -> StoreResult<(i64, Vec<WindowUsage>)>;
+    ) -> StoreResult<(CommitSeq, Vec<WindowUsage>)>;
 
     /// The most recent events, newest first.
     async fn quota_events(&self, tenant: TenantId, limit: u32) -> StoreResult<Vec<QuotaEvent>>;
 }
 
-/// The stores the server runs on, as trait objects so another backend slots in.
+/// Which backend to open, and its settings.
+#[derive(Clone)]
+pub enum StoreConfig {
+    /// The embedded default: one SQLite database file (and its user-index file).
+    Sqlite(SqliteConfig),
+}
+
+/// What a backend does besides its topics: starting is [`Stores::open`]; these are the
+/// rest of its life.
+trait Backend: Send + Sync {
+    /// Commits everything queued, stops background threads, and returns once done.
+    fn shutdown(&self);
+}
+
+impl Backend for SqliteStore {
+    fn shutdown(&self) {
+        SqliteStore::shutdown(self);
+    }
+}
+
+/// The stores the server runs on, as trait objects so another backend slots in. Opened
+/// with [`Stores::open`], stopped with [`Stores::shutdown`]; nothing outside this crate
+/// names a backend's type.
 #[derive(Clone)]
 pub struct Stores {
     pub events: Arc<dyn EventStore>,
@@ -402,18 +435,51 @@ pub struct Stores {
     pub quotas: Arc<dyn QuotaStore>,
     pub audit: Arc<dyn AuditStore>,
     pub deletion: Arc<dyn DeletionStore>,
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
 }
 
 impl Stores {
-    pub fn sqlite(store: Arc<SqliteStore>) -> Self {
-        Self {
-            events: store.clone(),
-            identity: store.clone(),
-            profiles: store.clone(),
-            usage: store.clone(),
-            quotas: store.clone(),
-            audit: store.clone(),
-            deletion: store,
+    /// Opens the backend `config` names (creating and migrating it as its owner, unless it
+    /// is opened as a guest) and starts its background work.
+    pub fn open(config: StoreConfig) -> StoreResult<Self> {
+        match config {
+            StoreConfig::Sqlite(config) => {
+                let store = Arc::new(SqliteStore::open(config)?);
+                Ok(Self {
+                    events: store.clone(),
+                    identity: store.clone(),
+                    profiles: store.clone(),
+                    usage: store.clone(),
+                    quotas: store.clone(),
+                    audit: store.clone(),
+                    deletion: store.clone(),
+                    backend: store,
+                })
+            }
         }
     }
+
+    /// Commits every write already queued, stops the backend's background work and
+    /// returns once it has. Blocks: call it from a blocking thread. Writes after it fail
+    /// with [`StoreError::Unavailable`].
+    pub fn shutdown(&self) {
+        self.backend.shutdown();
+    }
+
+    /// Whether the store answers a read and commits a write; the error says why not (low
+    /// free space is [`StoreError::LowSpace`]).
+    pub async fn ready(&self) -> StoreResult<()> {
+        self.identity.get_setting(READY_PROBE).await?;
+        self.identity.init_setting(READY_PROBE, "ok").await?;
+        Ok(())
+    }
 }
+
+/// The setting `ready` reads and writes (once: later writes keep it).
+const READY_PROBE: &str = "readyz.probe";

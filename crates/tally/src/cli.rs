@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -18,7 +17,7 @@ use tally_core::time::SystemClock;
 use tally_core::TenantId;
 use tally_server::Config;
 use tally_store::datadir::DataDirError;
-use tally_store::{SqliteStore, Stores};
+use tally_store::Stores;
 
 #[derive(Parser)]
 #[command(
@@ -287,18 +286,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     _ => return Err(e),
                 },
             };
-            let sqlite = tally_server::open_store(&config, ownership.is_none())?;
-            let stores = Stores::sqlite(sqlite.clone());
+            let stores = tally_server::open_store(&config, ownership.is_none())?;
             let result = admin(&stores, a.command, ownership.is_some()).await;
-            close(sqlite).await?;
+            close(stores).await?;
             drop(ownership);
             result
         }
     }
 }
 
-async fn close(sqlite: Arc<SqliteStore>) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || sqlite.shutdown())
+async fn close(stores: Stores) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || stores.shutdown())
         .await
         .context("failed to close the database")
 }

@@ -137,6 +137,35 @@ fn only_the_store_holds_sql() {
 }
 
 #[test]
+fn backends_stay_behind_the_store_traits() {
+    // Callers open `Stores`; a backend's own type and its driver's types stay inside it.
+    let found = offenders("SqliteStore", &["tally-store"]);
+    assert!(
+        found.is_empty(),
+        "SqliteStore named outside tally-store (use Stores::open):\n{}",
+        found.join("\n")
+    );
+    let store = workspace().join("crates/tally-store/src");
+    let mut found = Vec::new();
+    for file in rust_files(&store) {
+        if file.starts_with(store.join("sqlite")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            if line.contains("rusqlite") {
+                found.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "rusqlite outside tally-store's sqlite/ (keep the traits backend-neutral):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
 fn only_the_clock_reads_wall_time() {
     // The benchmark driver is a client timing itself, not part of the product.
     let found = offenders_where(

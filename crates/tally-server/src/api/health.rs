@@ -17,32 +17,22 @@ pub async fn healthz() -> Json<Value> {
 /// Storage answers reads and the writer accepts work; lists the background tasks' states.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let read = state.stores.identity.get_setting("auth.jwt_secret").await;
-    let write = state
-        .stores
-        .identity
-        .init_setting("readyz.probe", "ok")
-        .await;
-    match (read, write) {
+    match state.stores.ready().await {
         // Background tasks are reported, not judged: a task restarting after a failure
         // does not make storage unready.
-        (Ok(_), Ok(_)) => (
+        Ok(()) => (
             StatusCode::OK,
             Json(json!({ "status": "ready", "tasks": state.tasks.snapshot() })),
         ),
-        (r, w) => {
-            let error = r.err().or(w.err());
-            let text = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
-            tracing::warn!(error = %text, "readiness check failed");
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
             // Low free space is the operator's to fix: say so. Anything else stays
             // generic here (the log has it).
-            let body = match error.map(ApiError::from) {
-                Some(
-                    low @ ApiError::LowSpace {
-                        free_bytes,
-                        min_free_bytes,
-                    },
-                ) => json!({ "error": {
+            let body = match ApiError::from(error) {
+                low @ ApiError::LowSpace {
+                    free_bytes,
+                    min_free_bytes,
+                } => json!({ "error": {
                     "code": "INSUFFICIENT_STORAGE", "message": low.to_string(),
                     "details": { "free_bytes": free_bytes, "min_free_bytes": min_free_bytes } } }),
                 _ => {

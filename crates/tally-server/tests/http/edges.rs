@@ -140,8 +140,8 @@ async fn probes() {
         (r.status, r.body["status"].as_str()),
         (StatusCode::OK, Some("ready"))
     );
-    let sqlite = t.sqlite.clone();
-    tokio::task::spawn_blocking(move || sqlite.shutdown())
+    let stores = t.stores.clone();
+    tokio::task::spawn_blocking(move || stores.shutdown())
         .await
         .unwrap();
     let r = t.call("GET", "/readyz", None, None).await;

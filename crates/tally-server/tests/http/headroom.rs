@@ -11,7 +11,6 @@ use serde_json::json;
 
 use tally_core::auth::Scope;
 use tally_server::{AppState, Config};
-use tally_store::Stores;
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
@@ -27,8 +26,7 @@ async fn writes_stop_below_the_floor_and_resume_when_space_returns() {
     let seen = free.clone();
     let probe: tally_store::sqlite::FreeSpaceProbe =
         Arc::new(move |_: &std::path::Path| Ok(seen.load(Ordering::Relaxed)));
-    let sqlite = tally_server::open_store_with(&config, false, Some(probe)).unwrap();
-    let stores = Stores::sqlite(sqlite.clone());
+    let stores = tally_server::open_store_with(&config, false, Some(probe)).unwrap();
     let state = AppState::new(&config, stores.clone()).await.unwrap();
     let tenant = state.access.create_tenant("acme", None).await.unwrap().id;
     let (_, key) = state
@@ -36,7 +34,7 @@ async fn writes_stop_below_the_floor_and_resume_when_space_returns() {
         .create_api_key(tenant, "k", Scope::ALL.into_iter().collect())
         .await
         .unwrap();
-    let t = super::support::TestApp::from_parts(state, stores, sqlite, dir, tenant, key);
+    let t = super::support::TestApp::from_parts(state, stores, dir, tenant, key);
     let track = |i: usize| json!({"event_type": "user_action", "event_name": format!("e{i}"), "properties": {"user_id": "u"}});
     let probe_refresh = || tokio::time::sleep(Duration::from_millis(300));
 

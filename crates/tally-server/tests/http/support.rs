@@ -1,7 +1,5 @@
 //! A tally app on a temporary data dir, with helpers to call it.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -10,13 +8,12 @@ use tally_access::tenancy::NewAccount;
 use tally_core::auth::{Role, Scope};
 use tally_core::TenantId;
 use tally_server::{AppState, Config};
-use tally_store::{SqliteStore, Stores};
+use tally_store::Stores;
 use tower::ServiceExt;
 
 pub struct TestApp {
     pub state: AppState,
     pub stores: Stores,
-    pub sqlite: Arc<SqliteStore>,
     pub dir: tempfile::TempDir,
     /// A tenant with an owner key holding every scope.
     pub tenant: TenantId,
@@ -52,8 +49,7 @@ pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         ..Default::default()
     };
     tweak(&mut config);
-    let sqlite = tally_server::open_store(&config, false).unwrap();
-    let stores = Stores::sqlite(sqlite.clone());
+    let stores = tally_server::open_store(&config, false).unwrap();
     let state = AppState::new(&config, stores.clone()).await.unwrap();
     let tenant = state.access.create_tenant("acme", None).await.unwrap().id;
     let (_, key) = state
@@ -64,7 +60,6 @@ pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     TestApp {
         state,
         stores,
-        sqlite,
         dir,
         tenant,
         key,
@@ -75,7 +70,6 @@ impl TestApp {
     pub fn from_parts(
         state: AppState,
         stores: Stores,
-        sqlite: Arc<SqliteStore>,
         dir: tempfile::TempDir,
         tenant: TenantId,
         key: String,
@@ -83,7 +77,6 @@ impl TestApp {
         Self {
             state,
             stores,
-            sqlite,
             dir,
             tenant,
             key,

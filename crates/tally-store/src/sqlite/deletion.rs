@@ -52,7 +52,7 @@ pub use super::user_index::USER_INDEX_TABLES;
 /// Main-database tables that outlive a tenant: the audit trail (by design: it records the
 /// deletion itself), instance settings, and the purges of the user index still to run
 /// (each row lives from a deletion's commit until the index has purged).
-pub const KEPT_TABLES: &[&str] = &["audit_log", "pending_purges", "settings"];
+pub const KEPT_TABLES: &[&str] = &["audit_log", "commit_log", "pending_purges", "settings"];
 
 /// Main-database tables whose rows name a tracked user, erased with the user. Aggregates
 /// without the user's id (daily activity counts, LLM usage rollups) keep the spend and
@@ -187,13 +187,12 @@ impl DeletionStore for SqliteStore {
         let (mut report, pending) = self
             .writer
             .job_with_state(1, move |conn, state| {
-                state.tenant_events.remove(&tenant);
-                // Counts of this transaction not written yet would bring rows back.
-                let taken = state.rollups.take_tenant(tenant);
+                // What this transaction has not written yet would bring rows back.
+                let before = state.forget(tenant, None);
                 let done = delete_tenant_rows(conn, tenant)
                     .and_then(|report| Ok((report, record_pending_purge(conn, tenant, None)?)));
                 if done.is_err() {
-                    state.rollups.restore(taken);
+                    state.restore(before);
                 }
                 done
             })
@@ -212,12 +211,11 @@ impl DeletionStore for SqliteStore {
         let (mut report, pending) = self
             .writer
             .job_with_state(1, move |conn, state| {
-                state.tenant_events.remove(&tenant);
-                let before = state.rollups.clone();
-                let done = erase_user_rows(conn, &mut state.rollups, tenant, &owned)
+                let before = state.forget(tenant, Some(&owned));
+                let done = erase_user_rows(conn, &mut state.events.rollups, tenant, &owned)
                     .and_then(|r| Ok((r, record_pending_purge(conn, tenant, Some(&owned))?)));
                 if done.is_err() {
-                    state.rollups = before;
+                    state.restore(before);
                 }
                 done
             })

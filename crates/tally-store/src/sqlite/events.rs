@@ -1,6 +1,7 @@
 //! Events, their rollups and the activity queries.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::types::Value as SqlValue;
@@ -10,10 +11,10 @@ use tally_core::event::NewEvent;
 use tally_core::time;
 use tally_core::TenantId;
 
-use super::user_index::{self, StagedEvent};
-use super::writer::WriterState;
+use super::user_index::{self, StagedEvent, UserIndex, UserKey};
+use super::writer::Topic;
 use super::{uuid_from, SqliteStore};
-use crate::{ActivityRef, EventStore, InsertOutcome, StoreError, StoreResult};
+use crate::{ActivityRef, CommitSeq, EventStore, InsertOutcome, StoreError, StoreResult};
 
 pub(crate) type DailyKey = (TenantId, i64, String, i64);
 
@@ -64,11 +65,6 @@ impl RollupDelta {
         taken
     }
 
-    /// Puts back counts taken out by a deletion that failed.
-    pub(crate) fn restore(&mut self, taken: RollupDelta) {
-        self.merge(taken);
-    }
-
     /// Lowers a not yet written daily count by up to `n`; returns by how much.
     pub(crate) fn lower_pending(&mut self, key: &DailyKey, n: u64) -> u64 {
         let Some(pending) = self.daily.get_mut(key) else {
@@ -111,6 +107,57 @@ impl RollupDelta {
             if let Some(total) = totals.get_mut(&tenant) {
                 *total += n;
             }
+        }
+    }
+}
+
+/// The events topic's state on the writer thread.
+#[derive(Clone)]
+pub(crate) struct EventsTopic {
+    /// Daily counts of the current transaction, flushed just before commit.
+    pub rollups: RollupDelta,
+    /// Stored event count per tenant, for storage limits; loaded lazily.
+    pub tenant_events: HashMap<TenantId, u64>,
+    /// User-index entries of the current transaction, published after commit.
+    pub staged: Vec<(UserKey, StagedEvent)>,
+    user_index: Arc<UserIndex>,
+}
+
+impl EventsTopic {
+    pub(crate) fn new(user_index: Arc<UserIndex>) -> Self {
+        Self {
+            rollups: RollupDelta::default(),
+            tenant_events: HashMap::new(),
+            staged: Vec::new(),
+            user_index,
+        }
+    }
+}
+
+impl Topic for EventsTopic {
+    fn flush(&mut self, conn: &Connection) -> StoreResult<()> {
+        self.rollups.flush(conn)
+    }
+
+    fn committed(&mut self, _commit: CommitSeq) {
+        self.rollups.apply_counts(&mut self.tenant_events);
+        self.user_index.publish(std::mem::take(&mut self.staged));
+    }
+
+    fn aborted(&mut self) {
+        self.tenant_events.clear();
+        self.rollups.clear();
+        self.staged.clear();
+    }
+
+    fn forget(&mut self, tenant: TenantId, user: Option<&str>) {
+        self.tenant_events.remove(&tenant);
+        // A user's erasure lowers the daily counts by its events, pending ones included
+        // (`deletion::erase_user_rows`), and the user-index purge drops its staged
+        // entries; a tenant's deletion drops everything pending for it.
+        if user.is_none() {
+            self.rollups.take_tenant(tenant);
+            self.staged.retain(|((t, _), _)| *t != tenant);
         }
     }
 }
@@ -162,7 +209,7 @@ fn tenant_key(conn: &Connection, tenant: TenantId) -> StoreResult<i64> {
 /// Inserts inside the writer's transaction. Returns one outcome per event, in order.
 fn insert_events_tx(
     conn: &Connection,
-    state: &mut WriterState,
+    state: &mut EventsTopic,
     tenant: TenantId,
     max_events: Option<u64>,
     events: Vec<NewEvent>,
@@ -569,7 +616,7 @@ impl EventStore for SqliteStore {
             return Ok(Vec::new());
         }
         self.write_with_state(events.len(), move |conn, state| {
-            insert_events_tx(conn, state, tenant, max_events, events)
+            insert_events_tx(conn, &mut state.events, tenant, max_events, events)
         })
         .await
     }

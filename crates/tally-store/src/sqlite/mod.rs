@@ -66,7 +66,7 @@ impl SqliteConfig {
     }
 }
 
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     writer: Writer,
     headroom: headroom::Headroom,
     /// `None` for a guest.
@@ -211,7 +211,10 @@ impl SqliteStore {
             writer: Writer::start(
                 conn,
                 config.write_queue,
-                user_index.clone(),
+                writer::WriterState::new(
+                    events::EventsTopic::new(user_index.clone()),
+                    usage::UsageTopic::default(),
+                ),
                 log.clone(),
                 !config.guest,
             )?,
@@ -227,10 +230,6 @@ impl SqliteStore {
             }),
             path: config.path,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Stops accepting writes, commits everything queued, folds the user index, and waits
@@ -407,4 +406,14 @@ pub(crate) fn uuid_from(bytes: Vec<u8>) -> rusqlite::Result<uuid::Uuid> {
     uuid::Uuid::from_slice(&bytes).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(16, rusqlite::types::Type::Blob, Box::new(e))
     })
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full,
+            Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
 }

@@ -7,7 +7,7 @@ use tally_core::time::day_of;
 use tally_core::TenantId;
 
 use super::{conversion_error, SqliteStore};
-use crate::{QuotaStore, StoreResult};
+use crate::{CommitSeq, QuotaStore, StoreResult};
 
 const RULE_COLUMNS: &str =
     "id, name, metric, window_kind, limit_value, provider, model, user_id, warn_percent, enforce";
@@ -205,14 +205,11 @@ impl QuotaStore for SqliteStore {
         &self,
         tenant: TenantId,
         scopes: Vec<(QuotaScope, i64, i64)>,
-    ) -> StoreResult<(i64, Vec<WindowUsage>)> {
+    ) -> StoreResult<(CommitSeq, Vec<WindowUsage>)> {
         self.read(move |conn| {
-            // One read transaction: the sums and the watermark come from the same snapshot.
+            // One read transaction: the sums and the commit come from the same snapshot.
             let tx = conn.unchecked_transaction()?;
-            let watermark: i64 =
-                tx.query_row("SELECT coalesce(max(id), 0) FROM llm_usage", [], |r| {
-                    r.get(0)
-                })?;
+            let commit = CommitSeq(tx.query_row("SELECT seq FROM commit_log", [], |r| r.get(0))?);
             let money = super::money_sum_sql("cost_nanos");
             let mut by_model = tx.prepare_cached(&format!(
                 "SELECT coalesce(sum(calls), 0), coalesce(sum(input_tokens + output_tokens), 0), {money}
@@ -245,7 +242,7 @@ impl QuotaStore for SqliteStore {
             }
             drop((by_model, by_user));
             tx.finish()?;
-            Ok((watermark, out))
+            Ok((commit, out))
         })
         .await
     }

@@ -410,6 +410,16 @@ const MIGRATIONS: &[&str] = &[
         user_id TEXT
     );
     "#,
+    // 10: the commit sequence (`writer.rs`): a counter every write transaction moves on
+    // inside itself, so a snapshot can say which commits it holds without relying on ids
+    // being handed out in commit order.
+    r#"
+    CREATE TABLE commit_log (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        seq INTEGER NOT NULL
+    );
+    INSERT INTO commit_log (one, seq) VALUES (1, 0);
+    "#,
 ];
 
 /// The user index's own database (`user_index.rs`): derived data, rebuilt from `events`

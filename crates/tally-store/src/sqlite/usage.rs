@@ -15,8 +15,9 @@ use tally_core::usage::{
 };
 use tally_core::TenantId;
 
+use super::writer::Topic;
 use super::{conversion_error, money_column, money_sum_at, money_sum_sql, nanos_at, SqliteStore};
-use crate::{StoreError, StoreResult, UsageOutcome, UsageStore};
+use crate::{CommitSeq, StoreError, StoreResult, UsageInsert, UsageOutcome, UsageStore};
 
 fn cost_source(s: CostSource) -> &'static str {
     match s {
@@ -26,8 +27,296 @@ fn cost_source(s: CostSource) -> &'static str {
     }
 }
 
+type RollupKey = (TenantId, Granularity, i64, String, String);
+/// (tenant, day or month, user, model): model `""` is every model.
+type UserKey = (TenantId, i64, String, String);
+type ConversationKey = (TenantId, String);
+/// One tenant's per-user totals by (day, user, model).
+type DayTotals = HashMap<(i64, String, String), UsageTotals>;
+/// One tenant's per-user calls and cost by (month, user, model).
+type MonthTotals = HashMap<(i64, String, String), (u64, Nanos)>;
+/// One tenant's conversation totals, with the conversation's user.
+type ConversationTotals = HashMap<String, (Option<String>, UsageTotals)>;
+
+/// A total pending in this transaction, beside the cost already stored in its row when
+/// the transaction first touched it (what the pending cost will be added to).
+#[derive(Clone, Default)]
+struct Pending<T> {
+    stored: Nanos,
+    delta: T,
+}
+
+/// The usage topic's state on the writer thread: every rollup, per-user and
+/// per-conversation total the transaction's records add, folded into their rows once,
+/// just before commit. A record whose costs would take a stored total past 64 bits is
+/// refused when it is added (409 for its caller alone), so the flush never fails on it.
+#[derive(Clone, Default)]
+pub(crate) struct UsageTopic {
+    rollups: HashMap<RollupKey, Pending<UsageRollup>>,
+    days: HashMap<UserKey, Pending<UsageTotals>>,
+    months: HashMap<UserKey, Pending<(u64, Nanos)>>,
+    conversations: HashMap<ConversationKey, Pending<(Option<String>, UsageTotals)>>,
+}
+
+/// What one insert adds, before it is admitted into the transaction's totals.
+#[derive(Default)]
+struct UsageDelta {
+    rollups: HashMap<(Granularity, i64, String, String), UsageRollup>,
+    days: DayTotals,
+    conversations: ConversationTotals,
+}
+
+impl UsageDelta {
+    fn months(&self) -> MonthTotals {
+        let mut months = MonthTotals::new();
+        for ((day, user, model), t) in &self.days {
+            let m = months
+                .entry((month_of_day(*day), user.clone(), model.clone()))
+                .or_default();
+            m.0 += t.calls;
+            m.1 += t.cost;
+        }
+        months
+    }
+}
+
+/// The cost a row holds now (zero for no row), read with `sql` and its key.
+fn stored_cost(conn: &Connection, sql: &str, key: &[&dyn rusqlite::ToSql]) -> StoreResult<Nanos> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_row(key, |r| r.get::<_, i64>(0))
+        .optional()?
+        .map_or(Nanos::ZERO, Nanos::from))
+}
+
+/// Whether `stored + pending + added` still fits a stored cost total.
+fn fits(stored: Nanos, pending: Nanos, added: Nanos) -> StoreResult<()> {
+    if stored.0 + pending.0 + added.0 > i128::from(i64::MAX) {
+        return Err(StoreError::Conflict(format!(
+            "a stored cost total would exceed {} USD",
+            Nanos::from(i64::MAX)
+        )));
+    }
+    Ok(())
+}
+
+impl UsageTopic {
+    /// Adds one insert's totals to the transaction's, after checking that none would take
+    /// a stored cost total past 64 bits (then nothing is added and the insert fails).
+    fn admit(&mut self, conn: &Connection, tenant: TenantId, delta: UsageDelta) -> StoreResult<()> {
+        let t = tenant.0.as_bytes();
+        let months = delta.months();
+        // Check everything first; remember what was read for the entries made below.
+        let mut read: HashMap<String, Nanos> = HashMap::new();
+        let mut check = |label: String,
+                         known: Option<(Nanos, Nanos)>,
+                         added: Nanos,
+                         sql: &str,
+                         key: &[&dyn rusqlite::ToSql]|
+         -> StoreResult<()> {
+            let (stored, pending) = match known {
+                Some(k) => k,
+                None => {
+                    let stored = stored_cost(conn, sql, key)?;
+                    read.insert(label, stored);
+                    (stored, Nanos::ZERO)
+                }
+            };
+            fits(stored, pending, added)
+        };
+        for ((g, bucket, provider, model), r) in &delta.rollups {
+            let key = (tenant, *g, *bucket, provider.clone(), model.clone());
+            let known = self.rollups.get(&key).map(|p| (p.stored, p.delta.cost));
+            check(
+                format!("r{}:{bucket}:{provider}:{model}", g.as_str()),
+                known,
+                r.cost,
+                "SELECT cost_nanos FROM llm_usage_rollup WHERE tenant_id = ?1 AND granularity = ?2
+                 AND bucket = ?3 AND provider = ?4 AND model = ?5",
+                &[&t, &g.as_str(), bucket, provider, model],
+            )?;
+        }
+        for ((day, user, model), d) in &delta.days {
+            let key = (tenant, *day, user.clone(), model.clone());
+            let known = self.days.get(&key).map(|p| (p.stored, p.delta.cost));
+            let label = format!("d{day}:{user}:{model}");
+            if model.is_empty() {
+                check(label, known, d.cost,
+                    "SELECT cost_nanos FROM llm_user_daily WHERE tenant_id = ?1 AND user_id = ?2 AND day = ?3",
+                    &[&t, user, day])?;
+            } else {
+                check(label, known, d.cost,
+                    "SELECT cost_nanos FROM llm_user_model_daily WHERE tenant_id = ?1 AND model = ?2
+                     AND user_id = ?3 AND day = ?4",
+                    &[&t, model, user, day])?;
+            }
+        }
+        for ((month, user, model), (_, cost)) in &months {
+            let key = (tenant, *month, user.clone(), model.clone());
+            let known = self.months.get(&key).map(|p| (p.stored, p.delta.1));
+            let label = format!("m{month}:{user}:{model}");
+            if model.is_empty() {
+                check(label, known, *cost,
+                    "SELECT cost_nanos FROM llm_user_monthly WHERE tenant_id = ?1 AND month = ?2 AND user_id = ?3",
+                    &[&t, month, user])?;
+            } else {
+                check(label, known, *cost,
+                    "SELECT cost_nanos FROM llm_user_model_monthly WHERE tenant_id = ?1 AND model = ?2
+                     AND month = ?3 AND user_id = ?4",
+                    &[&t, model, month, user])?;
+            }
+        }
+        for (conv, (_, c)) in &delta.conversations {
+            let key = (tenant, conv.clone());
+            let known = self
+                .conversations
+                .get(&key)
+                .map(|p| (p.stored, p.delta.1.cost));
+            check(
+                format!("c{conv}"),
+                known,
+                c.cost,
+                "SELECT cost_nanos FROM llm_conversations WHERE tenant_id = ?1 AND conversation_id = ?2",
+                &[&t, conv],
+            )?;
+        }
+        let stored = |label: String| read.get(&label).copied().unwrap_or(Nanos::ZERO);
+        for ((g, bucket, provider, model), r) in delta.rollups {
+            let label = format!("r{}:{bucket}:{provider}:{model}", g.as_str());
+            let entry = self
+                .rollups
+                .entry((tenant, g, bucket, provider, model))
+                .or_insert_with(|| Pending {
+                    stored: stored(label),
+                    delta: UsageRollup {
+                        bucket: r.bucket,
+                        provider: r.provider.clone(),
+                        model: r.model.clone(),
+                        ..Default::default()
+                    },
+                });
+            entry
+                .delta
+                .merge(&r)
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+        }
+        for ((day, user, model), d) in delta.days {
+            let label = format!("d{day}:{user}:{model}");
+            self.days
+                .entry((tenant, day, user, model))
+                .or_insert_with(|| Pending {
+                    stored: stored(label),
+                    delta: UsageTotals::default(),
+                })
+                .delta
+                .merge(&d);
+        }
+        for ((month, user, model), (calls, cost)) in months {
+            let label = format!("m{month}:{user}:{model}");
+            let m = &mut self
+                .months
+                .entry((tenant, month, user, model))
+                .or_insert_with(|| Pending {
+                    stored: stored(label),
+                    delta: (0, Nanos::ZERO),
+                })
+                .delta;
+            m.0 += calls;
+            m.1 += cost;
+        }
+        for (conv, (user, c)) in delta.conversations {
+            let label = format!("c{conv}");
+            let entry = self
+                .conversations
+                .entry((tenant, conv))
+                .or_insert_with(|| Pending {
+                    stored: stored(label),
+                    delta: (None, UsageTotals::default()),
+                });
+            if entry.delta.0.is_none() {
+                entry.delta.0 = user;
+            }
+            entry.delta.1.merge(&c);
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.rollups.clear();
+        self.days.clear();
+        self.months.clear();
+        self.conversations.clear();
+    }
+}
+
+impl Topic for UsageTopic {
+    fn flush(&mut self, conn: &Connection) -> StoreResult<()> {
+        for ((tenant, g, _, _, _), p) in self.rollups.drain() {
+            fold_rollup(conn, tenant, g, p.delta)?;
+        }
+        let mut by_tenant: HashMap<TenantId, DayTotals> = HashMap::new();
+        for ((tenant, day, user, model), p) in self.days.drain() {
+            by_tenant
+                .entry(tenant)
+                .or_default()
+                .insert((day, user, model), p.delta);
+        }
+        let mut months: HashMap<TenantId, MonthTotals> = HashMap::new();
+        for ((tenant, month, user, model), p) in self.months.drain() {
+            months
+                .entry(tenant)
+                .or_default()
+                .insert((month, user, model), p.delta);
+        }
+        for (tenant, days) in by_tenant {
+            let months = months.remove(&tenant).unwrap_or_default();
+            fold_users(conn, tenant, days, months)?;
+        }
+        let mut conversations: HashMap<TenantId, ConversationTotals> = HashMap::new();
+        for ((tenant, conv), p) in self.conversations.drain() {
+            conversations
+                .entry(tenant)
+                .or_default()
+                .insert(conv, p.delta);
+        }
+        for (tenant, convs) in conversations {
+            fold_conversations(conn, tenant, convs)?;
+        }
+        Ok(())
+    }
+
+    fn committed(&mut self, _commit: CommitSeq) {
+        self.clear();
+    }
+
+    fn aborted(&mut self) {
+        self.clear();
+    }
+
+    fn forget(&mut self, tenant: TenantId, user: Option<&str>) {
+        match user {
+            None => {
+                self.rollups.retain(|k, _| k.0 != tenant);
+                self.days.retain(|k, _| k.0 != tenant);
+                self.months.retain(|k, _| k.0 != tenant);
+                self.conversations.retain(|k, _| k.0 != tenant);
+            }
+            // The user's own rows go; the rollups by provider and model keep its calls
+            // (`deletion::USER_TABLES`).
+            Some(user) => {
+                let theirs = |k: &UserKey| k.0 == tenant && k.2 == user;
+                self.days.retain(|k, _| !theirs(k));
+                self.months.retain(|k, _| !theirs(k));
+                self.conversations
+                    .retain(|k, p| !(k.0 == tenant && p.delta.0.as_deref() == Some(user)));
+            }
+        }
+    }
+}
+
 fn insert_tx(
     conn: &Connection,
+    topic: &mut UsageTopic,
     tenant: TenantId,
     records: &[UsageRecord],
 ) -> StoreResult<Vec<UsageOutcome>> {
@@ -121,11 +410,15 @@ fn insert_tx(
             })?;
         out.push(UsageOutcome::Duplicate { id });
     }
-    for ((g, _, _, _), delta) in rollups {
-        fold_rollup(conn, tenant, g, delta)?;
-    }
-    fold_users(conn, tenant, users)?;
-    fold_conversations(conn, tenant, conversations)?;
+    topic.admit(
+        conn,
+        tenant,
+        UsageDelta {
+            rollups,
+            days: users,
+            conversations,
+        },
+    )?;
     Ok(out)
 }
 
@@ -170,16 +463,9 @@ fn as_i64(n: u64) -> i64 {
 fn fold_users(
     conn: &Connection,
     tenant: TenantId,
-    users: HashMap<(i64, String, String), UsageTotals>,
+    users: DayTotals,
+    monthly: MonthTotals,
 ) -> StoreResult<()> {
-    let mut monthly: HashMap<(i64, &str, &str), (u64, Nanos)> = HashMap::new();
-    for ((day, user, model), t) in &users {
-        let m = monthly
-            .entry((month_of_day(*day), user.as_str(), model.as_str()))
-            .or_default();
-        m.0 += t.calls;
-        m.1 += t.cost;
-    }
     let mut all_months = conn.prepare_cached(concat!(
         "INSERT INTO llm_user_monthly (tenant_id, month, user_id, calls, cost_nanos)
              VALUES (?1, ?2, ?3, ?4, ?5)
@@ -266,7 +552,7 @@ const USER_CANDIDATES_PER_MONTH: u32 = 200;
 fn fold_conversations(
     conn: &Connection,
     tenant: TenantId,
-    conversations: HashMap<String, (Option<String>, UsageTotals)>,
+    conversations: ConversationTotals,
 ) -> StoreResult<()> {
     let mut stmt = conn.prepare_cached(&format!(
         "INSERT INTO llm_conversations (tenant_id, conversation_id, user_id, {TOTALS_COLUMNS})
@@ -549,13 +835,19 @@ impl UsageStore for SqliteStore {
         &self,
         tenant: TenantId,
         records: std::sync::Arc<[UsageRecord]>,
-    ) -> StoreResult<Vec<UsageOutcome>> {
+    ) -> StoreResult<UsageInsert> {
         if records.is_empty() {
-            return Ok(Vec::new());
+            return Ok(UsageInsert {
+                outcomes: Vec::new(),
+                commit: CommitSeq::default(),
+            });
         }
         let weight = records.len();
-        self.write_for_weighted(tenant, weight, move |conn, _| {
-            insert_tx(conn, tenant, &records)
+        self.write_for_weighted(tenant, weight, move |conn, state| {
+            Ok(UsageInsert {
+                outcomes: insert_tx(conn, &mut state.usage, tenant, &records)?,
+                commit: state.commit,
+            })
         })
         .await
     }

@@ -1,11 +1,12 @@
-//! The single writer thread and its group commit.
+//! The single writer thread and its group commit: a generic engine that knows no topic.
 //!
-//! Callers queue closures; the thread takes everything queued (up to a bound), runs each
-//! closure in its own savepoint inside one transaction, flushes the rollup deltas the
-//! closures accumulated, commits, and only then answers every caller. A closure that fails
-//! is rolled back alone; a failed commit fails every caller of that transaction.
+//! Callers queue closures; the thread takes everything queued (up to a bound), takes the
+//! transaction's commit sequence, runs each closure in its own savepoint inside one
+//! transaction, lets every topic flush what its closures accumulated (the [`Topic`]
+//! hooks: events' daily counts, usage's rollups), commits, and only then answers every
+//! caller. A closure that fails is rolled back alone; a failed commit fails every caller
+//! of that transaction and every topic drops what it accumulated.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,9 +16,9 @@ use tally_core::TenantId;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::LogLength;
-use super::events::RollupDelta;
-use super::user_index::{StagedEvent, UserIndex, UserKey};
-use crate::{StoreError, StoreResult};
+use super::events::EventsTopic;
+use super::usage::UsageTopic;
+use crate::{CommitSeq, StoreError, StoreResult};
 
 /// Stop adding operations to a transaction past this many rows…
 const MAX_ROWS_PER_COMMIT: usize = 50_000;
@@ -37,15 +38,67 @@ enum Msg {
 /// Writer steps at least this long are logged at debug level.
 const SLOW_STEP: Duration = Duration::from_millis(2);
 
-/// State that lives across transactions on the writer thread.
-#[derive(Default)]
+/// What a topic keeps on the writer thread: what the operations of one transaction
+/// accumulate (rollup deltas, counts, index entries) is written once, just before the
+/// transaction commits, and kept or dropped with it. One mechanism for every topic.
+pub(crate) trait Topic: Send {
+    /// Writes what this transaction's operations accumulated, inside it, before COMMIT.
+    fn flush(&mut self, conn: &Connection) -> StoreResult<()>;
+    /// The transaction committed as `commit`: publish what waited for it.
+    fn committed(&mut self, commit: CommitSeq);
+    /// The transaction failed: drop what it accumulated, and anything cached from it.
+    fn aborted(&mut self);
+    /// A deletion of the tenant (or, with `user`, of one of its tracked users) runs in
+    /// this transaction: drop what is pending for it, so that the flush does not bring
+    /// its rows back.
+    fn forget(&mut self, tenant: TenantId, user: Option<&str>);
+}
+
+/// The state of the writer thread: the current transaction's commit sequence and every
+/// topic's state.
+#[derive(Clone)]
 pub(crate) struct WriterState {
-    /// Rollup changes of the current transaction, flushed just before commit.
-    pub rollups: RollupDelta,
-    /// Stored event count per tenant, for storage limits; loaded lazily.
-    pub tenant_events: HashMap<TenantId, u64>,
-    /// User-index entries of the current transaction, published after commit.
-    pub staged: Vec<(UserKey, StagedEvent)>,
+    /// The current transaction's commit sequence (`commit_log`), taken at its start.
+    pub commit: CommitSeq,
+    pub events: EventsTopic,
+    pub usage: UsageTopic,
+}
+
+impl WriterState {
+    pub(crate) fn new(events: EventsTopic, usage: UsageTopic) -> Self {
+        Self {
+            commit: CommitSeq::default(),
+            events,
+            usage,
+        }
+    }
+
+    /// Every topic, in flush order.
+    pub(crate) fn topics(&mut self) -> [&mut dyn Topic; 2] {
+        [&mut self.events, &mut self.usage]
+    }
+
+    /// A deletion in this transaction: every topic forgets what is pending for the tenant
+    /// (or user). Returns the state before, for [`WriterState::restore`] if the deletion
+    /// fails (its savepoint is rolled back, so what it forgot must come back).
+    pub(crate) fn forget(&mut self, tenant: TenantId, user: Option<&str>) -> WriterState {
+        let before = self.clone();
+        for t in self.topics() {
+            t.forget(tenant, user);
+        }
+        before
+    }
+
+    /// Puts back the state a failed deletion started from.
+    pub(crate) fn restore(&mut self, before: WriterState) {
+        *self = before;
+    }
+
+    fn aborted(&mut self) {
+        for t in self.topics() {
+            t.aborted();
+        }
+    }
 }
 
 pub(crate) struct Writer {
@@ -57,14 +110,14 @@ impl Writer {
     pub(crate) fn start(
         conn: Connection,
         queue: usize,
-        user_index: Arc<UserIndex>,
+        state: WriterState,
         log: Arc<LogLength>,
         final_checkpoint: bool,
     ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = std::thread::Builder::new()
             .name("tally-writer".into())
-            .spawn(move || run(conn, rx, user_index, log, final_checkpoint))
+            .spawn(move || run(conn, rx, state, log, final_checkpoint))
             .map_err(|e| StoreError::Internal(format!("failed to start writer thread: {e}")))?;
         Ok(Self {
             tx,
@@ -134,11 +187,10 @@ impl Writer {
 fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Msg>,
-    user_index: Arc<UserIndex>,
+    mut state: WriterState,
     log: Arc<LogLength>,
     final_checkpoint: bool,
 ) {
-    let mut state = WriterState::default();
     let mut batch: Vec<(usize, JobFn)> = Vec::new();
     loop {
         let Some(first) = rx.blocking_recv() else {
@@ -164,7 +216,7 @@ fn run(
         }
         if !batch.is_empty() {
             let (ops, t0) = (batch.len(), Instant::now());
-            commit_batch(&mut conn, &mut state, &mut batch, &user_index);
+            commit_batch(&mut conn, &mut state, &mut batch);
             slow_step("commit", t0, ops, rows);
             let t0 = Instant::now();
             log.catch_up(&conn);
@@ -199,12 +251,7 @@ fn slow_step(step: &str, start: Instant, ops: usize, rows: usize) {
     }
 }
 
-fn commit_batch(
-    conn: &mut Connection,
-    state: &mut WriterState,
-    batch: &mut Vec<(usize, JobFn)>,
-    user_index: &UserIndex,
-) {
+fn commit_batch(conn: &mut Connection, state: &mut WriterState, batch: &mut Vec<(usize, JobFn)>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = StoreError::from(e);
         tracing::error!(error = %err, "failed to begin write transaction");
@@ -212,9 +259,27 @@ fn commit_batch(
             let (_, done) = job(None);
             done(Some(&err));
         }
-        state.rollups.clear();
-        state.staged.clear();
+        state.aborted();
         return;
+    }
+    // Moved on inside the transaction, under the database's write lock: sequences are
+    // unique and increase in commit order, across processes too.
+    match conn
+        .prepare_cached("UPDATE commit_log SET seq = seq + 1 RETURNING seq")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+    {
+        Ok(seq) => state.commit = CommitSeq(seq),
+        Err(e) => {
+            let err = StoreError::from(e);
+            tracing::error!(error = %err, "failed to take a commit sequence");
+            let _ = conn.execute_batch("ROLLBACK");
+            for (_, job) in batch.drain(..) {
+                let (_, done) = job(None);
+                done(Some(&err));
+            }
+            state.aborted();
+            return;
+        }
     }
     let mut completions = Vec::with_capacity(batch.len());
     for (_, job) in batch.drain(..) {
@@ -236,13 +301,16 @@ fn commit_batch(
         completions.push(done);
     }
     let outcome = state
-        .rollups
-        .flush(conn)
+        .topics()
+        .into_iter()
+        .try_for_each(|t| t.flush(conn))
         .and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::from));
     match outcome {
         Ok(()) => {
-            state.rollups.apply_counts(&mut state.tenant_events);
-            user_index.publish(std::mem::take(&mut state.staged));
+            let commit = state.commit;
+            for t in state.topics() {
+                t.committed(commit);
+            }
             for done in completions {
                 done(None);
             }
@@ -250,9 +318,7 @@ fn commit_batch(
         Err(err) => {
             tracing::error!(error = %err, "write transaction failed; rolling back");
             let _ = conn.execute_batch("ROLLBACK");
-            state.tenant_events.clear();
-            state.rollups.clear();
-            state.staged.clear();
+            state.aborted();
             for done in completions {
                 done(Some(&err));
             }

@@ -1,54 +1,70 @@
-//! The store test suite, run against the SQLite backend. Each test talks only to the
-//! `Stores` traits, so a second backend runs the same functions.
+//! The store test suite: behaviour every backend must have, written against the `Stores`
+//! traits only, and the fixtures it shares with the SQLite-only tests
+//! (`tests/sqlite_only.rs`). `store_test_suite!` runs it against a backend.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
-
-use std::sync::Arc;
+#![allow(dead_code)] // each test binary uses part of the fixtures
 
 use chrono::NaiveDate;
+use std::path::{Path, PathBuf};
 use tally_core::activity::{ActivityFilter, Project, UserProfile};
 use tally_core::auth::{generate_api_key, Role, Scope};
 use tally_core::event::{EventType, NewEvent};
 use tally_core::tenancy::{Account, ApiKey, Tenant};
 use tally_core::time::{self, MICROS_PER_HOUR};
 use tally_core::{AccountId, ApiKeyId, TenantId};
-use tally_store::{ActivityRef, InsertOutcome, SqliteConfig, SqliteStore, StoreError, Stores};
+use tally_store::{ActivityRef, InsertOutcome, SqliteConfig, StoreConfig, StoreError, Stores};
 use uuid::Uuid;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    sqlite: Arc<SqliteStore>,
-    stores: Stores,
+/// Opens the backend under test at `dir` (the same `dir` again reopens it).
+pub type Open = fn(&Path) -> Stores;
+
+/// The SQLite backend in `dir/tally.db`.
+pub fn open_sqlite(dir: &Path) -> Stores {
+    Stores::open(StoreConfig::Sqlite(SqliteConfig::new(dir.join("tally.db")))).unwrap()
 }
 
-fn open() -> Fixture {
+/// A backend opened in a temporary place of its own.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    /// The main database file, for tests of the SQLite backend's files.
+    pub path: PathBuf,
+    pub stores: Stores,
+    backend: Open,
+}
+
+pub fn open(backend: Open) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tally.db");
-    let sqlite = Arc::new(SqliteStore::open(SqliteConfig::new(&path)).unwrap());
     Fixture {
-        stores: Stores::sqlite(sqlite.clone()),
-        sqlite,
-        path,
-        _dir: dir,
+        path: dir.path().join("tally.db"),
+        stores: backend(dir.path()),
+        dir,
+        backend,
     }
 }
 
-/// Shuts the store down (commits, folds, truncates the log) from a blocking thread.
-async fn close(sqlite: Arc<SqliteStore>) {
-    tokio::task::spawn_blocking(move || sqlite.shutdown())
+impl Fixture {
+    /// Shuts the stores down (commits, folds, truncates the log) from a blocking thread.
+    pub async fn close(&self) {
+        close(&self.stores).await;
+    }
+
+    /// The same data, opened again.
+    pub fn reopen(&self) -> Stores {
+        (self.backend)(self.dir.path())
+    }
+}
+
+/// Shuts `stores` down from a blocking thread.
+pub async fn close(stores: &Stores) {
+    let stores = stores.clone();
+    tokio::task::spawn_blocking(move || stores.shutdown())
         .await
         .unwrap();
 }
 
-fn reopen(path: &std::path::Path) -> (Arc<SqliteStore>, Stores) {
-    let sqlite = Arc::new(SqliteStore::open(SqliteConfig::new(path)).unwrap());
-    (sqlite.clone(), Stores::sqlite(sqlite))
-}
+pub const T0: i64 = 1_705_761_000_000_000; // 2024-01-20T14:30:00Z
 
-const T0: i64 = 1_705_761_000_000_000; // 2024-01-20T14:30:00Z
-
-fn event(
+pub fn event(
     ts: i64,
     user: Option<&str>,
     project: Option<&str>,
@@ -71,7 +87,7 @@ fn event(
     }
 }
 
-async fn tenant(stores: &Stores, max_events: Option<u64>) -> TenantId {
+pub async fn tenant(stores: &Stores, max_events: Option<u64>) -> TenantId {
     let t = Tenant {
         id: TenantId::generate(),
         name: "acme".into(),
@@ -82,9 +98,209 @@ async fn tenant(stores: &Stores, max_events: Option<u64>) -> TenantId {
     t.id
 }
 
-#[tokio::test]
-async fn listing_is_newest_first_with_exact_counts_and_filters() {
-    let f = open();
+/// `n` events of user "u", one a minute from `base`.
+pub fn user_batch(base: i64, n: i64) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| {
+            event(
+                base + i * 60_000_000,
+                Some("u"),
+                Some("p"),
+                EventType::UserAction,
+                "a",
+            )
+        })
+        .collect()
+}
+
+/// (listed count, rows listed, hourly rollup sum) for user "u".
+pub async fn user_totals(stores: &Stores, t: TenantId) -> (u64, usize, u64) {
+    let by_user = ActivityFilter {
+        user_id: Some("u".into()),
+        ..Default::default()
+    };
+    let (count, rows) = stores
+        .events
+        .list_activities(t, &by_user, 0, 1000)
+        .await
+        .unwrap();
+    let hours = stores
+        .events
+        .user_activity(t, "u", None, None)
+        .await
+        .unwrap();
+    (count, rows.len(), hours.iter().map(|h| h.count).sum())
+}
+
+pub fn usage(client_id: Option<&str>, ts: &str) -> tally_core::usage::UsageRecord {
+    let input: tally_core::usage::UsageInput = serde_json::from_value(serde_json::json!({
+        "id": client_id, "provider": "openai", "model": "gpt-4o", "input_tokens": 1000,
+        "output_tokens": 500, "timestamp": ts, "conversation_id": "c-1"
+    }))
+    .unwrap();
+    tally_core::usage::validate_usage(
+        input,
+        &tally_core::pricing::default_catalog(),
+        tally_core::time::Clock::now_micros(&tally_core::time::SystemClock),
+        300,
+    )
+    .unwrap()
+}
+
+pub fn call(
+    i: u32,
+    user: &str,
+    conv: &str,
+    model: &str,
+    ts: &str,
+) -> tally_core::usage::UsageRecord {
+    let input: tally_core::usage::UsageInput = serde_json::from_value(serde_json::json!({
+        "id": format!("call-{i}"), "provider": "openai", "model": model, "input_tokens": 1000,
+        "output_tokens": 500, "latency_ms": 100, "timestamp": ts, "user_id": user,
+        "conversation_id": conv, "metadata": {"feature": if i.is_multiple_of(2) { "search" } else { "chat" }}
+    }))
+    .unwrap();
+    tally_core::usage::validate_usage(
+        input,
+        &tally_core::pricing::default_catalog(),
+        tally_core::time::Clock::now_micros(&tally_core::time::SystemClock),
+        300,
+    )
+    .unwrap()
+}
+
+/// Runs every test of the suite against one backend: `store_test_suite!(sqlite,
+/// open_sqlite)` makes a module `sqlite` with one `#[tokio::test]` per test, each calling
+/// the backend-neutral body here with the backend's constructor (quickwit's
+/// `metastore_test_suite!` is the model).
+#[macro_export]
+macro_rules! store_test_suite {
+    ($backend:ident, $open:path) => {
+        mod $backend {
+            #[tokio::test]
+            async fn listing_is_newest_first_with_exact_counts_and_filters() {
+                $crate::suite::listing_is_newest_first_with_exact_counts_and_filters($open).await
+            }
+
+            #[tokio::test]
+            async fn tenants_never_see_each_others_events() {
+                $crate::suite::tenants_never_see_each_others_events($open).await
+            }
+
+            #[tokio::test]
+            async fn client_ids_make_retries_idempotent() {
+                $crate::suite::client_ids_make_retries_idempotent($open).await
+            }
+
+            #[tokio::test]
+            async fn storage_limit_is_enforced_per_event() {
+                $crate::suite::storage_limit_is_enforced_per_event($open).await
+            }
+
+            #[tokio::test]
+            async fn user_rollup_counts_by_hour_project_type_and_name() {
+                $crate::suite::user_rollup_counts_by_hour_project_type_and_name($open).await
+            }
+
+            #[tokio::test]
+            async fn concurrent_writers_share_commits_and_all_land() {
+                $crate::suite::concurrent_writers_share_commits_and_all_land($open).await
+            }
+
+            #[tokio::test]
+            async fn data_survives_shutdown_and_reopen() {
+                $crate::suite::data_survives_shutdown_and_reopen($open).await
+            }
+
+            #[tokio::test]
+            async fn accounts_keys_and_settings() {
+                $crate::suite::accounts_keys_and_settings($open).await
+            }
+
+            #[tokio::test]
+            async fn profiles_upsert_and_stay_in_their_tenant() {
+                $crate::suite::profiles_upsert_and_stay_in_their_tenant($open).await
+            }
+
+            #[tokio::test]
+            async fn user_pages_across_days_match_the_full_list() {
+                $crate::suite::user_pages_across_days_match_the_full_list($open).await
+            }
+
+            #[tokio::test]
+            async fn usage_records_are_stored_once_per_client_id_and_tenant() {
+                $crate::suite::usage_records_are_stored_once_per_client_id_and_tenant($open).await
+            }
+
+            #[tokio::test]
+            async fn price_overrides_upsert_per_date_and_stay_in_their_tenant() {
+                $crate::suite::price_overrides_upsert_per_date_and_stay_in_their_tenant($open).await
+            }
+
+            #[tokio::test]
+            async fn usage_rollups_fold_exact_sums_and_mergeable_percentiles() {
+                $crate::suite::usage_rollups_fold_exact_sums_and_mergeable_percentiles($open).await
+            }
+
+            #[tokio::test]
+            async fn usage_folds_per_user_day_and_per_conversation_in_the_same_commit() {
+                $crate::suite::usage_folds_per_user_day_and_per_conversation_in_the_same_commit(
+                    $open,
+                )
+                .await
+            }
+
+            #[tokio::test]
+            async fn usage_records_list_with_filters_search_and_a_capped_count() {
+                $crate::suite::usage_records_list_with_filters_search_and_a_capped_count($open)
+                    .await
+            }
+
+            #[tokio::test]
+            async fn quota_rules_replace_declaratively_and_events_are_recorded_once() {
+                $crate::suite::quota_rules_replace_declaratively_and_events_are_recorded_once($open)
+                    .await
+            }
+
+            #[tokio::test]
+            async fn user_ranking_spans_months_and_sums_only_the_period_days() {
+                $crate::suite::user_ranking_spans_months_and_sums_only_the_period_days($open).await
+            }
+
+            #[tokio::test]
+            async fn deletions_in_the_same_commit_as_new_events_leave_exact_counts() {
+                $crate::suite::deletions_in_the_same_commit_as_new_events_leave_exact_counts($open)
+                    .await
+            }
+
+            #[tokio::test]
+            async fn writes_for_a_deleted_tenant_are_refused() {
+                $crate::suite::writes_for_a_deleted_tenant_are_refused($open).await
+            }
+
+            #[tokio::test]
+            async fn a_cost_total_past_sixty_four_bits_is_refused_for_its_caller_alone() {
+                $crate::suite::a_cost_total_past_sixty_four_bits_is_refused_for_its_caller_alone(
+                    $open,
+                )
+                .await
+            }
+
+            #[tokio::test]
+            async fn deletions_in_the_same_commit_as_new_usage_leave_no_rows() {
+                $crate::suite::deletions_in_the_same_commit_as_new_usage_leave_no_rows($open).await
+            }
+
+            #[tokio::test]
+            async fn snapshots_say_which_commits_they_hold() {
+                $crate::suite::snapshots_say_which_commits_they_hold($open).await
+            }
+        }
+    };
+}
+
+pub async fn listing_is_newest_first_with_exact_counts_and_filters(backend: Open) {
+    let f = open(backend);
     let t = tenant(&f.stores, None).await;
     let mut batch = Vec::new();
     for i in 0..30i64 {
@@ -191,9 +407,8 @@ async fn listing_is_newest_first_with_exact_counts_and_filters() {
     assert_eq!((count, page.len()), (30, 5));
 }
 
-#[tokio::test]
-async fn tenants_never_see_each_others_events() {
-    let f = open();
+pub async fn tenants_never_see_each_others_events(backend: Open) {
+    let f = open(backend);
     let (a, b) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     let out = f
         .stores
@@ -245,9 +460,8 @@ async fn tenants_never_see_each_others_events() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn client_ids_make_retries_idempotent() {
-    let f = open();
+pub async fn client_ids_make_retries_idempotent(backend: Open) {
+    let f = open(backend);
     let t = tenant(&f.stores, None).await;
     let mut e = event(T0, Some("u"), None, EventType::UserAction, "x");
     e.client_id = Some("evt-1".into());
@@ -284,9 +498,8 @@ async fn client_ids_make_retries_idempotent() {
     assert!(matches!(o[0], InsertOutcome::Inserted { .. }));
 }
 
-#[tokio::test]
-async fn storage_limit_is_enforced_per_event() {
-    let f = open();
+pub async fn storage_limit_is_enforced_per_event(backend: Open) {
+    let f = open(backend);
     let t = tenant(&f.stores, Some(3)).await;
     let batch = || -> Vec<_> {
         (0..2)
@@ -309,9 +522,8 @@ async fn storage_limit_is_enforced_per_event() {
     assert_eq!(f.stores.events.event_count(t).await.unwrap(), 3);
 }
 
-#[tokio::test]
-async fn user_rollup_counts_by_hour_project_type_and_name() {
-    let f = open();
+pub async fn user_rollup_counts_by_hour_project_type_and_name(backend: Open) {
+    let f = open(backend);
     let t = tenant(&f.stores, None).await;
     let batch = vec![
         event(T0, Some("u"), Some("p"), EventType::UserAction, "a"),
@@ -359,9 +571,8 @@ async fn user_rollup_counts_by_hour_project_type_and_name() {
     assert_eq!(window.len(), 1);
 }
 
-#[tokio::test]
-async fn concurrent_writers_share_commits_and_all_land() {
-    let f = open();
+pub async fn concurrent_writers_share_commits_and_all_land(backend: Open) {
+    let f = open(backend);
     let t = tenant(&f.stores, None).await;
     let mut tasks = Vec::new();
     for i in 0..64i64 {
@@ -394,9 +605,8 @@ async fn concurrent_writers_share_commits_and_all_land() {
     assert_eq!(count, 64 * 50);
 }
 
-#[tokio::test]
-async fn data_survives_shutdown_and_reopen() {
-    let f = open();
+pub async fn data_survives_shutdown_and_reopen(backend: Open) {
+    let f = open(backend);
     let t = tenant(&f.stores, None).await;
     f.stores
         .events
@@ -407,7 +617,7 @@ async fn data_survives_shutdown_and_reopen() {
         )
         .await
         .unwrap();
-    close(f.sqlite.clone()).await;
+    f.close().await;
     let err = f
         .stores
         .events
@@ -418,14 +628,13 @@ async fn data_survives_shutdown_and_reopen() {
         )
         .await;
     assert!(matches!(err, Err(StoreError::Unavailable(_))));
-    let (_, reopened) = reopen(&f.path);
+    let reopened = f.reopen();
     assert_eq!(reopened.events.event_count(t).await.unwrap(), 1);
     assert!(reopened.identity.get_tenant(t).await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn accounts_keys_and_settings() {
-    let f = open();
+pub async fn accounts_keys_and_settings(backend: Open) {
+    let f = open(backend);
     let t = tenant(&f.stores, None).await;
     let acct = Account {
         id: AccountId::generate(),
@@ -559,9 +768,8 @@ async fn accounts_keys_and_settings() {
     );
 }
 
-#[tokio::test]
-async fn profiles_upsert_and_stay_in_their_tenant() {
-    let f = open();
+pub async fn profiles_upsert_and_stay_in_their_tenant(backend: Open) {
+    let f = open(backend);
     let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     let p = UserProfile {
         user_id: "123".into(),
@@ -623,220 +831,8 @@ async fn profiles_upsert_and_stay_in_their_tenant() {
     );
 }
 
-#[tokio::test]
-async fn user_listing_is_exact_across_the_user_index_fold_and_a_restart() {
-    let f = open();
-    let t = tenant(&f.stores, None).await;
-    let batch = |base: i64| {
-        (0..20)
-            .map(|i| event(base + i, Some("u"), Some("p"), EventType::UserAction, "a"))
-            .collect::<Vec<_>>()
-    };
-    f.stores
-        .events
-        .insert_events(t, None, batch(T0))
-        .await
-        .unwrap();
-    let by_user = ActivityFilter {
-        user_id: Some("u".into()),
-        ..Default::default()
-    };
-    // Staged in memory only: still listed and counted.
-    let (count, rows) = f
-        .stores
-        .events
-        .list_activities(t, &by_user, 0, 100)
-        .await
-        .unwrap();
-    assert_eq!((count, rows.len()), (20, 20));
-    // Wait for the periodic fold, then add more: half folded, half staged.
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
-    f.stores
-        .events
-        .insert_events(t, None, batch(T0 + 1_000))
-        .await
-        .unwrap();
-    let (count, rows) = f
-        .stores
-        .events
-        .list_activities(t, &by_user, 5, 10)
-        .await
-        .unwrap();
-    assert_eq!(count, 40);
-    let ts: Vec<i64> = rows.iter().map(|r| r.timestamp - T0).collect();
-    assert_eq!(ts, (1005..1015).rev().collect::<Vec<_>>());
-    let hours = f
-        .stores
-        .events
-        .user_activity(t, "u", None, None)
-        .await
-        .unwrap();
-    assert_eq!(hours.iter().map(|h| h.count).sum::<u64>(), 40);
-    assert_eq!(
-        hours.len(),
-        1,
-        "staged and folded counts merge into one row"
-    );
-
-    // Simulated crash: the staged part is lost from memory but re-derived from `events`.
-    close(f.sqlite.clone()).await;
-    let (_, reopened) = reopen(&f.path);
-    let (count, rows) = reopened
-        .events
-        .list_activities(t, &by_user, 0, 100)
-        .await
-        .unwrap();
-    assert_eq!((count, rows.len()), (40, 40));
-    let hours = reopened
-        .events
-        .user_activity(t, "u", None, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        hours.iter().map(|h| h.count).sum::<u64>(),
-        40,
-        "nothing folded twice"
-    );
-}
-
-/// `n` events of user "u", one a minute from `base`.
-fn user_batch(base: i64, n: i64) -> Vec<NewEvent> {
-    (0..n)
-        .map(|i| {
-            event(
-                base + i * 60_000_000,
-                Some("u"),
-                Some("p"),
-                EventType::UserAction,
-                "a",
-            )
-        })
-        .collect()
-}
-
-/// (listed count, rows listed, hourly rollup sum) for user "u".
-async fn user_totals(stores: &Stores, t: TenantId) -> (u64, usize, u64) {
-    let by_user = ActivityFilter {
-        user_id: Some("u".into()),
-        ..Default::default()
-    };
-    let (count, rows) = stores
-        .events
-        .list_activities(t, &by_user, 0, 1000)
-        .await
-        .unwrap();
-    let hours = stores
-        .events
-        .user_activity(t, "u", None, None)
-        .await
-        .unwrap();
-    (count, rows.len(), hours.iter().map(|h| h.count).sum())
-}
-
-#[tokio::test]
-async fn a_lost_user_index_file_is_rebuilt_from_the_events() {
-    let f = open();
-    let t = tenant(&f.stores, None).await;
-    f.stores
-        .events
-        .insert_events(t, None, user_batch(T0, 30))
-        .await
-        .unwrap();
-    close(f.sqlite.clone()).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = f.path.file_name().unwrap().to_os_string();
-        name.push(format!(".users{suffix}"));
-        let _ = std::fs::remove_file(f.path.with_file_name(name));
-    }
-    let (sqlite, stores) = reopen(&f.path);
-    assert_eq!(user_totals(&stores, t).await, (30, 30, 30));
-    close(sqlite).await;
-}
-
-#[tokio::test]
-async fn an_event_folded_by_two_processes_counts_once() {
-    let f = open();
-    let t = tenant(&f.stores, None).await;
-    f.stores
-        .events
-        .insert_events(t, None, user_batch(T0, 25))
-        .await
-        .unwrap();
-    // A second store on the same files (as `tally admin` opens one while the server runs)
-    // folds the first one's staged events during its recovery; the first one folds them
-    // again later, together with newer ones, and must not add them twice.
-    let (other, other_stores) = reopen(&f.path);
-    assert_eq!(user_totals(&other_stores, t).await, (25, 25, 25));
-    close(other).await;
-    f.stores
-        .events
-        .insert_events(t, None, user_batch(T0 + MICROS_PER_HOUR, 5))
-        .await
-        .unwrap();
-    close(f.sqlite.clone()).await;
-    let (sqlite, stores) = reopen(&f.path);
-    assert_eq!(user_totals(&stores, t).await, (30, 30, 30));
-    close(sqlite).await;
-}
-
-#[tokio::test]
-async fn a_user_index_ahead_of_a_restored_database_is_rebuilt() {
-    let f = open();
-    let t = tenant(&f.stores, None).await;
-    f.stores
-        .events
-        .insert_events(t, None, user_batch(T0, 10))
-        .await
-        .unwrap();
-    close(f.sqlite.clone()).await;
-    let backup = f.path.with_file_name("backup.db");
-    std::fs::copy(&f.path, &backup).unwrap();
-    let (sqlite, stores) = reopen(&f.path);
-    stores
-        .events
-        .insert_events(t, None, user_batch(T0 + MICROS_PER_HOUR, 15))
-        .await
-        .unwrap();
-    close(sqlite).await;
-    // The main database goes back to its backup; the user index still holds 25 events.
-    std::fs::copy(&backup, &f.path).unwrap();
-    let (sqlite, stores) = reopen(&f.path);
-    assert_eq!(user_totals(&stores, t).await, (10, 10, 10));
-    close(sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_log_restarts_under_continuous_writes() {
-    let f = open();
-    let t = tenant(&f.stores, None).await;
-    let wal = f.path.with_file_name("tally.db-wal");
-    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(64 * 1024));
-    // 640 commits of 640 KiB: 400 MiB through the log, which would hold all of it if it
-    // were never started over. Restarted, it stays near 64 MiB plus what is written before
-    // the checkpointer's next look (250 ms); the bound leaves room for a fast disk.
-    let mut largest = 0;
-    for i in 0..640i64 {
-        let batch: Vec<NewEvent> = (0..10)
-            .map(|j| NewEvent {
-                properties: big.clone(),
-                ..event(T0 + i * 10 + j, None, None, EventType::PageView, "p")
-            })
-            .collect();
-        f.stores.events.insert_events(t, None, batch).await.unwrap();
-        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
-    }
-    assert_eq!(f.stores.events.event_count(t).await.unwrap(), 6400);
-    assert!(
-        largest < 300 * 1024 * 1024,
-        "the log grew to {} MiB",
-        largest / (1024 * 1024)
-    );
-    close(f.sqlite.clone()).await;
-}
-
-#[tokio::test]
-async fn user_pages_across_days_match_the_full_list() {
-    let f = open();
+pub async fn user_pages_across_days_match_the_full_list(backend: Open) {
+    let f = open(backend);
     let t = tenant(&f.stores, None).await;
     // 3 events every 5 hours over ~4 days, with another user interleaved.
     let mut batch = Vec::new();
@@ -894,25 +890,9 @@ async fn user_pages_across_days_match_the_full_list() {
     }
 }
 
-fn usage(client_id: Option<&str>, ts: &str) -> tally_core::usage::UsageRecord {
-    let input: tally_core::usage::UsageInput = serde_json::from_value(serde_json::json!({
-        "id": client_id, "provider": "openai", "model": "gpt-4o", "input_tokens": 1000,
-        "output_tokens": 500, "timestamp": ts, "conversation_id": "c-1"
-    }))
-    .unwrap();
-    tally_core::usage::validate_usage(
-        input,
-        &tally_core::pricing::default_catalog(),
-        tally_core::time::Clock::now_micros(&tally_core::time::SystemClock),
-        300,
-    )
-    .unwrap()
-}
-
-#[tokio::test]
-async fn usage_records_are_stored_once_per_client_id_and_tenant() {
+pub async fn usage_records_are_stored_once_per_client_id_and_tenant(backend: Open) {
     use tally_store::UsageOutcome;
-    let f = open();
+    let f = open(backend);
     let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     // At gpt-4o's launch price: 1,000 × $5/M + 500 × $15/M.
     let r = usage(Some("call-1"), "2024-06-20T14:00:00Z");
@@ -925,7 +905,8 @@ async fn usage_records_are_stored_once_per_client_id_and_tenant() {
             vec![r.clone(), usage(None, "2024-06-20T14:00:00Z")].into(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .outcomes;
     let UsageOutcome::Inserted { id } = first[0] else {
         panic!("{first:?}")
     };
@@ -935,7 +916,8 @@ async fn usage_records_are_stored_once_per_client_id_and_tenant() {
         .usage
         .insert_usage(t, vec![r.clone()].into())
         .await
-        .unwrap();
+        .unwrap()
+        .outcomes;
     assert_eq!(again, vec![UsageOutcome::Duplicate { id }]);
     assert_eq!(f.stores.usage.usage_count(t).await.unwrap(), 2);
     // Another tenant's identical client id is its own record.
@@ -944,16 +926,16 @@ async fn usage_records_are_stored_once_per_client_id_and_tenant() {
             .usage
             .insert_usage(other, vec![r].into())
             .await
-            .unwrap()[0],
+            .unwrap()
+            .outcomes[0],
         UsageOutcome::Inserted { .. }
     ));
     assert_eq!(f.stores.usage.usage_count(other).await.unwrap(), 1);
 }
 
-#[tokio::test]
-async fn price_overrides_upsert_per_date_and_stay_in_their_tenant() {
+pub async fn price_overrides_upsert_per_date_and_stay_in_their_tenant(backend: Open) {
     use tally_core::pricing::{ModelPrice, Nanos};
-    let f = open();
+    let f = open(backend);
     let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     let p = ModelPrice {
         provider: "OpenAI".into(),
@@ -989,11 +971,10 @@ async fn price_overrides_upsert_per_date_and_stay_in_their_tenant() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn usage_rollups_fold_exact_sums_and_mergeable_percentiles() {
+pub async fn usage_rollups_fold_exact_sums_and_mergeable_percentiles(backend: Open) {
     use tally_core::pricing::Nanos;
     use tally_core::usage::{validate_usage, Granularity, UsageInput};
-    let f = open();
+    let f = open(backend);
     let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     let now = tally_core::time::Clock::now_micros(&tally_core::time::SystemClock);
     let rec = |i: u32, hour: u32, status: &str, model: &str| {
@@ -1094,26 +1075,9 @@ async fn usage_rollups_fold_exact_sums_and_mergeable_percentiles() {
         .is_empty());
 }
 
-fn call(i: u32, user: &str, conv: &str, model: &str, ts: &str) -> tally_core::usage::UsageRecord {
-    let input: tally_core::usage::UsageInput = serde_json::from_value(serde_json::json!({
-        "id": format!("call-{i}"), "provider": "openai", "model": model, "input_tokens": 1000,
-        "output_tokens": 500, "latency_ms": 100, "timestamp": ts, "user_id": user,
-        "conversation_id": conv, "metadata": {"feature": if i.is_multiple_of(2) { "search" } else { "chat" }}
-    }))
-    .unwrap();
-    tally_core::usage::validate_usage(
-        input,
-        &tally_core::pricing::default_catalog(),
-        tally_core::time::Clock::now_micros(&tally_core::time::SystemClock),
-        300,
-    )
-    .unwrap()
-}
-
-#[tokio::test]
-async fn usage_folds_per_user_day_and_per_conversation_in_the_same_commit() {
+pub async fn usage_folds_per_user_day_and_per_conversation_in_the_same_commit(backend: Open) {
     use tally_core::pricing::Nanos;
-    let f = open();
+    let f = open(backend);
     let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     // gpt-4o (since 2024-08-06): 1000 × $2.50/M + 500 × $10/M = $0.0075 per call; gpt-4o-mini: 1000 × $0.15/M + 500 × $0.60/M = $0.00045.
     let batch = vec![
@@ -1212,11 +1176,10 @@ async fn usage_folds_per_user_day_and_per_conversation_in_the_same_commit() {
     );
 }
 
-#[tokio::test]
-async fn usage_records_list_with_filters_search_and_a_capped_count() {
+pub async fn usage_records_list_with_filters_search_and_a_capped_count(backend: Open) {
     use tally_core::pricing::Nanos;
     use tally_core::usage::UsageFilter;
-    let f = open();
+    let f = open(backend);
     let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     let batch: Vec<_> = (0..20)
         .map(|i| {
@@ -1318,10 +1281,9 @@ async fn usage_records_list_with_filters_search_and_a_capped_count() {
     );
 }
 
-#[tokio::test]
-async fn quota_rules_replace_declaratively_and_events_are_recorded_once() {
+pub async fn quota_rules_replace_declaratively_and_events_are_recorded_once(backend: Open) {
     use tally_core::quota::{QuotaEvent, QuotaMetric, QuotaRule, QuotaScope, QuotaWindow};
-    let f = open();
+    let f = open(backend);
     let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     let rule = |name: &str, metric, window, limit, user: Option<&str>| QuotaRule {
         id: 0,
@@ -1433,10 +1395,9 @@ async fn quota_rules_replace_declaratively_and_events_are_recorded_once() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn user_ranking_spans_months_and_sums_only_the_period_days() {
+pub async fn user_ranking_spans_months_and_sums_only_the_period_days(backend: Open) {
     use tally_core::pricing::Nanos;
-    let f = open();
+    let f = open(backend);
     let t = tenant(&f.stores, None).await;
     // carol: 2 calls on June 30 and 1 on July 1; dave: 2 calls on July 1; erin: 5 in May.
     let mut batch = vec![
@@ -1486,9 +1447,8 @@ async fn user_ranking_spans_months_and_sums_only_the_period_days() {
 
 /// Deletions share the writer's transactions with other work: events of the same tenant or
 /// user queued in the same commit must not come back through the counts written at commit.
-#[tokio::test]
-async fn deletions_in_the_same_commit_as_new_events_leave_exact_counts() {
-    let f = open();
+pub async fn deletions_in_the_same_commit_as_new_events_leave_exact_counts(backend: Open) {
+    let f = open(backend);
     let (doomed, kept) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     let day = 86_400_000_000;
     for round in 0..5 {
@@ -1553,9 +1513,8 @@ async fn deletions_in_the_same_commit_as_new_events_leave_exact_counts() {
 }
 
 /// Writes authenticated just before their tenant was deleted leave nothing behind.
-#[tokio::test]
-async fn writes_for_a_deleted_tenant_are_refused() {
-    let f = open();
+pub async fn writes_for_a_deleted_tenant_are_refused(backend: Open) {
+    let f = open(backend);
     let t = tenant(&f.stores, None).await;
     f.stores.deletion.delete_tenant(t).await.unwrap();
     let gone = |r: Result<(), StoreError>| {
@@ -1606,3 +1565,158 @@ async fn writes_for_a_deleted_tenant_are_refused() {
     );
     assert!(f.stores.identity.get_tenant(t).await.unwrap().is_none());
 }
+
+/// The commit contract the quota tracker relies on: each insert says which commit holds
+/// it, commits increase in the order they are made (across a restart too), and a snapshot
+/// names the last commit it holds, counting exactly the records of that commit and
+/// earlier ones.
+pub async fn snapshots_say_which_commits_they_hold(backend: Open) {
+    use tally_core::quota::QuotaScope;
+    let f = open(backend);
+    let t = tenant(&f.stores, None).await;
+    let day = 1_718_841_600_000_000; // 2024-06-20T00:00:00Z
+    let scope = || vec![(QuotaScope::default(), day, day + time::MICROS_PER_DAY)];
+    let calls = |snapshot: &[tally_core::quota::WindowUsage]| snapshot[0].calls;
+    let (empty, usage) = f.stores.quotas.quota_usage(t, scope()).await.unwrap();
+    assert_eq!(calls(&usage), 0);
+    let first = f
+        .stores
+        .usage
+        .insert_usage(t, vec![usage_at("2024-06-20T10:00:00Z")].into())
+        .await
+        .unwrap()
+        .commit;
+    assert!(first > empty, "{first:?} after {empty:?}");
+    let (held, usage) = f.stores.quotas.quota_usage(t, scope()).await.unwrap();
+    assert!(held >= first);
+    assert_eq!(calls(&usage), 1);
+    let second = f
+        .stores
+        .usage
+        .insert_usage(t, vec![usage_at("2024-06-20T11:00:00Z")].into())
+        .await
+        .unwrap()
+        .commit;
+    assert!(
+        second > held,
+        "a later commit is after the snapshot: {second:?}, {held:?}"
+    );
+    let (held, usage) = f.stores.quotas.quota_usage(t, scope()).await.unwrap();
+    assert!(held >= second);
+    assert_eq!(calls(&usage), 2);
+    f.close().await;
+    let reopened = f.reopen();
+    let third = reopened
+        .usage
+        .insert_usage(t, vec![usage_at("2024-06-20T12:00:00Z")].into())
+        .await
+        .unwrap()
+        .commit;
+    assert!(third > second, "commits go on increasing after a restart");
+    close(&reopened).await;
+}
+
+fn usage_at(ts: &str) -> tally_core::usage::UsageRecord {
+    usage(None, ts)
+}
+
+/// Usage totals pending in one transaction are checked against the stored ones before an
+/// insert joins them: of two calls whose costs fit a 64-bit total alone but not together,
+/// queued into one transaction, one is stored and the other refused with a conflict, and
+/// a third caller in the same transaction is unaffected.
+pub async fn a_cost_total_past_sixty_four_bits_is_refused_for_its_caller_alone(backend: Open) {
+    let f = open(backend);
+    let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    let half = tally_core::pricing::Nanos(i128::from(i64::MAX / 2 + 1));
+    let big = || {
+        let mut r = usage(None, "2024-06-20T14:00:00Z");
+        r.cost = half;
+        vec![r].into()
+    };
+    let u = &f.stores.usage;
+    let (a, b, c) = tokio::join!(
+        u.insert_usage(t, big()),
+        u.insert_usage(t, big()),
+        u.insert_usage(other, vec![usage(None, "2024-06-20T14:00:00Z")].into()),
+    );
+    let refused = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Conflict(_))))
+        .count();
+    assert_eq!(refused, 1, "{a:?} {b:?}");
+    c.unwrap();
+    assert_eq!(f.stores.usage.usage_count(t).await.unwrap(), 1);
+    let rollups = f
+        .stores
+        .usage
+        .usage_rollups(t, tally_core::usage::Granularity::Day, 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(rollups.len(), 1);
+    assert_eq!((rollups[0].calls, rollups[0].cost), (1, half));
+    // Nothing pending was lost for the other tenant either.
+    assert_eq!(f.stores.usage.usage_count(other).await.unwrap(), 1);
+}
+
+/// A tenant deleted in the transaction that also holds its new usage leaves no rollup,
+/// per-user or conversation row behind: what was pending for it is dropped with it.
+pub async fn deletions_in_the_same_commit_as_new_usage_leave_no_rows(backend: Open) {
+    let f = open(backend);
+    for round in 0..3 {
+        let (doomed, kept) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+        let calls = |user: &str| -> std::sync::Arc<[tally_core::usage::UsageRecord]> {
+            (0..5)
+                .map(|i| call(i, user, "c-1", "gpt-4o", "2024-06-20T14:00:00Z"))
+                .collect::<Vec<_>>()
+                .into()
+        };
+        let u = &f.stores.usage;
+        // Queued before the deletion: the doomed tenant's calls, or u1's of the kept one.
+        let target = if round == 0 { doomed } else { kept };
+        let (a, gone, b) = tokio::join!(
+            u.insert_usage(target, calls("u1")),
+            async {
+                if round == 0 {
+                    f.stores.deletion.delete_tenant(doomed).await.map(|_| ())
+                } else {
+                    f.stores
+                        .deletion
+                        .erase_tracked_user(kept, "u1")
+                        .await
+                        .map(|_| ())
+                }
+            },
+            u.insert_usage(kept, calls("u2")),
+        );
+        gone.unwrap();
+        b.unwrap();
+        let _ = a;
+        if round == 0 {
+            let rollups = u
+                .usage_rollups(doomed, tally_core::usage::Granularity::Minute, 0, i64::MAX)
+                .await
+                .unwrap();
+            assert!(rollups.is_empty(), "rollups came back: {rollups:?}");
+            let users = u.user_usage(doomed, JUNE_20, JUNE_20 + 1, None, None, 10);
+            assert!(users.await.unwrap().is_empty());
+            assert!(u
+                .conversation(doomed, "c-1".into())
+                .await
+                .unwrap()
+                .is_none());
+        }
+        let users = u
+            .user_usage(kept, JUNE_20, JUNE_20 + 1, None, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            users.iter().map(|x| x.user_id.as_str()).collect::<Vec<_>>(),
+            vec!["u2"],
+            "round {round}"
+        );
+        assert_eq!(users[0].totals.calls, 5);
+    }
+}
+
+/// 2024-06-20, in days since the epoch.
+const JUNE_20: i64 = 19_894;
