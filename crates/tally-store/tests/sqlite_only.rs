@@ -20,16 +20,16 @@ fn open() -> Fixture {
 async fn folded(path: &std::path::Path, events: i64) {
     let users = path.with_file_name("tally.db.users");
     for _ in 0..1_000 {
-        let watermark: Option<i64> = rusqlite::Connection::open_with_flags(
+        let folded: Option<i64> = rusqlite::Connection::open_with_flags(
             &users,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .ok()
         .and_then(|c| {
-            c.query_row("SELECT event_id FROM fold_watermark", [], |r| r.get(0))
+            c.query_row("SELECT count(*) FROM user_events", [], |r| r.get(0))
                 .ok()
         });
-        if watermark.is_some_and(|w| w >= events) {
+        if folded.is_some_and(|n| n >= events) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

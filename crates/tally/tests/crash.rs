@@ -256,6 +256,25 @@ async fn kill_9_twenty_times_loses_and_duplicates_nothing() {
     ))
     .await;
     assert_eq!(list["count"].as_u64(), Some(sent_events as u64));
+    // Each kill lost the user index's staged entries (and its fold in progress): every
+    // restart folded the commits it had not, by commit sequence, so each user's listing
+    // counts exactly the user's stored events.
+    for writer in 0..EVENT_WRITERS {
+        let stored = one(&format!(
+            "SELECT COUNT(*) FROM events WHERE user_id = '{writer}'"
+        ));
+        assert!(stored > 0);
+        let listed = get(format!(
+            "{}/api/v1/insights/activities/?user_id={writer}&page_size=1",
+            server.base
+        ))
+        .await;
+        assert_eq!(
+            listed["count"].as_i64(),
+            Some(stored),
+            "user {writer}: listed {listed}"
+        );
+    }
     let stats = get(format!(
         "{}/api/v1/ai/stats/{tenant}?period=last_7d",
         server.base

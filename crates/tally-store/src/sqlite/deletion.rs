@@ -52,7 +52,14 @@ pub use super::user_index::USER_INDEX_TABLES;
 /// Main-database tables that outlive a tenant: the audit trail (by design: it records the
 /// deletion itself), instance settings, and the purges of the user index still to run
 /// (each row lives from a deletion's commit until the index has purged).
-pub const KEPT_TABLES: &[&str] = &["audit_log", "commit_log", "pending_purges", "settings"];
+pub const KEPT_TABLES: &[&str] = &[
+    "audit_log",
+    "commit_log",
+    // Event id ranges per commit, for the user index's recovery: no tenant's data.
+    "event_commits",
+    "pending_purges",
+    "settings",
+];
 
 /// Main-database tables whose rows name a tracked user, erased with the user. Aggregates
 /// without the user's id (daily activity counts, LLM usage rollups) keep the spend and

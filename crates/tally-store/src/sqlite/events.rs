@@ -121,7 +121,12 @@ pub(crate) struct EventsTopic {
     /// User-index entries of the current transaction, published after commit.
     pub staged: Vec<(UserKey, StagedEvent)>,
     user_index: Arc<UserIndex>,
+    /// Commits since `event_commits` was last pruned.
+    unpruned: u32,
 }
+
+/// `event_commits` rows of folded commits are dropped every this many commits.
+const PRUNE_EVERY: u32 = 256;
 
 impl EventsTopic {
     pub(crate) fn new(user_index: Arc<UserIndex>) -> Self {
@@ -130,18 +135,39 @@ impl EventsTopic {
             tenant_events: HashMap::new(),
             staged: Vec::new(),
             user_index,
+            unpruned: 0,
         }
     }
 }
 
 impl Topic for EventsTopic {
-    fn flush(&mut self, conn: &Connection) -> StoreResult<()> {
-        self.rollups.flush(conn)
+    fn flush(&mut self, conn: &Connection, commit: CommitSeq) -> StoreResult<()> {
+        self.rollups.flush(conn)?;
+        // Which events of tracked users this commit holds: what the user index folds
+        // from `events` if it loses the staged entries (a crash).
+        let ids = self.staged.iter().map(|(_, e)| e.id);
+        if let (Some(first), Some(last)) = (ids.clone().min(), ids.max()) {
+            conn.prepare_cached(
+                "INSERT INTO event_commits (seq, first_id, last_id) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![commit.0, first, last])?;
+            self.unpruned += 1;
+        }
+        if self.unpruned >= PRUNE_EVERY {
+            conn.prepare_cached("DELETE FROM event_commits WHERE seq <= ?1")?
+                .execute([self.user_index.folded().0])?;
+            self.unpruned = 0;
+        }
+        Ok(())
     }
 
-    fn committed(&mut self, _commit: CommitSeq) {
+    fn committed(&mut self, commit: CommitSeq) {
         self.rollups.apply_counts(&mut self.tenant_events);
-        self.user_index.publish(std::mem::take(&mut self.staged));
+        let mut staged = std::mem::take(&mut self.staged);
+        for (_, e) in &mut staged {
+            e.commit = commit.0;
+        }
+        self.user_index.publish(staged);
     }
 
     fn aborted(&mut self) {
@@ -282,6 +308,8 @@ fn insert_events_tx(
                 (tenant, user),
                 StagedEvent {
                     id,
+                    // Set when the transaction commits.
+                    commit: 0,
                     ts: e.timestamp,
                     project: e.project_id.unwrap_or_default(),
                     event_type: e.event_type.code(),

@@ -420,12 +420,23 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO commit_log (one, seq) VALUES (1, 0);
     "#,
+    // 11: which events each commit inserted (those of tracked users), so the user index
+    // can fold exactly the commits it has not folded, by commit sequence, after a crash.
+    // Rows of folded commits are pruned by the writer.
+    r#"
+    CREATE TABLE event_commits (
+        seq INTEGER PRIMARY KEY,
+        first_id INTEGER NOT NULL,
+        last_id INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The user index's own database (`user_index.rs`): derived data, rebuilt from `events`
 /// when missing. Day first: today's entries of users with few events share leaf pages, so
 /// a fold dirties far fewer pages than one per active user.
-pub(crate) const USER_INDEX_MIGRATIONS: &[&str] = &[r#"
+pub(crate) const USER_INDEX_MIGRATIONS: &[&str] = &[
+    r#"
     -- Events by tracked user. Covering: listing filters by project and type without
     -- reading the event row.
     CREATE TABLE user_events (
@@ -458,7 +469,13 @@ pub(crate) const USER_INDEX_MIGRATIONS: &[&str] = &[r#"
         event_id INTEGER NOT NULL
     );
     INSERT INTO fold_watermark (one, event_id) VALUES (1, 0);
-    "#];
+    "#,
+    // The watermark becomes a commit sequence (`commit_log`); -1 until the index has been
+    // rebuilt under it, which the next open does.
+    r#"
+    ALTER TABLE fold_watermark ADD COLUMN commit_seq INTEGER NOT NULL DEFAULT -1;
+    "#,
+];
 
 /// Applies the main database's migrations.
 pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {

@@ -250,7 +250,7 @@ impl UsageTopic {
 }
 
 impl Topic for UsageTopic {
-    fn flush(&mut self, conn: &Connection) -> StoreResult<()> {
+    fn flush(&mut self, conn: &Connection, _commit: CommitSeq) -> StoreResult<()> {
         for ((tenant, g, _, _, _), p) in self.rollups.drain() {
             fold_rollup(conn, tenant, g, p.delta)?;
         }

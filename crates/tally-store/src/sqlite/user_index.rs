@@ -3,22 +3,31 @@
 //! one B-tree page per event and per structure. Instead the writer stages each committed
 //! event here, in memory, and a fold thread of its own writes the staged entries into both
 //! tables in one sorted bulk transaction about once a second, recording a watermark (the
-//! highest event id folded) in the same transaction.
+//! highest commit sequence folded, `commit_log`) in the same transaction.
 //!
 //! The tables live in a database file of their own (`<db>.users`), so a fold never holds up
-//! the event writer: the two commit side by side. The file is derived data: its commits
-//! skip fsync (`synchronous=NORMAL`; WAL keeps them atomic) and, when it is missing, behind,
-//! or from another history, `open` rebuilds it from the durable `events` table.
+//! the event writer: the two commit side by side. The file is derived data: when it is
+//! missing, behind, or from another history, `open` rebuilds or completes it from the
+//! durable `events` table.
 //!
-//! Exactness: readers take the staged entries first (those being folded and those staged
-//! since), then read the tables and the watermark in one snapshot, dropping staged entries
-//! at or below the watermark. Event ids grow in commit order and entries are staged in that
-//! order, so everything at or below a watermark is folded and nothing above it is. A fold
-//! writes only entries above the watermark it reads inside its own transaction, so folding
-//! the same entry twice (another process recovering, a retried fold) counts it once.
+//! Exactness: every staged entry carries the commit sequence of the transaction that
+//! stored its event. Readers take the staged entries first (those being folded and those
+//! staged since), then read the tables and the watermark in one snapshot, dropping staged
+//! entries of commits at or below the watermark. Entries are published in commit order, so
+//! every commit at or below a watermark is folded and none above it is; nothing depends on
+//! the order event ids are handed out in. A fold writes only entries of commits above the
+//! watermark it reads inside its own transaction, and counts an event in the hourly rollup
+//! only when its `user_events` row is new, so folding the same event twice (another
+//! process recovering, a retried fold, two commits naming one reused id) counts it once.
+//!
+//! Recovery: each commit records which event ids it inserted (`event_commits`, main
+//! database, in the same transaction); at open the commits above the watermark are folded
+//! from `events`. A missing index, one older than this scheme, or one ahead of the main
+//! database (a restored backup) is rebuilt from every event.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,7 +38,7 @@ use tally_core::time;
 use tally_core::TenantId;
 
 use super::{schema, uuid_from};
-use crate::{StoreError, StoreResult};
+use crate::{CommitSeq, StoreError, StoreResult};
 
 /// Fold staged entries at least this often…
 const FLUSH_AGE: Duration = Duration::from_secs(1);
@@ -48,6 +57,8 @@ const RECOVERY_CHUNK: i64 = 100_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StagedEvent {
     pub id: i64,
+    /// The commit sequence of the transaction that stored the event.
+    pub commit: i64,
     pub ts: i64,
     /// `""` when the event has no project.
     pub project: String,
@@ -136,6 +147,9 @@ pub(crate) struct UserIndex {
     /// Signalled when a fold is due early (many rows, shutdown) and when a fold finished.
     changed: Condvar,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The highest commit folded durably (the index's watermark, as this process last
+    /// wrote or read it).
+    folded: AtomicI64,
 }
 
 /// `<db>.users` next to the main database file.
@@ -149,8 +163,10 @@ fn open_connection(path: &Path) -> StoreResult<Connection> {
     let mut conn = Connection::open(path)?;
     conn.busy_handler(Some(super::retry_briefly))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // Derived data: a commit lost to a power cut is re-folded from `events` at open.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Durable: the writer prunes `event_commits` below the watermark a fold wrote, so the
+    // watermark must not go back after a power cut (one fsync a fold, about once a
+    // second).
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -16 * 1024)?;
     conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
     schema::apply(&mut conn, schema::USER_INDEX_MIGRATIONS)?;
@@ -168,6 +184,7 @@ impl UserIndex {
             state: Mutex::new(Generations::default()),
             changed: Condvar::new(),
             thread: Mutex::new(None),
+            folded: AtomicI64::new(0),
         });
         replay_purges(main, &conn)?;
         index.recover(main, &conn)?;
@@ -191,7 +208,14 @@ impl UserIndex {
             state: Mutex::new(Generations::default()),
             changed: Condvar::new(),
             thread: Mutex::new(None),
+            folded: AtomicI64::new(0),
         })
+    }
+
+    /// The highest commit whose entries are folded durably: `event_commits` rows at or
+    /// below it are no longer needed.
+    pub(crate) fn folded(&self) -> CommitSeq {
+        CommitSeq(self.folded.load(Ordering::Acquire))
     }
 
     /// The index's database file, attached to reader connections as `ux`.
@@ -315,7 +339,8 @@ impl UserIndex {
             if let Some(batch) = batch {
                 let t0 = Instant::now();
                 match fold(&conn, &batch) {
-                    Ok(()) => {
+                    Ok(upto) => {
+                        self.folded.fetch_max(upto, Ordering::AcqRel);
                         self.generations().folding = None;
                         self.changed.notify_all();
                         tracing::trace!(
@@ -343,61 +368,118 @@ impl UserIndex {
         self.run_purges(&conn);
     }
 
-    /// Folds every event of `main` above the index's watermark, in chunks of event ids.
-    /// An index whose watermark is past the last event belongs to another history (a
-    /// restored backup): it is emptied and rebuilt.
+    /// Brings the index up to the main database's last commit: folds, from `events`, the
+    /// commits above its watermark (`event_commits` names their events), or rebuilds it
+    /// from every event when it is new, older than commit sequences, or ahead of the main
+    /// database (a restored backup: another history).
     fn recover(&self, main: &Connection, index: &Connection) -> StoreResult<()> {
-        let mut watermark = watermark(index)?;
-        let last: i64 =
-            main.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
-        if watermark > last {
+        let head: i64 = main.query_row("SELECT seq FROM commit_log", [], |r| r.get(0))?;
+        let watermark = watermark(index)?;
+        if watermark > head {
             tracing::warn!(
                 watermark,
-                last,
-                "user index is ahead of the events table; rebuilding it"
+                head,
+                "user index is ahead of the main database; rebuilding it"
             );
-            index.execute_batch(
-                "BEGIN IMMEDIATE;
-                 DELETE FROM user_events;
-                 DELETE FROM user_activity_hourly;
-                 UPDATE fold_watermark SET event_id = 0;
-                 COMMIT;",
-            )?;
-            watermark = 0;
+            rebuild(main, index, head)?;
+        } else if watermark < 0 {
+            tracing::info!("building the user index from the events");
+            rebuild(main, index, head)?;
+        } else if watermark < head {
+            catch_up(main, index, watermark, head)?;
         }
-        if watermark < last {
-            tracing::info!(
-                from = watermark,
-                to = last,
-                "folding events not yet in the user index"
-            );
-        }
-        let mut stmt = main.prepare(
-            "SELECT e.id, k.tenant_id, e.user_id, e.ts, e.project_id, e.event_type, e.event_name
-             FROM events e JOIN tenant_keys k ON k.key = e.tenant_key
-             WHERE e.id > ?1 AND e.id <= ?2 AND e.user_id IS NOT NULL ORDER BY e.id",
-        )?;
-        while watermark < last {
-            let upto = watermark.saturating_add(RECOVERY_CHUNK).min(last);
-            let rows = stmt.query_map([watermark, upto], |r| {
-                Ok((
-                    (TenantId(uuid_from(r.get(1)?)?), r.get::<_, String>(2)?),
-                    StagedEvent {
-                        id: r.get(0)?,
-                        ts: r.get(3)?,
-                        project: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                        event_type: r.get(5)?,
-                        event_name: r.get(6)?,
-                    },
-                ))
-            })?;
-            let mut chunk = Staged::default();
-            chunk.add(rows.collect::<Result<Vec<_>, _>>()?);
-            fold_upto(index, &chunk, upto)?;
-            watermark = upto;
-        }
+        self.folded.store(head, Ordering::Release);
         Ok(())
     }
+}
+
+/// The events of tracked users among ids `[first, last]`, each tagged with `commit`.
+fn events_between(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    first: i64,
+    last: i64,
+    commit: i64,
+) -> StoreResult<Vec<(UserKey, StagedEvent)>> {
+    let rows = stmt.query_map([first, last], |r| {
+        Ok((
+            (TenantId(uuid_from(r.get(1)?)?), r.get::<_, String>(2)?),
+            StagedEvent {
+                id: r.get(0)?,
+                commit,
+                ts: r.get(3)?,
+                project: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                event_type: r.get(5)?,
+                event_name: r.get(6)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+const EVENTS_BETWEEN: &str =
+    "SELECT e.id, k.tenant_id, e.user_id, e.ts, e.project_id, e.event_type, e.event_name
+     FROM events e JOIN tenant_keys k ON k.key = e.tenant_key
+     WHERE e.id >= ?1 AND e.id <= ?2 AND e.user_id IS NOT NULL";
+
+/// Empties the index and folds every event into it, in chunks of ids, then sets the
+/// watermark to `head`. The watermark stays below zero until the end, so a rebuild cut
+/// short starts over at the next open.
+fn rebuild(main: &Connection, index: &Connection, head: i64) -> StoreResult<()> {
+    immediate(index, || {
+        index.execute_batch(
+            "DELETE FROM user_events;
+             DELETE FROM user_activity_hourly;
+             UPDATE fold_watermark SET commit_seq = -1;",
+        )?;
+        Ok(())
+    })?;
+    let (low, high): (i64, i64) = main.query_row(
+        "SELECT coalesce(min(id), 0), coalesce(max(id), -1) FROM events",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut stmt = main.prepare_cached(EVENTS_BETWEEN)?;
+    let mut from = low;
+    while from <= high {
+        let to = from.saturating_add(RECOVERY_CHUNK - 1).min(high);
+        let mut chunk = Staged::default();
+        chunk.add(events_between(&mut stmt, from, to, head)?);
+        immediate(index, || {
+            write_sorted(index, &chunk.by_user, i64::MIN, head)
+        })?;
+        from = to.saturating_add(1);
+    }
+    immediate(index, || set_watermark(index, head))
+}
+
+/// Folds the commits in `(watermark, head]` from `events`, in chunks of commits, then
+/// moves the watermark to `head`.
+fn catch_up(main: &Connection, index: &Connection, watermark: i64, head: i64) -> StoreResult<()> {
+    let commits: Vec<(i64, i64, i64)> = main
+        .prepare_cached(
+            "SELECT seq, first_id, last_id FROM event_commits WHERE seq > ?1 AND seq <= ?2
+             ORDER BY seq",
+        )?
+        .query_map([watermark, head], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    if !commits.is_empty() {
+        tracing::info!(
+            commits = commits.len(),
+            from = watermark,
+            to = head,
+            "folding commits not yet in the user index"
+        );
+    }
+    let mut stmt = main.prepare_cached(EVENTS_BETWEEN)?;
+    let mut chunk = Staged::default();
+    for (seq, first, last) in commits {
+        chunk.add(events_between(&mut stmt, first, last, seq)?);
+        if chunk.rows >= RECOVERY_CHUNK as usize {
+            fold_upto(index, &chunk, seq)?;
+            chunk = Staged::default();
+        }
+    }
+    fold_upto(index, &chunk, head)
 }
 
 /// Runs the purges a deletion committed in the main database but the index never did (a
@@ -420,16 +502,9 @@ fn replay_purges(main: &Connection, index: &Connection) -> StoreResult<()> {
     Ok(())
 }
 
-/// Deletes the index rows `what` names, in one transaction, durably (unlike folds, a
-/// purge cannot be redone from `events` once its pending record is gone).
+/// Deletes the index rows `what` names, in one transaction, durably (a purge cannot be
+/// redone from `events` once its pending record is gone).
 fn purge_rows(conn: &Connection, what: &Purge) -> StoreResult<BTreeMap<String, u64>> {
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    let result = purge_rows_once(conn, what);
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    result
-}
-
-fn purge_rows_once(conn: &Connection, what: &Purge) -> StoreResult<BTreeMap<String, u64>> {
     let (clause, tenant, user) = match what {
         Purge::Tenant(t) => ("tenant_id = ?1", *t, None),
         Purge::User(t, u) => ("tenant_id = ?1 AND user_id = ?2", *t, Some(u.as_str())),
@@ -467,28 +542,38 @@ fn immediate<T>(conn: &Connection, f: impl FnOnce() -> StoreResult<T>) -> StoreR
 /// The index's tables that hold tenant data (`fold_watermark` is the index's own state).
 pub const USER_INDEX_TABLES: &[&str] = &["user_activity_hourly", "user_events"];
 
-/// Writes one generation in one transaction.
-fn fold(conn: &Connection, staged: &Staged) -> StoreResult<()> {
-    let max_id = staged
+/// Writes one generation in one transaction; returns the watermark it leaves (the
+/// generation's last commit).
+fn fold(conn: &Connection, staged: &Staged) -> StoreResult<i64> {
+    let upto = staged
         .by_user
         .values()
         .flatten()
-        .map(|e| e.id)
+        .map(|e| e.commit)
         .max()
         .unwrap_or(0);
-    fold_upto(conn, staged, max_id)
+    fold_upto(conn, staged, upto)?;
+    Ok(upto)
 }
 
-/// Writes the entries of `staged` above the stored watermark and moves the watermark to
-/// `upto` (at least the highest entry), in one transaction.
+/// Writes the entries of `staged` whose commit is above the stored watermark and at most
+/// `upto`, and moves the watermark to `upto`, in one transaction. A watermark at or past
+/// `upto` (another process folded these commits) leaves everything as it is.
 fn fold_upto(conn: &Connection, staged: &Staged, upto: i64) -> StoreResult<()> {
     immediate(conn, || {
         let from = watermark(conn)?;
         if upto > from {
             write_sorted(conn, &staged.by_user, from, upto)?;
+            set_watermark(conn, upto)?;
         }
         Ok(())
     })
+}
+
+fn set_watermark(conn: &Connection, commit: i64) -> StoreResult<()> {
+    conn.prepare_cached("UPDATE fold_watermark SET commit_seq = ?1")?
+        .execute([commit])?;
+    Ok(())
 }
 
 fn write_sorted(
@@ -509,7 +594,10 @@ fn write_sorted(
     // Everything in the tables' key order, so each leaf page is visited once.
     let mut entries: Vec<(&TenantId, i64, &str, &StagedEvent)> = Vec::new();
     for ((tenant, user), events) in by_user {
-        for e in events.iter().filter(|e| e.id > from && e.id <= upto) {
+        for e in events
+            .iter()
+            .filter(|e| e.commit > from && e.commit <= upto)
+        {
             entries.push((tenant, time::day_of(e.ts), user.as_str(), e));
         }
     }
@@ -519,7 +607,7 @@ fn write_sorted(
     type HourKey<'a> = (&'a TenantId, i64, &'a str, i64, &'a str, i64, &'a str);
     let mut hours: BTreeMap<HourKey<'_>, i64> = BTreeMap::new();
     for (tenant, day, user, e) in &entries {
-        index.execute(params![
+        let new = index.execute(params![
             tenant.0.as_bytes(),
             day,
             user,
@@ -528,6 +616,10 @@ fn write_sorted(
             e.project,
             e.event_type
         ])?;
+        if new == 0 {
+            // Folded before: counted before.
+            continue;
+        }
         let key = (
             *tenant,
             *day,
@@ -551,15 +643,15 @@ fn write_sorted(
             n
         ])?;
     }
-    conn.execute("UPDATE fold_watermark SET event_id = ?1", [upto])?;
     Ok(())
 }
 
-/// The highest event id folded into the user tables, as seen by `conn`'s snapshot (the
-/// index's own connection, or a reader with the index attached).
+/// The highest commit folded into the user tables, as seen by `conn`'s snapshot (the
+/// index's own connection, or a reader with the index attached); below zero for an index
+/// not yet built under commit sequences.
 pub(crate) fn watermark(conn: &Connection) -> StoreResult<i64> {
     let v: Option<i64> = conn
-        .prepare_cached("SELECT event_id FROM fold_watermark")?
+        .prepare_cached("SELECT commit_seq FROM fold_watermark")?
         .query_row([], |r| r.get(0))
         .optional()?;
     Ok(v.unwrap_or(0))
@@ -570,7 +662,7 @@ pub(crate) fn unfolded(
     staged: Vec<StagedEvent>,
     watermark: i64,
 ) -> impl Iterator<Item = StagedEvent> {
-    staged.into_iter().filter(move |e| e.id > watermark)
+    staged.into_iter().filter(move |e| e.commit > watermark)
 }
 
 pub(crate) fn event_type_of(code: i64) -> rusqlite::Result<EventType> {

@@ -42,8 +42,8 @@ const SLOW_STEP: Duration = Duration::from_millis(2);
 /// accumulate (rollup deltas, counts, index entries) is written once, just before the
 /// transaction commits, and kept or dropped with it. One mechanism for every topic.
 pub(crate) trait Topic: Send {
-    /// Writes what this transaction's operations accumulated, inside it, before COMMIT.
-    fn flush(&mut self, conn: &Connection) -> StoreResult<()>;
+    /// Writes what this transaction (`commit`) accumulated, inside it, before COMMIT.
+    fn flush(&mut self, conn: &Connection, commit: CommitSeq) -> StoreResult<()>;
     /// The transaction committed as `commit`: publish what waited for it.
     fn committed(&mut self, commit: CommitSeq);
     /// The transaction failed: drop what it accumulated, and anything cached from it.
@@ -300,14 +300,14 @@ fn commit_batch(conn: &mut Connection, state: &mut WriterState, batch: &mut Vec<
         }
         completions.push(done);
     }
+    let commit = state.commit;
     let outcome = state
         .topics()
         .into_iter()
-        .try_for_each(|t| t.flush(conn))
+        .try_for_each(|t| t.flush(conn, commit))
         .and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::from));
     match outcome {
         Ok(()) => {
-            let commit = state.commit;
             for t in state.topics() {
                 t.committed(commit);
             }
