@@ -325,3 +325,14 @@ impl Access {
         Ok(())
     }
 }
+
+impl Access {
+    /// Ends every session of the account (all its tokens); `NotFound` if the tenant has
+    /// no such account.
+    pub async fn end_all_sessions(&self, tenant: TenantId, id: AccountId) -> AccessResult<()> {
+        if !self.stores.identity.end_all_sessions(tenant, id).await? {
+            return Err(AccessError::NotFound("account"));
+        }
+        Ok(())
+    }
+}

@@ -6,6 +6,7 @@
 pub mod analytics;
 mod error;
 pub mod quota;
+pub mod records;
 pub mod usage;
 
 pub use error::{AiError, AiResult};

@@ -19,7 +19,7 @@ use tally_core::pricing::TokenUsage;
 use tally_core::quota::Decision;
 
 pub struct Usage {
-    stores: Stores,
+    pub(crate) stores: Stores,
     quotas: Arc<Quotas>,
     defaults: PriceCatalog,
     catalogs: TtlCache<TenantId, Arc<PriceCatalog>>,

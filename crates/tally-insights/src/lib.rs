@@ -17,7 +17,7 @@ use tally_core::sensitive::{self, SensitiveFinding};
 use tally_core::tenancy::Tenant;
 use tally_core::time::{self, SharedClock};
 use tally_core::{FieldError, TenantId};
-use tally_store::{ActivityRef, InsertOutcome, Stores};
+use tally_store::{ActivityRef, DeletionReport, InsertOutcome, Stores};
 use uuid::Uuid;
 
 use tally_core::cache::TtlCache;
@@ -438,8 +438,76 @@ impl Insights {
         Ok(self.stores.profiles.upsert_project(tenant, project).await?)
     }
 
-    pub fn stores(&self) -> &Stores {
-        &self.stores
+    /// The tenant's storage limit in events, if it has one.
+    pub async fn storage_limit(&self, tenant: TenantId) -> InsightsResult<Option<u64>> {
+        Ok(self.tenant(tenant).await?.max_events)
+    }
+
+    /// One page of the tenant's tracked users, by id, and how many there are.
+    pub async fn list_users(
+        &self,
+        tenant: TenantId,
+        offset: u64,
+        limit: u32,
+    ) -> InsightsResult<(u64, Vec<UserProfile>)> {
+        Ok(self
+            .stores
+            .profiles
+            .list_users(tenant, offset, limit)
+            .await?)
+    }
+
+    /// One tracked user's profile.
+    pub async fn user(&self, tenant: TenantId, user_id: &str) -> InsightsResult<UserProfile> {
+        self.stores
+            .profiles
+            .get_users(tenant, &[user_id.to_owned()])
+            .await?
+            .remove(user_id)
+            .ok_or(InsightsError::NotFound("user"))
+    }
+
+    /// One page of the tenant's projects, by id, and how many there are.
+    pub async fn list_projects(
+        &self,
+        tenant: TenantId,
+        offset: u64,
+        limit: u32,
+    ) -> InsightsResult<(u64, Vec<Project>)> {
+        Ok(self
+            .stores
+            .profiles
+            .list_projects(tenant, offset, limit)
+            .await?)
+    }
+
+    /// One project.
+    pub async fn project(&self, tenant: TenantId, project_id: &str) -> InsightsResult<Project> {
+        self.stores
+            .profiles
+            .get_projects(tenant, &[project_id.to_owned()])
+            .await?
+            .remove(project_id)
+            .ok_or(InsightsError::NotFound("project"))
+    }
+
+    /// Erases a tracked user (an erasure request) through the one deletion path: events,
+    /// profile, LLM usage rows and totals keyed to the user; `NotFound` when there was
+    /// nothing of theirs.
+    pub async fn erase_user(
+        &self,
+        tenant: TenantId,
+        user_id: &str,
+    ) -> InsightsResult<DeletionReport> {
+        let report = self
+            .stores
+            .deletion
+            .erase_tracked_user(tenant, user_id)
+            .await?;
+        if !report.found {
+            return Err(InsightsError::NotFound("user"));
+        }
+        Ok(report)
     }
 }
 

@@ -166,6 +166,27 @@ fn backends_stay_behind_the_store_traits() {
 }
 
 #[test]
+fn handlers_call_services_not_stores() {
+    // A handler parses, calls one service operation and shapes the answer; the one store
+    // call it may make is the readiness probe.
+    let api = workspace().join("crates/tally-server/src/api");
+    let mut found = Vec::new();
+    for file in rust_files(&api) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            if line.contains(".stores") && !line.contains(".stores.ready()") {
+                found.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a handler reaches the stores (add a service operation):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
 fn only_the_clock_reads_wall_time() {
     // The benchmark driver is a client timing itself, not part of the product.
     let found = offenders_where(

@@ -11,8 +11,8 @@ use tally_core::time::rfc3339;
 use tally_core::{AccountId, ApiKeyId, FieldError, TenantId};
 
 use super::dto::*;
+use super::extract::{require, tenant_for, TenantQuery};
 use super::extract::{ApiQuery, Auth, ClientIp, JsonBody};
-use super::insights::{require, tenant_for, TenantQuery};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 use tally_access::audit::Entry;
@@ -263,14 +263,10 @@ pub async fn end_account_sessions(
     ApiQuery(q): ApiQuery<TenantQuery>,
 ) -> ApiResult<StatusCode> {
     let account = managed(&state, &p, q.tenant_id.as_deref(), &account_id).await?;
-    if !state
-        .stores
-        .identity
+    state
+        .access
         .end_all_sessions(account.tenant_id, account.id)
-        .await?
-    {
-        return Err(ApiError::NotFound("account"));
-    }
+        .await?;
     let entry = Entry::account(&account, action::SESSIONS_ENDED);
     account_changed(&state, &p, ip, &account, entry).await;
     Ok(StatusCode::NO_CONTENT)

@@ -9,20 +9,20 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tally_core::auth::{Action, Principal};
-use tally_core::pricing::Nanos;
 use tally_core::time::rfc3339;
-use tally_core::usage::{CallStatus, Generation, UsageFilter};
+use tally_core::usage::{CallStatus, Generation};
 use tally_core::{FieldError, TenantId};
 
+use super::extract::{parse_u32, require, tenant_for, TenantQuery};
 use super::extract::{ApiQuery, Auth, JsonBody};
-use super::insights::{parse_u32, require, tenant_for, TenantQuery};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 use tally_ai::analytics::{
-    parse_instant, ConversationCost, CostBreakdown, CostReport, Dashboard, Efficiency, GlobalUsage,
+    ConversationCost, CostBreakdown, CostReport, Dashboard, Efficiency, GlobalUsage,
     ModelComparison, PerformanceReport, PeriodSpec, Realtime, Table, Tabular, TenantStats, Trends,
     UsageDashboard,
 };
+use tally_ai::records::RecordFilters;
 
 /// A period as the API takes it: `period=last_24h|last_7d|last_30d|last_90d`, `days=N`
 /// (seed 003), or `from`/`to` (RFC 3339 or YYYY-MM-DD; `to` exclusive).
@@ -431,38 +431,26 @@ pub struct UsageRecordList {
     pub filters_applied: Value,
 }
 
-pub const RECORD_COUNT_CAP: u64 = 1_000;
-
-fn text_filter(field: &str, v: Option<&str>) -> Result<Option<String>, FieldError> {
-    match v.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(None),
-        Some(s) if s.len() > 256 => {
-            Err(FieldError::invalid(field, "must be at most 256 characters"))
+impl RecordsQuery {
+    fn filters(&self) -> RecordFilters {
+        RecordFilters {
+            created_at__gte: self.created_at__gte.clone(),
+            created_at__lt: self.created_at__lt.clone(),
+            total_cost__gte: self.total_cost__gte.clone(),
+            total_cost__lte: self.total_cost__lte.clone(),
+            model_name: self.model_name.clone(),
+            model_name__in: self.model_name__in.clone(),
+            provider: self.provider.clone(),
+            user_id: self.user_id.clone(),
+            conversation_id: self.conversation_id.clone(),
+            job_id: self.job_id.clone(),
+            status: self.status.clone(),
+            quality_score__gte: self.quality_score__gte.clone(),
+            generation: self.generation.clone(),
+            cost_efficiency__gte: self.cost_efficiency__gte.clone(),
+            search: self.search.clone(),
         }
-        Some(s) => Ok(Some(s.to_owned())),
     }
-}
-
-fn usd_filter(field: &str, v: Option<&str>) -> Result<Option<Nanos>, FieldError> {
-    text_filter(field, v)?
-        .map(|s| match Nanos::parse_usd(&s) {
-            Ok(n) if n >= Nanos::ZERO => Ok(n),
-            _ => Err(FieldError::invalid(
-                field,
-                "must be a non-negative decimal, e.g. 1.00",
-            )),
-        })
-        .transpose()
-}
-
-fn time_filter(field: &str, v: Option<&str>) -> Result<Option<i64>, FieldError> {
-    text_filter(field, v)?
-        .map(|s| {
-            parse_instant(field, &s).map_err(|_| {
-                FieldError::invalid(field, "must be an RFC 3339 time or a YYYY-MM-DD date")
-            })
-        })
-        .transpose()
 }
 
 /// Raw usage records, newest first, with seed 003's filters (`created_at__gte`,
@@ -476,64 +464,6 @@ pub async fn records(
     ApiQuery(q): ApiQuery<RecordsQuery>,
 ) -> ApiResult<Json<UsageRecordList>> {
     let tenant = read_tenant(&p, q.tenant_id.as_deref())?;
-    let mut models: Vec<String> = text_filter("model_name__in", q.model_name__in.as_deref())?
-        .map(|s| {
-            s.split(',')
-                .map(|m| m.trim().to_owned())
-                .filter(|m| !m.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(m) = text_filter("model_name", q.model_name.as_deref())? {
-        models.push(m);
-    }
-    if models.len() > 50 {
-        return Err(FieldError::invalid("model_name__in", "at most 50 models").into());
-    }
-    let status = text_filter("status", q.status.as_deref())?
-        .map(|s| {
-            CallStatus::parse(&s).ok_or_else(|| {
-                FieldError::invalid("status", "must be success, error, timeout or cancelled")
-            })
-        })
-        .transpose()?;
-    let number = |field: &'static str, v: Option<&str>| {
-        text_filter(field, v)?
-            .map(|s| {
-                s.parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite())
-                    .ok_or_else(|| FieldError::invalid(field, "must be a number"))
-            })
-            .transpose()
-    };
-    let min_quality = number("quality_score__gte", q.quality_score__gte.as_deref())?;
-    let min_cost_efficiency = number("cost_efficiency__gte", q.cost_efficiency__gte.as_deref())?;
-    if min_cost_efficiency.is_some_and(|e| e < 0.0) {
-        return Err(FieldError::invalid("cost_efficiency__gte", "must not be negative").into());
-    }
-    let generation = text_filter("generation", q.generation.as_deref())?
-        .map(|g| {
-            Generation::parse(&g)
-                .ok_or_else(|| FieldError::invalid("generation", "must be new or legacy"))
-        })
-        .transpose()?;
-    let filter = UsageFilter {
-        from: time_filter("created_at__gte", q.created_at__gte.as_deref())?,
-        to: time_filter("created_at__lt", q.created_at__lt.as_deref())?,
-        min_cost: usd_filter("total_cost__gte", q.total_cost__gte.as_deref())?,
-        max_cost: usd_filter("total_cost__lte", q.total_cost__lte.as_deref())?,
-        provider: text_filter("provider", q.provider.as_deref())?.map(|p| p.to_ascii_lowercase()),
-        models,
-        user_id: text_filter("user_id", q.user_id.as_deref())?,
-        conversation_id: text_filter("conversation_id", q.conversation_id.as_deref())?,
-        job_id: text_filter("job_id", q.job_id.as_deref())?,
-        status,
-        min_quality,
-        generation,
-        min_cost_efficiency,
-        search: text_filter("search", q.search.as_deref())?,
-    };
     let page = parse_u32("page", q.page.as_deref(), 1, 1, 10_000)?;
     let page_size = parse_u32("page_size", q.page_size.as_deref(), 20, 1, 100)?;
     let mut applied = Map::new();
@@ -559,23 +489,18 @@ pub async fn records(
             applied.insert(k.into(), Value::from(v));
         }
     }
-    let (count, rows) = state
-        .stores
+    let filters = q.filters();
+    let found = state
         .usage
-        .list_usage(
-            tenant,
-            filter,
-            u64::from(page - 1) * u64::from(page_size),
-            page_size,
-            RECORD_COUNT_CAP,
-        )
+        .records(tenant, &filters, page, page_size)
         .await?;
     Ok(Json(UsageRecordList {
-        count,
-        count_capped: count >= RECORD_COUNT_CAP,
+        count: found.count,
+        count_capped: found.count_capped,
         page,
         page_size,
-        results: rows
+        results: found
+            .records
             .into_iter()
             .map(|s| {
                 let r = s.record;

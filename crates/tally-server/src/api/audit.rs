@@ -8,8 +8,8 @@ use tally_core::auth::Action;
 use tally_core::time::rfc3339;
 use tally_core::{check_id, FieldError, TenantId};
 
+use super::extract::{parse_u32, require};
 use super::extract::{ApiQuery, Auth};
-use super::insights::{parse_u32, require};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 use tally_ai::analytics::parse_instant;

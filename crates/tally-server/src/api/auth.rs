@@ -72,11 +72,7 @@ pub async fn logout_all(
             "API keys have no session; revoke the key instead".into(),
         ));
     };
-    state
-        .stores
-        .identity
-        .end_all_sessions(p.tenant_id, id)
-        .await?;
+    state.access.end_all_sessions(p.tenant_id, id).await?;
     state.auth.forget_account(id);
     let target = Some(format!("account:{id}"));
     state

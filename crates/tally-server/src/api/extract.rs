@@ -1,6 +1,8 @@
 //! Request extractors whose failures use the error envelope: JSON bodies (content type,
 //! size limit, syntax, field-level type errors), query strings, the authenticated
-//! principal and the client IP.
+//! principal and the client IP; and the helpers every handler shares: what a credential
+//! may do (`require`), which tenant a request acts on (`tenant_for`), bounded integers
+//! and paging.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -10,10 +12,12 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
-use tally_core::auth::Principal;
-use tally_core::FieldError;
+use serde::Deserialize;
+use tally_core::activity;
+use tally_core::auth::{Action, Principal};
+use tally_core::{FieldError, TenantId};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
 /// A JSON body, parsed with the exact path of any mistyped field.
@@ -225,4 +229,87 @@ impl FromRequestParts<AppState> for ClientIp {
                 .map(|c| c.0.ip()),
         ))
     }
+}
+
+/// Refuses a credential that may not do `action`, naming what it lacks.
+pub(crate) fn require(p: &Principal, action: Action) -> ApiResult<()> {
+    if p.can(action) {
+        return Ok(());
+    }
+    let what = match action {
+        Action::Ingest => "the 'ingest' scope",
+        Action::Read => "the 'read' scope",
+        Action::Gateway => "the 'gateway' scope",
+        Action::Predict => "the 'predict' scope",
+        Action::ManageTenant => "the 'admin' scope or the owner role",
+        Action::Platform => "the admin role",
+    };
+    Err(ApiError::Forbidden(format!("this credential lacks {what}")))
+}
+
+/// The tenant a read acts on: the caller's, or for a platform admin `?tenant_id=`.
+pub(crate) fn tenant_for(p: &Principal, requested: Option<&str>) -> ApiResult<TenantId> {
+    let requested = match requested {
+        None => None,
+        Some(s) => Some(
+            s.parse::<TenantId>()
+                .map_err(|_| FieldError::invalid("tenant_id", "must be a UUID"))?,
+        ),
+    };
+    p.effective_tenant(requested)
+        .map_err(|_| ApiError::Forbidden("only the admin role may act on another tenant".into()))
+}
+
+/// A query integer in `[min, max]`, `default` when absent or empty.
+pub(crate) fn parse_u32(
+    field: &str,
+    v: Option<&str>,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, FieldError> {
+    match v.filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| {
+                FieldError::invalid(field, format!("must be an integer from {min} to {max}"))
+            }),
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TenantQuery {
+    /// Platform admins only: another tenant.
+    #[param(value_type = Option<uuid::Uuid>)]
+    pub(crate) tenant_id: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// From 1.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100000)]
+    pub(crate) page: Option<String>,
+    /// 1 to 100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    pub(crate) page_size: Option<String>,
+    /// Platform admins only: another tenant.
+    #[param(value_type = Option<uuid::Uuid>)]
+    pub(crate) tenant_id: Option<String>,
+}
+
+pub(crate) fn paging(q: &PageQuery) -> Result<(u32, u32, u64), FieldError> {
+    let page = parse_u32("page", q.page.as_deref(), 1, 1, 100_000)?;
+    let size = parse_u32(
+        "page_size",
+        q.page_size.as_deref(),
+        activity::DEFAULT_PAGE_SIZE,
+        1,
+        activity::MAX_PAGE_SIZE,
+    )?;
+    Ok((page, size, u64::from(page - 1) * u64::from(size)))
 }

@@ -10,49 +10,24 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tally_core::activity::{self, ActivityFilter, Project, StoredEvent, UserProfile};
-use tally_core::auth::{Action, Principal};
+use tally_core::auth::Action;
 use tally_core::error::codes;
 use tally_core::event::{EventInput, EventType};
 use tally_core::time::rfc3339;
-use tally_core::{check_id, FieldError, TenantId};
+use tally_core::{check_id, FieldError};
 
 use super::batch::{self, Counted, Report};
 use super::dto::DeletionResponse;
 use super::dto::*;
-use super::extract::{parse_item, ApiQuery, Auth, ClientIp, JsonBody};
+use super::extract::{
+    paging, parse_item, parse_u32, require, tenant_for, ApiQuery, Auth, ClientIp, JsonBody,
+    PageQuery, TenantQuery,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 use tally_access::audit::Entry;
 use tally_core::audit::action;
 use tally_insights::{ActivityDetail, TrackOutcome};
-
-pub(crate) fn require(p: &Principal, action: Action) -> ApiResult<()> {
-    if p.can(action) {
-        return Ok(());
-    }
-    let what = match action {
-        Action::Ingest => "the 'ingest' scope",
-        Action::Read => "the 'read' scope",
-        Action::Gateway => "the 'gateway' scope",
-        Action::Predict => "the 'predict' scope",
-        Action::ManageTenant => "the 'admin' scope or the owner role",
-        Action::Platform => "the admin role",
-    };
-    Err(ApiError::Forbidden(format!("this credential lacks {what}")))
-}
-
-/// The tenant a read acts on: the caller's, or for a platform admin `?tenant_id=`.
-pub(crate) fn tenant_for(p: &Principal, requested: Option<&str>) -> ApiResult<TenantId> {
-    let requested = match requested {
-        None => None,
-        Some(s) => Some(
-            s.parse::<TenantId>()
-                .map_err(|_| FieldError::invalid("tenant_id", "must be a UUID"))?,
-        ),
-    };
-    p.effective_tenant(requested)
-        .map_err(|_| ApiError::Forbidden("only the admin role may act on another tenant".into()))
-}
 
 fn parse_event(raw: &str) -> Result<EventInput, FieldError> {
     parse_item(raw, "event")
@@ -111,14 +86,8 @@ pub async fn track(
             ))
         }
         Some(TrackOutcome::Rejected(e)) if e.code == codes::STORAGE_LIMIT => {
-            let limit = state
-                .stores
-                .identity
-                .get_tenant(p.tenant_id)
-                .await?
-                .and_then(|t| t.max_events)
-                .unwrap_or_default();
-            Err(ApiError::StorageLimit(limit))
+            let limit = state.insights.storage_limit(p.tenant_id).await?;
+            Err(ApiError::StorageLimit(limit.unwrap_or_default()))
         }
         Some(TrackOutcome::Rejected(e)) => Err(e.into()),
         None => Err(ApiError::Internal("no outcome for the event".into())),
@@ -320,25 +289,6 @@ fn check_period(from: Option<NaiveDate>, to: Option<NaiveDate>) -> Result<(), Fi
     Ok(())
 }
 
-pub(crate) fn parse_u32(
-    field: &str,
-    v: Option<&str>,
-    default: u32,
-    min: u32,
-    max: u32,
-) -> Result<u32, FieldError> {
-    match v.filter(|s| !s.is_empty()) {
-        None => Ok(default),
-        Some(s) => s
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| {
-                FieldError::invalid(field, format!("must be an integer from {min} to {max}"))
-            }),
-    }
-}
-
 fn non_empty_id(field: &str, v: Option<&str>) -> Result<Option<String>, FieldError> {
     v.map(|s| check_id(field, s, 128).map(str::to_owned))
         .transpose()
@@ -463,14 +413,6 @@ pub async fn list_activities(
         results,
         filters_applied: applied,
     }))
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct TenantQuery {
-    /// Platform admins only: another tenant.
-    #[param(value_type = Option<uuid::Uuid>)]
-    pub(crate) tenant_id: Option<String>,
 }
 
 /// One activity, by numeric id or tracking UUID, with user, project and enrichment.
@@ -686,32 +628,6 @@ pub async fn put_user(
     Ok((upsert_status(created), Json(user_response(stored))))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// From 1.
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 100000)]
-    page: Option<String>,
-    /// 1 to 100, default 20.
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
-    page_size: Option<String>,
-    /// Platform admins only: another tenant.
-    #[param(value_type = Option<uuid::Uuid>)]
-    tenant_id: Option<String>,
-}
-
-fn paging(q: &PageQuery) -> Result<(u32, u32, u64), FieldError> {
-    let page = parse_u32("page", q.page.as_deref(), 1, 1, 100_000)?;
-    let size = parse_u32(
-        "page_size",
-        q.page_size.as_deref(),
-        activity::DEFAULT_PAGE_SIZE,
-        1,
-        activity::MAX_PAGE_SIZE,
-    )?;
-    Ok((page, size, u64::from(page - 1) * u64::from(size)))
-}
-
 /// List tracked users.
 #[utoipa::path(get, path = "/api/v1/insights/users/", tag = "insights", params(PageQuery),
     responses((status = 200, body = Paged<UserProfileResponse>)), security(("bearer" = [])))]
@@ -723,11 +639,7 @@ pub async fn list_users(
     require(&p, Action::Read)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
     let (page, page_size, offset) = paging(&q)?;
-    let (count, users) = state
-        .stores
-        .profiles
-        .list_users(tenant, offset, page_size)
-        .await?;
+    let (count, users) = state.insights.list_users(tenant, offset, page_size).await?;
     Ok(Json(Paged {
         count,
         page,
@@ -750,15 +662,9 @@ pub async fn get_user(
     check_id("user_id", &user_id, 128)?;
     require(&p, Action::Read)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
-    let mut found = state
-        .stores
-        .profiles
-        .get_users(tenant, std::slice::from_ref(&user_id))
-        .await?;
-    found
-        .remove(&user_id)
-        .map(|u| Json(user_response(u)))
-        .ok_or(ApiError::NotFound("user"))
+    Ok(Json(user_response(
+        state.insights.user(tenant, &user_id).await?,
+    )))
 }
 
 /// Erase a tracked user (an erasure request): their events, profile, LLM usage records,
@@ -780,14 +686,8 @@ pub async fn erase_user(
     check_id("user_id", &user_id, 128)?;
     require(&p, Action::ManageTenant)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
-    let report = state
-        .stores
-        .deletion
-        .erase_tracked_user(tenant, &user_id)
-        .await?;
-    if !report.found {
-        return Err(ApiError::NotFound("user"));
-    }
+    let report = state.insights.erase_user(tenant, &user_id).await?;
+    // Its user-scoped quotas went with it.
     state.quotas.forget(tenant);
     let entry = Entry::success(
         Some(tenant),
@@ -893,8 +793,7 @@ pub async fn list_projects(
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
     let (page, page_size, offset) = paging(&q)?;
     let (count, projects) = state
-        .stores
-        .profiles
+        .insights
         .list_projects(tenant, offset, page_size)
         .await?;
     Ok(Json(Paged {
@@ -919,13 +818,7 @@ pub async fn get_project(
     check_id("project_id", &project_id, 128)?;
     require(&p, Action::Read)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
-    let mut found = state
-        .stores
-        .profiles
-        .get_projects(tenant, std::slice::from_ref(&project_id))
-        .await?;
-    found
-        .remove(&project_id)
-        .map(|p| Json(project_response(p)))
-        .ok_or(ApiError::NotFound("project"))
+    Ok(Json(project_response(
+        state.insights.project(tenant, &project_id).await?,
+    )))
 }

@@ -18,7 +18,7 @@ use tally_core::FieldError;
 
 use super::extract::ClientIp;
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
-use super::insights::{require, tenant_for, TenantQuery};
+use super::extract::{require, tenant_for, TenantQuery};
 use crate::error::ApiResult;
 use crate::AppState;
 use tally_access::audit::Entry;

@@ -15,7 +15,7 @@ use super::batch::{self, Counted, Report};
 use super::dto::ItemError;
 use super::extract::ClientIp;
 use super::extract::{parse_item, ApiQuery, Auth, JsonBody};
-use super::insights::{require, tenant_for, TenantQuery};
+use super::extract::{require, tenant_for, TenantQuery};
 use crate::error::ApiResult;
 use crate::AppState;
 use tally_access::audit::Entry;
