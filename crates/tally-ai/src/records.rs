@@ -90,7 +90,7 @@ impl RecordFilters {
             models.push(m);
         }
         if models.len() > 50 {
-            return Err(FieldError::invalid("model_name__in", "at most 50 models").into());
+            return Err(FieldError::invalid("model_name__in", "at most 50 models"));
         }
         let status = text_filter("status", self.status.as_deref())?
             .map(|s| {
@@ -113,7 +113,10 @@ impl RecordFilters {
         let min_cost_efficiency =
             number("cost_efficiency__gte", self.cost_efficiency__gte.as_deref())?;
         if min_cost_efficiency.is_some_and(|e| e < 0.0) {
-            return Err(FieldError::invalid("cost_efficiency__gte", "must not be negative").into());
+            return Err(FieldError::invalid(
+                "cost_efficiency__gte",
+                "must not be negative",
+            ));
         }
         let generation = text_filter("generation", self.generation.as_deref())?
             .map(|g| {
