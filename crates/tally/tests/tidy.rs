@@ -23,6 +23,20 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Lines of the files under `dir` for which `hit(file, line)` holds: `file:line: text`.
+fn lines_where(dir: &Path, hit: impl Fn(&Path, &str) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    for file in rust_files(dir) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            if hit(&file, line) {
+                found.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    found
+}
+
 /// Lines of the product's source (`crates/*/src`) that mention `needle`, outside the
 /// crates allowed to.
 fn offenders(needle: &str, allowed: &[&str]) -> Vec<String> {
@@ -146,18 +160,9 @@ fn backends_stay_behind_the_store_traits() {
         found.join("\n")
     );
     let store = workspace().join("crates/tally-store/src");
-    let mut found = Vec::new();
-    for file in rust_files(&store) {
-        if file.starts_with(store.join("sqlite")) {
-            continue;
-        }
-        let text = std::fs::read_to_string(&file).unwrap();
-        for (i, line) in text.lines().enumerate() {
-            if line.contains("rusqlite") {
-                found.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
-            }
-        }
-    }
+    let found = lines_where(&store, |file, line| {
+        !file.starts_with(store.join("sqlite")) && line.contains("rusqlite")
+    });
     assert!(
         found.is_empty(),
         "rusqlite outside tally-store's sqlite/ (keep the traits backend-neutral):\n{}",
@@ -170,15 +175,9 @@ fn handlers_call_services_not_stores() {
     // A handler parses, calls one service operation and shapes the answer; the one store
     // call it may make is the readiness probe.
     let api = workspace().join("crates/tally-server/src/api");
-    let mut found = Vec::new();
-    for file in rust_files(&api) {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for (i, line) in text.lines().enumerate() {
-            if line.contains(".stores") && !line.contains(".stores.ready()") {
-                found.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
-            }
-        }
-    }
+    let found = lines_where(&api, |_, line| {
+        line.contains(".stores") && !line.contains(".stores.ready()")
+    });
     assert!(
         found.is_empty(),
         "a handler reaches the stores (add a service operation):\n{}",

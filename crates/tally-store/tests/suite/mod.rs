@@ -176,125 +176,39 @@ pub fn call(
 #[macro_export]
 macro_rules! store_test_suite {
     ($backend:ident, $open:path) => {
+        $crate::store_test_suite!(@tests $backend, $open, [
+            listing_is_newest_first_with_exact_counts_and_filters,
+            tenants_never_see_each_others_events,
+            client_ids_make_retries_idempotent,
+            storage_limit_is_enforced_per_event,
+            user_rollup_counts_by_hour_project_type_and_name,
+            concurrent_writers_share_commits_and_all_land,
+            data_survives_shutdown_and_reopen,
+            accounts_keys_and_settings,
+            profiles_upsert_and_stay_in_their_tenant,
+            user_pages_across_days_match_the_full_list,
+            usage_records_are_stored_once_per_client_id_and_tenant,
+            price_overrides_upsert_per_date_and_stay_in_their_tenant,
+            usage_rollups_fold_exact_sums_and_mergeable_percentiles,
+            usage_folds_per_user_day_and_per_conversation_in_the_same_commit,
+            usage_records_list_with_filters_search_and_a_capped_count,
+            quota_rules_replace_declaratively_and_events_are_recorded_once,
+            user_ranking_spans_months_and_sums_only_the_period_days,
+            deletions_in_the_same_commit_as_new_events_leave_exact_counts,
+            writes_for_a_deleted_tenant_are_refused,
+            a_cost_total_past_sixty_four_bits_is_refused_for_its_caller_alone,
+            deletions_in_the_same_commit_as_new_usage_leave_no_rows,
+            snapshots_say_which_commits_they_hold,
+        ]);
+    };
+    (@tests $backend:ident, $open:path, [$($name:ident),* $(,)?]) => {
         mod $backend {
-            #[tokio::test]
-            async fn listing_is_newest_first_with_exact_counts_and_filters() {
-                $crate::suite::listing_is_newest_first_with_exact_counts_and_filters($open).await
-            }
-
-            #[tokio::test]
-            async fn tenants_never_see_each_others_events() {
-                $crate::suite::tenants_never_see_each_others_events($open).await
-            }
-
-            #[tokio::test]
-            async fn client_ids_make_retries_idempotent() {
-                $crate::suite::client_ids_make_retries_idempotent($open).await
-            }
-
-            #[tokio::test]
-            async fn storage_limit_is_enforced_per_event() {
-                $crate::suite::storage_limit_is_enforced_per_event($open).await
-            }
-
-            #[tokio::test]
-            async fn user_rollup_counts_by_hour_project_type_and_name() {
-                $crate::suite::user_rollup_counts_by_hour_project_type_and_name($open).await
-            }
-
-            #[tokio::test]
-            async fn concurrent_writers_share_commits_and_all_land() {
-                $crate::suite::concurrent_writers_share_commits_and_all_land($open).await
-            }
-
-            #[tokio::test]
-            async fn data_survives_shutdown_and_reopen() {
-                $crate::suite::data_survives_shutdown_and_reopen($open).await
-            }
-
-            #[tokio::test]
-            async fn accounts_keys_and_settings() {
-                $crate::suite::accounts_keys_and_settings($open).await
-            }
-
-            #[tokio::test]
-            async fn profiles_upsert_and_stay_in_their_tenant() {
-                $crate::suite::profiles_upsert_and_stay_in_their_tenant($open).await
-            }
-
-            #[tokio::test]
-            async fn user_pages_across_days_match_the_full_list() {
-                $crate::suite::user_pages_across_days_match_the_full_list($open).await
-            }
-
-            #[tokio::test]
-            async fn usage_records_are_stored_once_per_client_id_and_tenant() {
-                $crate::suite::usage_records_are_stored_once_per_client_id_and_tenant($open).await
-            }
-
-            #[tokio::test]
-            async fn price_overrides_upsert_per_date_and_stay_in_their_tenant() {
-                $crate::suite::price_overrides_upsert_per_date_and_stay_in_their_tenant($open).await
-            }
-
-            #[tokio::test]
-            async fn usage_rollups_fold_exact_sums_and_mergeable_percentiles() {
-                $crate::suite::usage_rollups_fold_exact_sums_and_mergeable_percentiles($open).await
-            }
-
-            #[tokio::test]
-            async fn usage_folds_per_user_day_and_per_conversation_in_the_same_commit() {
-                $crate::suite::usage_folds_per_user_day_and_per_conversation_in_the_same_commit(
-                    $open,
-                )
-                .await
-            }
-
-            #[tokio::test]
-            async fn usage_records_list_with_filters_search_and_a_capped_count() {
-                $crate::suite::usage_records_list_with_filters_search_and_a_capped_count($open)
-                    .await
-            }
-
-            #[tokio::test]
-            async fn quota_rules_replace_declaratively_and_events_are_recorded_once() {
-                $crate::suite::quota_rules_replace_declaratively_and_events_are_recorded_once($open)
-                    .await
-            }
-
-            #[tokio::test]
-            async fn user_ranking_spans_months_and_sums_only_the_period_days() {
-                $crate::suite::user_ranking_spans_months_and_sums_only_the_period_days($open).await
-            }
-
-            #[tokio::test]
-            async fn deletions_in_the_same_commit_as_new_events_leave_exact_counts() {
-                $crate::suite::deletions_in_the_same_commit_as_new_events_leave_exact_counts($open)
-                    .await
-            }
-
-            #[tokio::test]
-            async fn writes_for_a_deleted_tenant_are_refused() {
-                $crate::suite::writes_for_a_deleted_tenant_are_refused($open).await
-            }
-
-            #[tokio::test]
-            async fn a_cost_total_past_sixty_four_bits_is_refused_for_its_caller_alone() {
-                $crate::suite::a_cost_total_past_sixty_four_bits_is_refused_for_its_caller_alone(
-                    $open,
-                )
-                .await
-            }
-
-            #[tokio::test]
-            async fn deletions_in_the_same_commit_as_new_usage_leave_no_rows() {
-                $crate::suite::deletions_in_the_same_commit_as_new_usage_leave_no_rows($open).await
-            }
-
-            #[tokio::test]
-            async fn snapshots_say_which_commits_they_hold() {
-                $crate::suite::snapshots_say_which_commits_they_hold($open).await
-            }
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::suite::$name($open).await
+                }
+            )*
         }
     };
 }
