@@ -140,7 +140,8 @@ pub fn open_store(config: &Config, guest: bool) -> anyhow::Result<Stores> {
     open_store_with(config, guest, None)
 }
 
-/// [`open_store`] reading free space from `probe` instead of the OS (tests).
+/// [`open_store`] reading free space from `probe` instead of the OS, on every write
+/// (tests: a change of the probe's answer takes effect at once).
 pub fn open_store_with(
     config: &Config,
     guest: bool,
@@ -152,6 +153,7 @@ pub fn open_store_with(
     }
     if let Some(probe) = probe {
         sc.free_space = probe;
+        sc.free_space_every = std::time::Duration::ZERO;
     }
     sc.readers = config.storage.readers.max(1);
     sc.cache_mb = config.storage.cache_mb.max(1);

@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::json;
@@ -36,7 +35,6 @@ async fn writes_stop_below_the_floor_and_resume_when_space_returns() {
         .unwrap();
     let t = super::support::TestApp::from_parts(state, stores, dir, tenant, key);
     let track = |i: usize| json!({"event_type": "user_action", "event_name": format!("e{i}"), "properties": {"user_id": "u"}});
-    let probe_refresh = || tokio::time::sleep(Duration::from_millis(300));
 
     let mut acked = 0;
     for i in 0..5 {
@@ -45,7 +43,6 @@ async fn writes_stop_below_the_floor_and_resume_when_space_returns() {
         acked += 1;
     }
     free.store(64 * 1024 * 1024, Ordering::Relaxed);
-    probe_refresh().await;
     let r = t.post("/api/v1/insights/track/", track(99)).await;
     assert_eq!(
         (r.status, r.code()),
@@ -76,7 +73,6 @@ async fn writes_stop_below_the_floor_and_resume_when_space_returns() {
     );
 
     free.store(10 * GIB, Ordering::Relaxed);
-    probe_refresh().await;
     assert_eq!(
         t.call("GET", "/readyz", None, None).await.status,
         StatusCode::OK

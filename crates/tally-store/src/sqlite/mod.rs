@@ -50,6 +50,8 @@ pub struct SqliteConfig {
     pub min_free_bytes: u64,
     /// Where free space is read from (the OS by default; tests inject their own).
     pub free_space: FreeSpaceProbe,
+    /// How long an answer of `free_space` is reused (zero: asked on every write).
+    pub free_space_every: Duration,
 }
 
 impl SqliteConfig {
@@ -62,6 +64,7 @@ impl SqliteConfig {
             guest: false,
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             free_space: statvfs_probe(),
+            free_space_every: headroom::PROBE_EVERY,
         }
     }
 }
@@ -182,8 +185,12 @@ impl SqliteStore {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
         };
-        let headroom =
-            headroom::Headroom::new(dir, config.min_free_bytes, config.free_space.clone());
+        let headroom = headroom::Headroom::new(
+            dir,
+            config.min_free_bytes,
+            config.free_space.clone(),
+            config.free_space_every,
+        );
         if let Err(e) = headroom.check() {
             tracing::warn!(error = %e, "starting with reads only: writes are refused until free space returns");
         }
