@@ -217,3 +217,45 @@ async fn the_log_restarts_under_continuous_writes() {
     );
     close(&f.stores).await;
 }
+
+#[tokio::test]
+async fn a_user_index_older_than_the_pruned_commits_is_rebuilt() {
+    let f = open();
+    let t = tenant(&f.stores, None).await;
+    f.stores
+        .events
+        .insert_events(t, None, user_batch(T0, 10))
+        .await
+        .unwrap();
+    close(&f.stores).await;
+    // An old copy of the index, folded up to these 10 events only.
+    let copy = |from: &str, to: &str| {
+        for suffix in ["", "-wal"] {
+            let (a, b) = (format!("{from}{suffix}"), format!("{to}{suffix}"));
+            let _ = std::fs::remove_file(f.path.with_file_name(&b));
+            if f.path.with_file_name(&a).exists() {
+                std::fs::copy(f.path.with_file_name(&a), f.path.with_file_name(&b)).unwrap();
+            }
+        }
+        let _ = std::fs::remove_file(f.path.with_file_name(format!("{to}-shm")));
+    };
+    copy("tally.db.users", "old.users");
+    let stores = reopen(&f.path);
+    // Enough commits, one event each, for the writer to prune folded ones.
+    for i in 0..150 {
+        let one = user_batch(T0 + MICROS_PER_HOUR + i * 1_000_000, 1);
+        stores.events.insert_events(t, None, one).await.unwrap();
+    }
+    folded(&f.path, 160).await;
+    for i in 0..300 {
+        let one = user_batch(T0 + 2 * MICROS_PER_HOUR + i * 1_000_000, 1);
+        stores.events.insert_events(t, None, one).await.unwrap();
+    }
+    close(&stores).await;
+    // The old index comes back: the commits it lacks are no longer all named in
+    // `event_commits`, so it is rebuilt from the events instead of completed.
+    copy("old.users", "tally.db.users");
+    let stores = reopen(&f.path);
+    assert_eq!(user_totals(&stores, t).await, (460, 460, 460));
+    close(&stores).await;
+}

@@ -72,7 +72,11 @@ pub async fn logout_all(
             "API keys have no session; revoke the key instead".into(),
         ));
     };
-    state.access.end_all_sessions(p.tenant_id, id).await?;
+    match state.access.end_all_sessions(p.tenant_id, id).await {
+        // Deleted since this request was authenticated: it has no session left.
+        Err(tally_access::AccessError::NotFound(_)) | Ok(()) => {}
+        Err(e) => return Err(e.into()),
+    }
     state.auth.forget_account(id);
     let target = Some(format!("account:{id}"));
     state

@@ -195,7 +195,7 @@ impl DeletionStore for SqliteStore {
             .writer
             .job_with_state(1, move |conn, state| {
                 // What this transaction has not written yet would bring rows back.
-                let before = state.forget(tenant, None);
+                let before = state.forget(conn, tenant, None)?;
                 let done = delete_tenant_rows(conn, tenant)
                     .and_then(|report| Ok((report, record_pending_purge(conn, tenant, None)?)));
                 if done.is_err() {
@@ -218,7 +218,7 @@ impl DeletionStore for SqliteStore {
         let (mut report, pending) = self
             .writer
             .job_with_state(1, move |conn, state| {
-                let before = state.forget(tenant, Some(&owned));
+                let before = state.forget(conn, tenant, Some(&owned))?;
                 let done = erase_user_rows(conn, &mut state.events.rollups, tenant, &owned)
                     .and_then(|r| Ok((r, record_pending_purge(conn, tenant, Some(&owned))?)));
                 if done.is_err() {

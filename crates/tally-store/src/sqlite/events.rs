@@ -75,6 +75,10 @@ impl RollupDelta {
         if *pending == 0 {
             self.daily.remove(key);
         }
+        // The tenant's pending count too, or the storage limit would count them later.
+        if let Some(total) = self.per_tenant.get_mut(&key.0) {
+            *total = total.saturating_sub(taken);
+        }
         taken
     }
 
@@ -154,8 +158,11 @@ impl Topic for EventsTopic {
             self.unpruned += 1;
         }
         if self.unpruned >= PRUNE_EVERY {
+            let folded = self.user_index.folded().0;
             conn.prepare_cached("DELETE FROM event_commits WHERE seq <= ?1")?
-                .execute([self.user_index.folded().0])?;
+                .execute([folded])?;
+            conn.prepare_cached("UPDATE commit_log SET pruned_through = max(pruned_through, ?1)")?
+                .execute([folded])?;
             self.unpruned = 0;
         }
         Ok(())
@@ -176,7 +183,12 @@ impl Topic for EventsTopic {
         self.staged.clear();
     }
 
-    fn forget(&mut self, tenant: TenantId, user: Option<&str>) {
+    fn forget(
+        &mut self,
+        _conn: &Connection,
+        tenant: TenantId,
+        user: Option<&str>,
+    ) -> StoreResult<()> {
         self.tenant_events.remove(&tenant);
         // A user's erasure lowers the daily counts by its events, pending ones included
         // (`deletion::erase_user_rows`), and the user-index purge drops its staged
@@ -185,6 +197,7 @@ impl Topic for EventsTopic {
             self.rollups.take_tenant(tenant);
             self.staged.retain(|((t, _), _)| *t != tenant);
         }
+        Ok(())
     }
 }
 
@@ -642,6 +655,11 @@ impl EventStore for SqliteStore {
     ) -> StoreResult<Vec<InsertOutcome>> {
         if events.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.guest {
+            return Err(StoreError::Unavailable(
+                "events are stored by the process that owns the data dir".into(),
+            ));
         }
         self.write_with_state(events.len(), move |conn, state| {
             insert_events_tx(conn, &mut state.events, tenant, max_events, events)

@@ -72,6 +72,9 @@ impl SqliteConfig {
 pub(crate) struct SqliteStore {
     writer: Writer,
     headroom: headroom::Headroom,
+    /// Opened beside the data dir's owner (`SqliteConfig::guest`): it folds no user
+    /// index, so it stores no events.
+    guest: bool,
     /// `None` for a guest.
     checkpointer: Option<checkpoint::Checkpointer>,
     user_index: Arc<user_index::UserIndex>,
@@ -225,6 +228,7 @@ impl SqliteStore {
                 log.clone(),
                 !config.guest,
             )?,
+            guest: config.guest,
             checkpointer: if config.guest {
                 None
             } else {

@@ -429,6 +429,9 @@ const MIGRATIONS: &[&str] = &[
         first_id INTEGER NOT NULL,
         last_id INTEGER NOT NULL
     );
+    -- Rows up to this commit were pruned: an index whose watermark is below it cannot be
+    -- completed from them and is rebuilt.
+    ALTER TABLE commit_log ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 

@@ -38,11 +38,12 @@ type MonthTotals = HashMap<(i64, String, String), (u64, Nanos)>;
 /// One tenant's conversation totals, with the conversation's user.
 type ConversationTotals = HashMap<String, (Option<String>, UsageTotals)>;
 
-/// A total pending in this transaction, beside the cost already stored in its row when
-/// the transaction first touched it (what the pending cost will be added to).
+/// A total pending in this transaction, beside the cost already stored in its row (what
+/// the pending cost will be added to), once a check has read it.
 #[derive(Clone, Default)]
 struct Pending<T> {
-    stored: Nanos,
+    /// `None` until a check needed it.
+    stored: Option<Nanos>,
     delta: T,
 }
 
@@ -56,6 +57,10 @@ pub(crate) struct UsageTopic {
     days: HashMap<UserKey, Pending<UsageTotals>>,
     months: HashMap<UserKey, Pending<(u64, Nanos)>>,
     conversations: HashMap<ConversationKey, Pending<(Option<String>, UsageTotals)>>,
+    /// Per tenant, an upper bound on any stored cost total (`bound`); across transactions.
+    tenant_cost: HashMap<TenantId, Nanos>,
+    /// Per tenant, the cost this transaction adds.
+    pending_cost: HashMap<TenantId, Nanos>,
 }
 
 /// What one insert adds, before it is admitted into the transaction's totals.
@@ -101,35 +106,148 @@ fn fits(stored: Nanos, pending: Nanos, added: Nanos) -> StoreResult<()> {
 }
 
 impl UsageTopic {
+    /// An upper bound on every stored cost total of `tenant` (rollup, per-user and
+    /// conversation rows alike): what its calls ever cost, read once from the day
+    /// rollups (costs are never negative) and kept current by `committed`.
+    fn bound(&mut self, conn: &Connection, tenant: TenantId) -> StoreResult<Nanos> {
+        if let Some(b) = self.tenant_cost.get(&tenant) {
+            return Ok(*b);
+        }
+        let b = conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM llm_usage_rollup WHERE tenant_id = ?1 AND granularity = 'day'",
+                money_sum_sql("cost_nanos")
+            ))?
+            .query_row([tenant.0.as_bytes()], |r| money_sum_at(r, 0))?;
+        self.tenant_cost.insert(tenant, b);
+        Ok(b)
+    }
+
     /// Adds one insert's totals to the transaction's, after checking that none would take
-    /// a stored cost total past 64 bits (then nothing is added and the insert fails).
+    /// a stored cost total past 64 bits (then nothing is added and the insert fails). The
+    /// check reads no row while the tenant's whole spend, this transaction's and this
+    /// insert's together fit 64 bits (no row can hold more); past that, it reads each
+    /// row the insert adds to.
     fn admit(&mut self, conn: &Connection, tenant: TenantId, delta: UsageDelta) -> StoreResult<()> {
-        let t = tenant.0.as_bytes();
+        let added = Nanos(
+            delta
+                .rollups
+                .iter()
+                .filter(|((g, ..), _)| *g == Granularity::Day)
+                .map(|(_, r)| r.cost.0)
+                .sum(),
+        );
+        let pending = self
+            .pending_cost
+            .get(&tenant)
+            .copied()
+            .unwrap_or(Nanos::ZERO);
+        let safe = self.bound(conn, tenant)?.0 + pending.0 + added.0 <= i128::from(i64::MAX);
         let months = delta.months();
-        // Check everything first; remember what was read for the entries made below.
+        let read = if safe {
+            HashMap::new()
+        } else {
+            self.check_rows(conn, tenant, &delta, &months)?
+        };
+        // Rows read by the check are remembered for later inserts of this transaction.
+        let stored = |label: String| read.get(&label).copied();
+        for ((g, bucket, provider, model), r) in delta.rollups {
+            let label = (!safe).then(|| format!("r{}\0{bucket}\0{provider}\0{model}", g.as_str()));
+            let entry = self
+                .rollups
+                .entry((tenant, g, bucket, provider, model))
+                .or_insert_with(|| Pending {
+                    stored: None,
+                    delta: UsageRollup {
+                        bucket: r.bucket,
+                        provider: r.provider.clone(),
+                        model: r.model.clone(),
+                        ..Default::default()
+                    },
+                });
+            if entry.stored.is_none() {
+                entry.stored = label.and_then(stored);
+            }
+            entry
+                .delta
+                .merge(&r)
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+        }
+        for ((day, user, model), d) in delta.days {
+            let label = (!safe).then(|| format!("d{day}\0{user}\0{model}"));
+            let entry = self.days.entry((tenant, day, user, model)).or_default();
+            if entry.stored.is_none() {
+                entry.stored = label.and_then(stored);
+            }
+            entry.delta.merge(&d);
+        }
+        for ((month, user, model), (calls, cost)) in months {
+            let label = (!safe).then(|| format!("m{month}\0{user}\0{model}"));
+            let entry = self.months.entry((tenant, month, user, model)).or_default();
+            if entry.stored.is_none() {
+                entry.stored = label.and_then(stored);
+            }
+            entry.delta.0 += calls;
+            entry.delta.1 += cost;
+        }
+        for (conv, (user, c)) in delta.conversations {
+            let label = (!safe).then(|| format!("c{conv}"));
+            let entry = self
+                .conversations
+                .entry((tenant, conv))
+                .or_insert_with(|| Pending {
+                    stored: None,
+                    delta: (None, UsageTotals::default()),
+                });
+            if entry.stored.is_none() {
+                entry.stored = label.and_then(stored);
+            }
+            if entry.delta.0.is_none() {
+                entry.delta.0 = user;
+            }
+            entry.delta.1.merge(&c);
+        }
+        *self.pending_cost.entry(tenant).or_default() += added;
+        Ok(())
+    }
+
+    /// Checks every row `delta` adds to against the stored total (read unless this
+    /// transaction read it already) and what the transaction adds to it; returns the
+    /// rows read, by label.
+    fn check_rows(
+        &self,
+        conn: &Connection,
+        tenant: TenantId,
+        delta: &UsageDelta,
+        months: &MonthTotals,
+    ) -> StoreResult<HashMap<String, Nanos>> {
+        let t = tenant.0.as_bytes();
         let mut read: HashMap<String, Nanos> = HashMap::new();
         let mut check = |label: String,
-                         known: Option<(Nanos, Nanos)>,
+                         known: (Option<Nanos>, Nanos),
                          added: Nanos,
                          sql: &str,
                          key: &[&dyn rusqlite::ToSql]|
          -> StoreResult<()> {
-            let (stored, pending) = match known {
-                Some(k) => k,
+            let (stored, pending) = known;
+            let stored = match stored {
+                Some(s) => s,
                 None => {
-                    let stored = stored_cost(conn, sql, key)?;
-                    read.insert(label, stored);
-                    (stored, Nanos::ZERO)
+                    let s = stored_cost(conn, sql, key)?;
+                    read.insert(label, s);
+                    s
                 }
             };
             fits(stored, pending, added)
         };
+        fn known<T>(p: Option<&Pending<T>>, cost: impl Fn(&T) -> Nanos) -> (Option<Nanos>, Nanos) {
+            p.map_or((None, Nanos::ZERO), |p| (p.stored, cost(&p.delta)))
+        }
         for ((g, bucket, provider, model), r) in &delta.rollups {
             let key = (tenant, *g, *bucket, provider.clone(), model.clone());
-            let known = self.rollups.get(&key).map(|p| (p.stored, p.delta.cost));
             check(
-                format!("r{}:{bucket}:{provider}:{model}", g.as_str()),
-                known,
+                format!("r{}\0{bucket}\0{provider}\0{model}", g.as_str()),
+                known(self.rollups.get(&key), |d| d.cost),
                 r.cost,
                 "SELECT cost_nanos FROM llm_usage_rollup WHERE tenant_id = ?1 AND granularity = ?2
                  AND bucket = ?3 AND provider = ?4 AND model = ?5",
@@ -138,29 +256,29 @@ impl UsageTopic {
         }
         for ((day, user, model), d) in &delta.days {
             let key = (tenant, *day, user.clone(), model.clone());
-            let known = self.days.get(&key).map(|p| (p.stored, p.delta.cost));
-            let label = format!("d{day}:{user}:{model}");
+            let k = known(self.days.get(&key), |d| d.cost);
+            let label = format!("d{day}\0{user}\0{model}");
             if model.is_empty() {
-                check(label, known, d.cost,
+                check(label, k, d.cost,
                     "SELECT cost_nanos FROM llm_user_daily WHERE tenant_id = ?1 AND user_id = ?2 AND day = ?3",
                     &[&t, user, day])?;
             } else {
-                check(label, known, d.cost,
+                check(label, k, d.cost,
                     "SELECT cost_nanos FROM llm_user_model_daily WHERE tenant_id = ?1 AND model = ?2
                      AND user_id = ?3 AND day = ?4",
                     &[&t, model, user, day])?;
             }
         }
-        for ((month, user, model), (_, cost)) in &months {
+        for ((month, user, model), (_, cost)) in months {
             let key = (tenant, *month, user.clone(), model.clone());
-            let known = self.months.get(&key).map(|p| (p.stored, p.delta.1));
-            let label = format!("m{month}:{user}:{model}");
+            let k = known(self.months.get(&key), |d| d.1);
+            let label = format!("m{month}\0{user}\0{model}");
             if model.is_empty() {
-                check(label, known, *cost,
+                check(label, k, *cost,
                     "SELECT cost_nanos FROM llm_user_monthly WHERE tenant_id = ?1 AND month = ?2 AND user_id = ?3",
                     &[&t, month, user])?;
             } else {
-                check(label, known, *cost,
+                check(label, k, *cost,
                     "SELECT cost_nanos FROM llm_user_model_monthly WHERE tenant_id = ?1 AND model = ?2
                      AND month = ?3 AND user_id = ?4",
                     &[&t, model, month, user])?;
@@ -168,77 +286,15 @@ impl UsageTopic {
         }
         for (conv, (_, c)) in &delta.conversations {
             let key = (tenant, conv.clone());
-            let known = self
-                .conversations
-                .get(&key)
-                .map(|p| (p.stored, p.delta.1.cost));
             check(
                 format!("c{conv}"),
-                known,
+                known(self.conversations.get(&key), |d| d.1.cost),
                 c.cost,
                 "SELECT cost_nanos FROM llm_conversations WHERE tenant_id = ?1 AND conversation_id = ?2",
                 &[&t, conv],
             )?;
         }
-        let stored = |label: String| read.get(&label).copied().unwrap_or(Nanos::ZERO);
-        for ((g, bucket, provider, model), r) in delta.rollups {
-            let label = format!("r{}:{bucket}:{provider}:{model}", g.as_str());
-            let entry = self
-                .rollups
-                .entry((tenant, g, bucket, provider, model))
-                .or_insert_with(|| Pending {
-                    stored: stored(label),
-                    delta: UsageRollup {
-                        bucket: r.bucket,
-                        provider: r.provider.clone(),
-                        model: r.model.clone(),
-                        ..Default::default()
-                    },
-                });
-            entry
-                .delta
-                .merge(&r)
-                .map_err(|e| StoreError::Internal(e.to_string()))?;
-        }
-        for ((day, user, model), d) in delta.days {
-            let label = format!("d{day}:{user}:{model}");
-            self.days
-                .entry((tenant, day, user, model))
-                .or_insert_with(|| Pending {
-                    stored: stored(label),
-                    delta: UsageTotals::default(),
-                })
-                .delta
-                .merge(&d);
-        }
-        for ((month, user, model), (calls, cost)) in months {
-            let label = format!("m{month}:{user}:{model}");
-            let m = &mut self
-                .months
-                .entry((tenant, month, user, model))
-                .or_insert_with(|| Pending {
-                    stored: stored(label),
-                    delta: (0, Nanos::ZERO),
-                })
-                .delta;
-            m.0 += calls;
-            m.1 += cost;
-        }
-        for (conv, (user, c)) in delta.conversations {
-            let label = format!("c{conv}");
-            let entry = self
-                .conversations
-                .entry((tenant, conv))
-                .or_insert_with(|| Pending {
-                    stored: stored(label),
-                    delta: (None, UsageTotals::default()),
-                });
-            if entry.delta.0.is_none() {
-                entry.delta.0 = user;
-            }
-            entry.delta.1.merge(&c);
-        }
-        Ok(())
+        Ok(read)
     }
 
     fn clear(&mut self) {
@@ -287,30 +343,34 @@ impl Topic for UsageTopic {
 
     fn committed(&mut self, _commit: CommitSeq) {
         self.clear();
+        for (tenant, cost) in self.pending_cost.drain() {
+            if let Some(bound) = self.tenant_cost.get_mut(&tenant) {
+                *bound += cost;
+            }
+        }
     }
 
     fn aborted(&mut self) {
         self.clear();
+        self.pending_cost.clear();
+        self.tenant_cost.clear();
     }
 
-    fn forget(&mut self, tenant: TenantId, user: Option<&str>) {
-        match user {
-            None => {
-                self.rollups.retain(|k, _| k.0 != tenant);
-                self.days.retain(|k, _| k.0 != tenant);
-                self.months.retain(|k, _| k.0 != tenant);
-                self.conversations.retain(|k, _| k.0 != tenant);
-            }
-            // The user's own rows go; the rollups by provider and model keep its calls
-            // (`deletion::USER_TABLES`).
-            Some(user) => {
-                let theirs = |k: &UserKey| k.0 == tenant && k.2 == user;
-                self.days.retain(|k, _| !theirs(k));
-                self.months.retain(|k, _| !theirs(k));
-                self.conversations
-                    .retain(|k, p| !(k.0 == tenant && p.delta.0.as_deref() == Some(user)));
-            }
+    fn forget(
+        &mut self,
+        conn: &Connection,
+        tenant: TenantId,
+        user: Option<&str>,
+    ) -> StoreResult<()> {
+        // What is pending is written first, so the deletion finds every row as if each
+        // insert had folded its own (a conversation belongs to whoever its stored row
+        // names); the deletion's savepoint undoes these writes with it if it fails.
+        self.flush(conn, CommitSeq::default())?;
+        if user.is_none() {
+            self.tenant_cost.remove(&tenant);
+            self.pending_cost.remove(&tenant);
         }
+        Ok(())
     }
 }
 

@@ -371,11 +371,22 @@ impl UserIndex {
     /// Brings the index up to the main database's last commit: folds, from `events`, the
     /// commits above its watermark (`event_commits` names their events), or rebuilds it
     /// from every event when it is new, older than commit sequences, or ahead of the main
-    /// database (a restored backup: another history).
+    /// database (a restored backup: another history), or older than the commits
+    /// `event_commits` still names (an index restored from an older copy).
     fn recover(&self, main: &Connection, index: &Connection) -> StoreResult<()> {
-        let head: i64 = main.query_row("SELECT seq FROM commit_log", [], |r| r.get(0))?;
+        let (head, pruned): (i64, i64) =
+            main.query_row("SELECT seq, pruned_through FROM commit_log", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         let watermark = watermark(index)?;
-        if watermark > head {
+        if watermark >= 0 && watermark < pruned {
+            tracing::warn!(
+                watermark,
+                pruned,
+                "user index is older than the commits it could be completed from; rebuilding it"
+            );
+            rebuild(main, index, head)?;
+        } else if watermark > head {
             tracing::warn!(
                 watermark,
                 head,

@@ -48,10 +48,15 @@ pub(crate) trait Topic: Send {
     fn committed(&mut self, commit: CommitSeq);
     /// The transaction failed: drop what it accumulated, and anything cached from it.
     fn aborted(&mut self);
-    /// A deletion of the tenant (or, with `user`, of one of its tracked users) runs in
-    /// this transaction: drop what is pending for it, so that the flush does not bring
-    /// its rows back.
-    fn forget(&mut self, tenant: TenantId, user: Option<&str>);
+    /// A deletion of the tenant (or, with `user`, of one of its tracked users) is about to
+    /// run in this transaction: write or drop what is pending for it, so that the flush
+    /// does not bring its rows back.
+    fn forget(
+        &mut self,
+        conn: &Connection,
+        tenant: TenantId,
+        user: Option<&str>,
+    ) -> StoreResult<()>;
 }
 
 /// The state of the writer thread: the current transaction's commit sequence and every
@@ -81,12 +86,24 @@ impl WriterState {
     /// A deletion in this transaction: every topic forgets what is pending for the tenant
     /// (or user). Returns the state before, for [`WriterState::restore`] if the deletion
     /// fails (its savepoint is rolled back, so what it forgot must come back).
-    pub(crate) fn forget(&mut self, tenant: TenantId, user: Option<&str>) -> WriterState {
+    pub(crate) fn forget(
+        &mut self,
+        conn: &Connection,
+        tenant: TenantId,
+        user: Option<&str>,
+    ) -> StoreResult<WriterState> {
         let before = self.clone();
-        for t in self.topics() {
-            t.forget(tenant, user);
+        let done = self
+            .topics()
+            .into_iter()
+            .try_for_each(|t| t.forget(conn, tenant, user));
+        match done {
+            Ok(()) => Ok(before),
+            Err(e) => {
+                *self = before;
+                Err(e)
+            }
         }
-        before
     }
 
     /// Puts back the state a failed deletion started from.
