@@ -155,22 +155,16 @@ impl Access {
             tracing::error!(%error, action = entry.action, actor = %actor.actor, "failed to append to the audit trail");
         }
     }
-}
 
-impl Access {
     /// Appends `entry` by an authenticated caller.
     pub async fn record_by(&self, p: &Principal, ip: Option<IpAddr>, entry: Entry<'_>) {
         self.record(&Actor::principal(p, ip), entry).await;
     }
-}
 
-impl Access {
     pub async fn list(&self, filter: AuditFilter) -> AccessResult<Vec<AuditRecord>> {
         Ok(self.stores.audit.list_audit(filter).await?)
     }
-}
 
-impl Access {
     /// Drops entries older than `retention`; returns how many. The server runs it as a
     /// supervised task, now and then every six hours.
     pub async fn apply_retention(&self, retention: Duration) -> AccessResult<u64> {

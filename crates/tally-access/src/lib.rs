@@ -26,8 +26,4 @@ impl Access {
     pub fn new(stores: Stores, clock: SharedClock) -> Self {
         Self { stores, clock }
     }
-
-    pub fn clock(&self) -> &SharedClock {
-        &self.clock
-    }
 }

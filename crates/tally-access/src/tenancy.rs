@@ -31,14 +31,19 @@ fn check_name(field: &str, raw: &str) -> Result<String, FieldError> {
     Ok(name.to_owned())
 }
 
+pub struct NewAccount<'a> {
+    pub tenant_id: TenantId,
+    pub email: &'a str,
+    pub password: &'a str,
+    pub role: Role,
+}
+
 impl Access {
     pub async fn create_tenant(&self, name: &str, max_events: Option<u64>) -> AccessResult<Tenant> {
         self.create_tenant_as(TenantId::generate(), name, max_events)
             .await
     }
-}
 
-impl Access {
     /// Creates a tenant with an id chosen beforehand (the demo records its ids before it
     /// creates anything, so an interrupted load can be found and removed).
     pub async fn create_tenant_as(
@@ -64,9 +69,7 @@ impl Access {
         self.stores.identity.create_tenant(tenant.clone()).await?;
         Ok(tenant)
     }
-}
 
-impl Access {
     pub async fn require_tenant(&self, id: TenantId) -> AccessResult<Tenant> {
         self.stores
             .identity
@@ -74,16 +77,7 @@ impl Access {
             .await?
             .ok_or(AccessError::NotFound("tenant"))
     }
-}
 
-pub struct NewAccount<'a> {
-    pub tenant_id: TenantId,
-    pub email: &'a str,
-    pub password: &'a str,
-    pub role: Role,
-}
-
-impl Access {
     pub async fn create_account(&self, new: NewAccount<'_>) -> AccessResult<Account> {
         let email = new.email;
         if !valid_email(email) {
@@ -122,9 +116,7 @@ impl Access {
         self.stores.identity.create_account(account.clone()).await?;
         Ok(account)
     }
-}
 
-impl Access {
     /// A new key; the returned string is the only time the full key exists in clear.
     pub async fn create_api_key(
         &self,
@@ -160,9 +152,7 @@ impl Access {
             "could not allocate a unique API key prefix".into(),
         ))
     }
-}
 
-impl Access {
     /// Creates the first platform admin on an empty data dir. Returns the e-mail and the
     /// password (generated unless given) to show once, or `None` when accounts exist.
     pub async fn bootstrap_admin(
@@ -184,9 +174,7 @@ impl Access {
         .await?;
         Ok(Some((email.to_owned(), password)))
     }
-}
 
-impl Access {
     /// The JWT signing secret: from configuration, or generated once and persisted.
     pub async fn signing_secret(&self, configured: Option<&str>) -> AccessResult<String> {
         if let Some(s) = configured {
@@ -209,9 +197,7 @@ impl Access {
             .init_setting("auth.jwt_secret", &auth::generate_secret())
             .await?)
     }
-}
 
-impl Access {
     /// The account `id` of `tenant`, if `actor` may manage it: owners and admins manage the
     /// accounts of their tenant, only the admin role manages admin accounts, and nobody
     /// disables or deletes their own account here (that would lock them out mid-request).
@@ -240,9 +226,7 @@ impl Access {
         }
         Ok(account)
     }
-}
 
-impl Access {
     /// Disables or re-enables an account; a disabled account's tokens are refused and it
     /// cannot log in.
     pub async fn set_account_disabled(
@@ -268,9 +252,7 @@ impl Access {
             ..account.clone()
         })
     }
-}
 
-impl Access {
     pub async fn delete_account(&self, account: &Account) -> AccessResult<()> {
         if !self
             .stores
@@ -282,9 +264,7 @@ impl Access {
         }
         Ok(())
     }
-}
 
-impl Access {
     /// Deletes a tenant (as looked up by the caller) and everything it owns (events, profiles, usage, quotas, prices,
     /// accounts, keys), keeping its audit trail. Refused for the tenant the caller belongs
     /// to, so that an admin cannot delete the ground under them.
@@ -301,9 +281,7 @@ impl Access {
         }
         Ok(self.stores.deletion.delete_tenant(tenant).await?)
     }
-}
 
-impl Access {
     pub async fn list_tenants(&self) -> AccessResult<Vec<Tenant>> {
         Ok(self.stores.identity.list_tenants().await?)
     }
@@ -324,9 +302,7 @@ impl Access {
         }
         Ok(())
     }
-}
 
-impl Access {
     /// Ends every session of the account (all its tokens); `NotFound` if the tenant has
     /// no such account.
     pub async fn end_all_sessions(&self, tenant: TenantId, id: AccountId) -> AccessResult<()> {

@@ -49,20 +49,10 @@ impl RollupDelta {
         }
     }
 
-    /// Takes out this transaction's not yet written counts of `tenant` (its deletion).
-    pub(crate) fn take_tenant(&mut self, tenant: TenantId) -> RollupDelta {
-        let mut taken = RollupDelta::default();
-        self.daily.retain(|k, n| {
-            let keep = k.0 != tenant;
-            if !keep {
-                taken.daily.insert(k.clone(), *n);
-            }
-            keep
-        });
-        if let Some(n) = self.per_tenant.remove(&tenant) {
-            taken.per_tenant.insert(tenant, n);
-        }
-        taken
+    /// Drops this transaction's not yet written counts of `tenant` (its deletion).
+    pub(crate) fn drop_tenant(&mut self, tenant: TenantId) {
+        self.daily.retain(|k, _| k.0 != tenant);
+        self.per_tenant.remove(&tenant);
     }
 
     /// Lowers a not yet written daily count by up to `n`; returns by how much.
@@ -194,7 +184,7 @@ impl Topic for EventsTopic {
         // (`deletion::erase_user_rows`), and the user-index purge drops its staged
         // entries; a tenant's deletion drops everything pending for it.
         if user.is_none() {
-            self.rollups.take_tenant(tenant);
+            self.rollups.drop_tenant(tenant);
             self.staged.retain(|((t, _), _)| *t != tenant);
         }
         Ok(())

@@ -85,6 +85,31 @@ impl UsageDelta {
     }
 }
 
+/// Names of rows in the overflow check's cache of stored costs. Ids and names never hold
+/// control characters, so `\0` separates them unambiguously.
+mod label {
+    use std::fmt::Display;
+
+    use tally_core::usage::Granularity;
+
+    pub(super) fn rollup(
+        g: Granularity,
+        bucket: impl Display,
+        provider: &str,
+        model: &str,
+    ) -> String {
+        format!("r{}\0{bucket}\0{provider}\0{model}", g.as_str())
+    }
+
+    pub(super) fn user(table: &str, period: impl Display, user: &str, model: &str) -> String {
+        format!("{table}{period}\0{user}\0{model}")
+    }
+
+    pub(super) fn conversation(conv: &str) -> String {
+        format!("c{conv}")
+    }
+}
+
 /// The cost a row holds now (zero for no row), read with `sql` and its key.
 fn stored_cost(conn: &Connection, sql: &str, key: &[&dyn rusqlite::ToSql]) -> StoreResult<Nanos> {
     Ok(conn
@@ -97,10 +122,7 @@ fn stored_cost(conn: &Connection, sql: &str, key: &[&dyn rusqlite::ToSql]) -> St
 /// Whether `stored + pending + added` still fits a stored cost total.
 fn fits(stored: Nanos, pending: Nanos, added: Nanos) -> StoreResult<()> {
     if stored.0 + pending.0 + added.0 > i128::from(i64::MAX) {
-        return Err(StoreError::Conflict(format!(
-            "a stored cost total would exceed {} USD",
-            Nanos::from(i64::MAX)
-        )));
+        return Err(overflow());
     }
     Ok(())
 }
@@ -152,7 +174,7 @@ impl UsageTopic {
         // Rows read by the check are remembered for later inserts of this transaction.
         let stored = |label: String| read.get(&label).copied();
         for ((g, bucket, provider, model), r) in delta.rollups {
-            let label = (!safe).then(|| format!("r{}\0{bucket}\0{provider}\0{model}", g.as_str()));
+            let label = (!safe).then(|| label::rollup(g, bucket, &provider, &model));
             let entry = self
                 .rollups
                 .entry((tenant, g, bucket, provider, model))
@@ -174,7 +196,7 @@ impl UsageTopic {
                 .map_err(|e| StoreError::Internal(e.to_string()))?;
         }
         for ((day, user, model), d) in delta.days {
-            let label = (!safe).then(|| format!("d{day}\0{user}\0{model}"));
+            let label = (!safe).then(|| label::user("d", day, &user, &model));
             let entry = self.days.entry((tenant, day, user, model)).or_default();
             if entry.stored.is_none() {
                 entry.stored = label.and_then(stored);
@@ -182,7 +204,7 @@ impl UsageTopic {
             entry.delta.merge(&d);
         }
         for ((month, user, model), (calls, cost)) in months {
-            let label = (!safe).then(|| format!("m{month}\0{user}\0{model}"));
+            let label = (!safe).then(|| label::user("m", month, &user, &model));
             let entry = self.months.entry((tenant, month, user, model)).or_default();
             if entry.stored.is_none() {
                 entry.stored = label.and_then(stored);
@@ -191,7 +213,7 @@ impl UsageTopic {
             entry.delta.1 += cost;
         }
         for (conv, (user, c)) in delta.conversations {
-            let label = (!safe).then(|| format!("c{conv}"));
+            let label = (!safe).then(|| label::conversation(&conv));
             let entry = self
                 .conversations
                 .entry((tenant, conv))
@@ -246,7 +268,7 @@ impl UsageTopic {
         for ((g, bucket, provider, model), r) in &delta.rollups {
             let key = (tenant, *g, *bucket, provider.clone(), model.clone());
             check(
-                format!("r{}\0{bucket}\0{provider}\0{model}", g.as_str()),
+                label::rollup(*g, bucket, provider, model),
                 known(self.rollups.get(&key), |d| d.cost),
                 r.cost,
                 "SELECT cost_nanos FROM llm_usage_rollup WHERE tenant_id = ?1 AND granularity = ?2
@@ -257,7 +279,7 @@ impl UsageTopic {
         for ((day, user, model), d) in &delta.days {
             let key = (tenant, *day, user.clone(), model.clone());
             let k = known(self.days.get(&key), |d| d.cost);
-            let label = format!("d{day}\0{user}\0{model}");
+            let label = label::user("d", day, user, model);
             if model.is_empty() {
                 check(label, k, d.cost,
                     "SELECT cost_nanos FROM llm_user_daily WHERE tenant_id = ?1 AND user_id = ?2 AND day = ?3",
@@ -272,7 +294,7 @@ impl UsageTopic {
         for ((month, user, model), (_, cost)) in months {
             let key = (tenant, *month, user.clone(), model.clone());
             let k = known(self.months.get(&key), |d| d.1);
-            let label = format!("m{month}\0{user}\0{model}");
+            let label = label::user("m", month, user, model);
             if model.is_empty() {
                 check(label, k, *cost,
                     "SELECT cost_nanos FROM llm_user_monthly WHERE tenant_id = ?1 AND month = ?2 AND user_id = ?3",
@@ -287,7 +309,7 @@ impl UsageTopic {
         for (conv, (_, c)) in &delta.conversations {
             let key = (tenant, conv.clone());
             check(
-                format!("c{conv}"),
+                label::conversation(conv),
                 known(self.conversations.get(&key), |d| d.1.cost),
                 c.cost,
                 "SELECT cost_nanos FROM llm_conversations WHERE tenant_id = ?1 AND conversation_id = ?2",
@@ -505,12 +527,17 @@ const TOTALS_UPSERT: &str = concat!("calls = calls + excluded.calls, errors = er
 /// nothing is refused here.
 fn guarded(changed: usize) -> StoreResult<()> {
     if changed == 0 {
-        return Err(StoreError::Conflict(format!(
-            "a stored cost total would exceed {} USD",
-            Nanos::from(i64::MAX)
-        )));
+        return Err(overflow());
     }
     Ok(())
+}
+
+/// A stored cost total would pass 64 bits.
+fn overflow() -> StoreError {
+    StoreError::Conflict(format!(
+        "a stored cost total would exceed {} USD",
+        Nanos::from(i64::MAX)
+    ))
 }
 
 const TOTALS_COLUMNS: &str =
