@@ -282,7 +282,7 @@ fn lookup_in<'a>(
 
 /// `gpt-4o-2024-08-06` → `gpt-4o`; `claude-3-5-sonnet-20241022` → `claude-3-5-sonnet`;
 /// `gemini-1.5-pro-002` → `gemini-1.5-pro`; `x-latest` → `x`.
-fn strip_snapshot_suffix(name: &str) -> Option<&str> {
+pub fn strip_snapshot_suffix(name: &str) -> Option<&str> {
     let (head, last) = name.rsplit_once('-')?;
     let is_date8 = last.len() == 8 && last.chars().all(|c| c.is_ascii_digit());
     let is_version = last.len() == 3 && last.chars().all(|c| c.is_ascii_digit());
