@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tally_core::activity::{ActivityFilter, Project, StoredEvent, UserHourCount, UserProfile};
 use tally_core::audit::{AuditFilter, AuditRecord};
+use tally_core::credential::StoredCredential;
 use tally_core::event::NewEvent;
 use tally_core::pricing::ModelPrice;
 use tally_core::quota::{QuotaEvent, QuotaRule, QuotaScope, WindowUsage};
@@ -403,6 +404,40 @@ pub trait QuotaStore: Send + Sync {
     async fn quota_events(&self, tenant: TenantId, limit: u32) -> StoreResult<Vec<QuotaEvent>>;
 }
 
+/// What the gateway keeps: provider credentials (sealed before they get here) and each
+/// tenant's gateway settings (a JSON document the gateway validates).
+#[async_trait]
+pub trait GatewayStore: Send + Sync {
+    /// The tenant's credentials, by name.
+    async fn credentials(&self, tenant: TenantId) -> StoreResult<Vec<StoredCredential>>;
+
+    /// Creates the credential, or replaces the one of the same name (keeping its id and
+    /// creation time). Returns it as stored.
+    async fn put_credential(
+        &self,
+        tenant: TenantId,
+        credential: StoredCredential,
+    ) -> StoreResult<StoredCredential>;
+
+    /// Deletes the tenant's credential of that name; whether there was one.
+    async fn delete_credential(&self, tenant: TenantId, name: String) -> StoreResult<bool>;
+
+    /// Every tenant's credentials (cross-tenant: for the operator's master-key rotation).
+    async fn all_credentials(&self) -> StoreResult<Vec<(TenantId, StoredCredential)>>;
+
+    /// Replaces sealed secrets in one transaction: `(tenant, id, sealed, key_version)`
+    /// each. All or nothing.
+    async fn reseal_credentials(&self, sealed: Vec<(TenantId, i64, Vec<u8>, u32)>)
+        -> StoreResult<()>;
+
+    /// The tenant's gateway settings document, if it has one.
+    async fn gateway_settings(&self, tenant: TenantId) -> StoreResult<Option<String>>;
+
+    /// Replaces the tenant's gateway settings document.
+    async fn put_gateway_settings(&self, tenant: TenantId, body: String, at: i64)
+        -> StoreResult<()>;
+}
+
 /// Which backend to open, and its settings.
 #[derive(Clone)]
 pub enum StoreConfig {
@@ -433,6 +468,7 @@ pub struct Stores {
     pub profiles: Arc<dyn ProfileStore>,
     pub usage: Arc<dyn UsageStore>,
     pub quotas: Arc<dyn QuotaStore>,
+    pub gateway: Arc<dyn GatewayStore>,
     pub audit: Arc<dyn AuditStore>,
     pub deletion: Arc<dyn DeletionStore>,
     backend: Arc<dyn Backend>,
@@ -457,6 +493,7 @@ impl Stores {
                     profiles: store.clone(),
                     usage: store.clone(),
                     quotas: store.clone(),
+                    gateway: store.clone(),
                     audit: store.clone(),
                     deletion: store.clone(),
                     backend: store,

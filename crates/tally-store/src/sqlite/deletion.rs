@@ -21,7 +21,9 @@ use crate::{DeletionReport, DeletionStore, StoreResult};
 /// tenant's key, so both come first.
 pub const TENANT_TABLES: &[&str] = &[
     "activity_daily",
+    "ai_credentials",
     "api_keys",
+    "gateway_settings",
     "llm_conversations",
     "llm_usage",
     "llm_usage_rollup",

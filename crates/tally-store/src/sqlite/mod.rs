@@ -9,6 +9,7 @@ mod audit;
 mod checkpoint;
 pub mod deletion;
 mod events;
+mod gateway;
 mod headroom;
 mod identity;
 mod profiles;

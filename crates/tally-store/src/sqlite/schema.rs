@@ -433,6 +433,30 @@ const MIGRATIONS: &[&str] = &[
     -- completed from them and is rebuilt.
     ALTER TABLE commit_log ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 12: the gateway's provider credentials (sealed by the gateway: no secret in clear)
+    // and each tenant's gateway settings document.
+    r#"
+    CREATE TABLE ai_credentials (
+        id INTEGER PRIMARY KEY,
+        tenant_id BLOB NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        base_url TEXT,
+        sealed BLOB NOT NULL,
+        key_version INTEGER NOT NULL,
+        masked TEXT NOT NULL,
+        models TEXT NOT NULL,
+        weight INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (tenant_id, name)
+    );
+    CREATE TABLE gateway_settings (
+        tenant_id BLOB PRIMARY KEY,
+        body TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The user index's own database (`user_index.rs`): derived data, rebuilt from `events`

@@ -199,6 +199,8 @@ macro_rules! store_test_suite {
             a_cost_total_past_sixty_four_bits_is_refused_for_its_caller_alone,
             deletions_in_the_same_commit_as_new_usage_leave_no_rows,
             snapshots_say_which_commits_they_hold,
+            credentials_upsert_by_name_stay_in_their_tenant_and_reseal_together,
+            gateway_settings_replace_and_go_with_their_tenant,
         ]);
     };
     (@tests $backend:ident, $open:path, [$($name:ident),* $(,)?]) => {
@@ -1634,3 +1636,70 @@ pub async fn deletions_in_the_same_commit_as_new_usage_leave_no_rows(backend: Op
 
 /// 2024-06-20, in days since the epoch.
 const JUNE_20: i64 = 19_894;
+
+fn credential(name: &str, sealed: &[u8]) -> tally_core::credential::StoredCredential {
+    tally_core::credential::StoredCredential {
+        id: 0,
+        name: name.into(),
+        kind: tally_core::credential::ProviderKind::OpenaiCompatible,
+        base_url: Some("http://127.0.0.1:9/v1".into()),
+        sealed: sealed.to_vec(),
+        key_version: 1,
+        masked: "sk-…abcd".into(),
+        models: vec!["llama3".into()],
+        weight: 3,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+pub async fn credentials_upsert_by_name_stay_in_their_tenant_and_reseal_together(backend: Open) {
+    let f = open(backend);
+    let (a, b) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    let g = &f.stores.gateway;
+    let first = g.put_credential(a, credential("local", b"one")).await.unwrap();
+    assert!(first.id > 0);
+    assert_eq!(first.models, ["llama3"]);
+    assert_eq!(first.weight, 3);
+    let mut again = credential("local", b"two");
+    again.updated_at = T0 + 5;
+    again.created_at = T0 + 5;
+    let second = g.put_credential(a, again).await.unwrap();
+    assert_eq!(second.id, first.id, "same name, same credential");
+    assert_eq!(second.sealed, b"two");
+    assert_eq!((second.created_at, second.updated_at), (T0, T0 + 5));
+    g.put_credential(b, credential("local", b"bees")).await.unwrap();
+    let listed = g.credentials(a).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sealed, b"two", "tenant b's credential is not a's");
+
+    let all = g.all_credentials().await.unwrap();
+    assert_eq!(all.len(), 2);
+    let resealed: Vec<_> = all
+        .iter()
+        .map(|(t, c)| (*t, c.id, [c.sealed.as_slice(), b"!"].concat(), 2))
+        .collect();
+    g.reseal_credentials(resealed).await.unwrap();
+    let after = g.credentials(b).await.unwrap();
+    assert_eq!((after[0].sealed.as_slice(), after[0].key_version), (&b"bees!"[..], 2));
+
+    assert!(!g.delete_credential(a, "nope".into()).await.unwrap());
+    assert!(g.delete_credential(a, "local".into()).await.unwrap());
+    assert!(g.credentials(a).await.unwrap().is_empty());
+    assert_eq!(g.credentials(b).await.unwrap().len(), 1);
+}
+
+pub async fn gateway_settings_replace_and_go_with_their_tenant(backend: Open) {
+    let f = open(backend);
+    let (a, b) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    let g = &f.stores.gateway;
+    assert_eq!(g.gateway_settings(a).await.unwrap(), None);
+    g.put_gateway_settings(a, "{\"x\":1}".into(), T0).await.unwrap();
+    g.put_gateway_settings(a, "{\"x\":2}".into(), T0 + 1).await.unwrap();
+    assert_eq!(g.gateway_settings(a).await.unwrap().as_deref(), Some("{\"x\":2}"));
+    assert_eq!(g.gateway_settings(b).await.unwrap(), None);
+    g.put_credential(a, credential("local", b"k")).await.unwrap();
+    f.stores.deletion.delete_tenant(a).await.unwrap();
+    assert_eq!(g.gateway_settings(a).await.unwrap(), None);
+    assert!(g.all_credentials().await.unwrap().is_empty());
+}
