@@ -34,6 +34,8 @@ pub struct Tracked {
     pub window: (i64, i64),
     /// In the metric's unit (nano-dollars, tokens or calls).
     pub used: i128,
+    /// Held by admitted calls not yet settled, in the same unit (filled in by checks).
+    pub reserved: i128,
 }
 
 impl Tracked {
@@ -108,6 +110,99 @@ pub struct Quotas {
     stores: Stores,
     clock: SharedClock,
     slots: Mutex<HashMap<TenantId, Slot>>,
+    /// Calls admitted and not yet settled, per tenant: counted by every check until their
+    /// reservation is dropped, so concurrent calls cannot together overspend. Kept apart
+    /// from the loaded state, which is dropped and reloaded when windows roll over.
+    reservations: Arc<Mutex<Reservations>>,
+}
+
+#[derive(Default)]
+struct Reservations {
+    next: u64,
+    by_tenant: HashMap<TenantId, HashMap<u64, Reserved>>,
+}
+
+#[derive(Debug, Clone)]
+struct Reserved {
+    call: CallEstimate,
+    at: i64,
+}
+
+/// An admitted call's estimate, counted against the tenant's quotas until this is dropped.
+/// The gateway drops it once the call's actual usage is committed (and so counted), or
+/// when the call ends without any.
+#[must_use = "a reservation counts until it is dropped"]
+pub struct Reservation {
+    tenant: TenantId,
+    id: u64,
+    table: Arc<Mutex<Reservations>>,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut table = lock(&self.table);
+        if let Some(calls) = table.by_tenant.get_mut(&self.tenant) {
+            calls.remove(&self.id);
+            if calls.is_empty() {
+                table.by_tenant.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How each of the tenant's rules (that match `call`) judges it, counting what its window
+/// has used and what admitted calls have reserved.
+fn judge(s: &Loaded, reserved: Option<&HashMap<u64, Reserved>>, call: &CallEstimate) -> Verdict {
+    let rules: Vec<RuleVerdict> = s
+        .rules
+        .iter()
+        .filter(|t| {
+            t.rule
+                .scope
+                .matches(&call.provider, &call.model, call.user_id.as_deref())
+        })
+        .map(|t| {
+            let held: i128 = reserved
+                .into_iter()
+                .flat_map(HashMap::values)
+                .filter(|r| {
+                    (t.window.0..t.window.1).contains(&r.at)
+                        && t.rule.scope.matches(
+                            &r.call.provider,
+                            &r.call.model,
+                            r.call.user_id.as_deref(),
+                        )
+                })
+                .map(|r| t.rule.metric.amount(r.call.cost, r.call.tokens))
+                .sum();
+            let amount = t.rule.metric.amount(call.cost, call.tokens);
+            let mut tracked = t.clone();
+            tracked.reserved = held;
+            RuleVerdict {
+                decision: decide(&t.rule, t.used + held, amount),
+                amount,
+                tracked,
+            }
+        })
+        .collect();
+    Verdict {
+        decision: rules
+            .iter()
+            .map(|r| r.decision)
+            .max()
+            .unwrap_or(Decision::Allow),
+        rules,
+    }
 }
 
 impl Quotas {
@@ -116,6 +211,7 @@ impl Quotas {
             stores,
             clock,
             slots: Mutex::new(HashMap::new()),
+            reservations: Arc::default(),
         }
     }
 
@@ -148,6 +244,7 @@ impl Quotas {
             .map(|(rule, u)| Tracked {
                 window: rule.window.bounds(now),
                 used: rule.metric.of(&u),
+                reserved: 0,
                 rule,
             })
             .collect();
@@ -209,37 +306,56 @@ impl Quotas {
     }
 
     /// Would this call pass, warn or be blocked? Answered from memory once the tenant's
-    /// state is loaded.
+    /// state is loaded; calls admitted and not yet settled count.
     pub async fn check(&self, tenant: TenantId, call: &CallEstimate) -> AiResult<Verdict> {
         let now = self.clock.now_micros();
+        let table = self.reservations.clone();
+        self.with_state(tenant, now, |s| judge(s, lock(&table).by_tenant.get(&tenant), call))
+            .await
+    }
+
+    /// [`check`](Self::check), and when the call is not blocked, holds its estimate
+    /// against every quota until the returned reservation is dropped. Check and hold are
+    /// one step: of concurrent calls, each is judged with all those admitted before it.
+    pub async fn reserve(
+        &self,
+        tenant: TenantId,
+        call: &CallEstimate,
+    ) -> AiResult<(Verdict, Option<Reservation>)> {
+        let now = self.clock.now_micros();
+        let table = self.reservations.clone();
         self.with_state(tenant, now, |s| {
-            let rules: Vec<RuleVerdict> = s
-                .rules
-                .iter()
-                .filter(|t| {
-                    t.rule
-                        .scope
-                        .matches(&call.provider, &call.model, call.user_id.as_deref())
-                })
-                .map(|t| {
-                    let amount = t.rule.metric.amount(call.cost, call.tokens);
-                    RuleVerdict {
-                        decision: decide(&t.rule, t.used, amount),
-                        amount,
-                        tracked: t.clone(),
-                    }
-                })
-                .collect();
-            Verdict {
-                decision: rules
-                    .iter()
-                    .map(|r| r.decision)
-                    .max()
-                    .unwrap_or(Decision::Allow),
-                rules,
+            let mut t = lock(&table);
+            let verdict = judge(s, t.by_tenant.get(&tenant), call);
+            if verdict.decision == Decision::Block {
+                return (verdict, None);
             }
+            t.next += 1;
+            let id = t.next;
+            t.by_tenant.entry(tenant).or_default().insert(
+                id,
+                Reserved {
+                    call: call.clone(),
+                    at: now,
+                },
+            );
+            drop(t);
+            let reservation = Reservation {
+                tenant,
+                id,
+                table: table.clone(),
+            };
+            (verdict, Some(reservation))
         })
         .await
+    }
+
+    /// Calls of the tenant admitted and not yet settled.
+    pub fn reserved_calls(&self, tenant: TenantId) -> usize {
+        lock(&self.reservations)
+            .by_tenant
+            .get(&tenant)
+            .map_or(0, HashMap::len)
     }
 
     /// Adds the records newly stored by commit `commit` to the tenant's windows and

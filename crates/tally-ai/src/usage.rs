@@ -13,7 +13,7 @@ use tally_core::{FieldError, TenantId};
 use tally_store::{Stores, UsageInsert, UsageOutcome};
 
 use crate::error::{AiError, AiResult};
-use crate::quota::{CallEstimate, Quotas, RuleVerdict, Verdict};
+use crate::quota::{CallEstimate, Quotas, Reservation, RuleVerdict, Verdict};
 use tally_core::cache::TtlCache;
 use tally_core::pricing::TokenUsage;
 use tally_core::quota::Decision;
@@ -73,6 +73,27 @@ impl Usage {
     /// Without an estimated cost the tokens are priced from the tenant's catalog; without
     /// either, only the request and token quotas are tested.
     pub async fn preflight(&self, tenant: TenantId, call: PreflightCall) -> AiResult<Preflight> {
+        Ok(self.admit(tenant, call, false).await?.0)
+    }
+
+    /// [`preflight`](Self::preflight) for a call about to be made: unless it is blocked,
+    /// its cost and tokens are held against the quotas (concurrent calls see them) until
+    /// the reservation is dropped, which the caller does once the call's usage record is
+    /// stored.
+    pub async fn reserve(
+        &self,
+        tenant: TenantId,
+        call: PreflightCall,
+    ) -> AiResult<(Preflight, Option<Reservation>)> {
+        self.admit(tenant, call, true).await
+    }
+
+    async fn admit(
+        &self,
+        tenant: TenantId,
+        call: PreflightCall,
+        hold: bool,
+    ) -> AiResult<(Preflight, Option<Reservation>)> {
         let now = self.clock.now_micros();
         let catalog = self.catalog(tenant).await?;
         let today = tally_core::time::to_datetime(now).date_naive();
@@ -103,7 +124,11 @@ impl Usage {
             cost,
             tokens,
         };
-        let verdict = self.quotas.check(tenant, &estimate).await?;
+        let (verdict, reservation) = if hold {
+            self.quotas.reserve(tenant, &estimate).await?
+        } else {
+            (self.quotas.check(tenant, &estimate).await?, None)
+        };
         reasons.extend(verdict.rules.iter().filter_map(reason));
         let mut alternatives = Vec::new();
         if verdict.decision != Decision::Allow && tokens > 0 {
@@ -124,13 +149,16 @@ impl Usage {
                 });
             }
         }
-        Ok(Preflight {
-            verdict,
-            cost,
-            tokens,
-            reasons,
-            alternatives,
-        })
+        Ok((
+            Preflight {
+                verdict,
+                cost,
+                tokens,
+                reasons,
+                alternatives,
+            },
+            reservation,
+        ))
     }
 
     pub async fn ingest(
