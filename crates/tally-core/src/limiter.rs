@@ -39,14 +39,41 @@ impl RateLimiter {
 
     /// Counts one request for `key`; `Err(wait)` when it is over `quota`.
     pub fn check(&self, key: &str, quota: Quota) -> Result<(), Duration> {
-        self.check_at(key, quota, self.now())
+        self.check_at(key, quota, self.now(), 1)
     }
 
-    fn check_at(&self, key: &str, quota: Quota, now: i64) -> Result<(), Duration> {
+    /// Counts `n` units (tokens, say) for `key`; `Err(wait)` when they are over `quota`.
+    pub fn check_n(&self, key: &str, quota: Quota, n: u64) -> Result<(), Duration> {
+        self.check_at(key, quota, self.now(), n)
+    }
+
+    /// Adds `n` units to `key` whatever it holds: usage learnt after the fact.
+    pub fn charge(&self, key: &str, quota: Quota, n: u64) {
+        let now = self.now();
         let shard = &self.shards[shard_of(key)];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         let tat = map.get(key).copied();
-        match ratelimit::check(tat, quota, now) {
+        map.insert(key.to_owned(), ratelimit::charge(tat, quota, now, n));
+    }
+
+    /// When `key` could take one more unit under `quota` and how many it has left now:
+    /// `(remaining, reset)`, for `x-ratelimit-*` headers.
+    pub fn remaining(&self, key: &str, quota: Quota) -> (u64, Duration) {
+        let now = self.now();
+        let shard = &self.shards[shard_of(key)];
+        let map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = map.get(key).copied().unwrap_or(now).max(now);
+        let interval = (quota.period_micros / i64::from(quota.burst.max(1))).max(1);
+        let used = ((tat - now) + interval - 1) / interval;
+        let remaining = i64::from(quota.burst).saturating_sub(used).max(0) as u64;
+        (remaining, Duration::from_micros((tat - now).max(0) as u64))
+    }
+
+    fn check_at(&self, key: &str, quota: Quota, now: i64, n: u64) -> Result<(), Duration> {
+        let shard = &self.shards[shard_of(key)];
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = map.get(key).copied();
+        match ratelimit::check_n(tat, quota, now, n) {
             Ok(next) => {
                 if tat.is_none() && map.len() >= MAX_KEYS / SHARDS {
                     map.retain(|_, t| !ratelimit::is_idle(*t, now));
@@ -74,10 +101,10 @@ mod tests {
     fn keys_are_limited_independently() {
         let limiter = RateLimiter::new();
         let q = Quota::per_minute(2);
-        assert!(limiter.check_at("a", q, 0).is_ok());
-        assert!(limiter.check_at("a", q, 0).is_ok());
-        assert_eq!(limiter.check_at("a", q, 0), Err(Duration::from_secs(30)));
-        assert!(limiter.check_at("b", q, 0).is_ok());
-        assert!(limiter.check_at("a", q, 30_000_000).is_ok());
+        assert!(limiter.check_at("a", q, 0, 1).is_ok());
+        assert!(limiter.check_at("a", q, 0, 1).is_ok());
+        assert_eq!(limiter.check_at("a", q, 0, 1), Err(Duration::from_secs(30)));
+        assert!(limiter.check_at("b", q, 0, 1).is_ok());
+        assert!(limiter.check_at("a", q, 30_000_000, 1).is_ok());
     }
 }

@@ -26,14 +26,32 @@ impl Quota {
 /// Decides one request against the key's state (`tat`, `None` for a new key). On success
 /// returns the new state; otherwise how long until a request would be allowed.
 pub fn check(tat: Option<i64>, quota: Quota, now: i64) -> Result<i64, i64> {
+    check_n(tat, quota, now, 1)
+}
+
+/// Decides `n` units at once (tokens of a call, say). More units than the burst pass only
+/// when the key is at a full burst, so a call larger than the limit is not refused forever.
+pub fn check_n(tat: Option<i64>, quota: Quota, now: i64, n: u64) -> Result<i64, i64> {
     let interval = quota.interval();
-    let tolerance = interval * i64::from(quota.burst.max(1) - 1);
+    let n = i64::try_from(n.clamp(1, u64::from(quota.burst.max(1)))).unwrap_or(1);
+    let tolerance = interval * (i64::from(quota.burst.max(1)) - n);
     let tat = tat.unwrap_or(now).max(now);
     let earliest = tat - tolerance;
     if earliest > now {
         return Err(earliest - now);
     }
-    Ok(tat + interval)
+    Ok(tat + interval * n)
+}
+
+/// Adds `n` units to the key's state whatever it holds (usage learnt after the fact, such
+/// as a call's actual tokens beyond its estimate).
+pub fn charge(tat: Option<i64>, quota: Quota, now: i64, n: u64) -> i64 {
+    let n = i64::try_from(n).unwrap_or(i64::MAX / 2);
+    let limit = now.saturating_add(quota.period_micros.saturating_mul(2));
+    tat.unwrap_or(now)
+        .max(now)
+        .saturating_add(quota.interval().saturating_mul(n))
+        .min(limit)
 }
 
 /// Whether a key's state has drained back to a full burst by `now` (it can be forgotten).
@@ -64,5 +82,19 @@ mod tests {
             tat = Some(check(tat, q, 80_000_000).unwrap());
         }
         assert!(check(tat, q, 80_000_000).is_err());
+    }
+
+    #[test]
+    fn units_are_weighed_and_the_charge_after_the_fact_delays_the_next() {
+        let q = Quota::per_minute(1000);
+        let tat = check_n(None, q, 0, 600).unwrap();
+        assert!(check_n(Some(tat), q, 0, 500).is_err(), "1100 units in a minute");
+        let tat2 = check_n(Some(tat), q, 0, 400).unwrap();
+        assert!(check_n(Some(tat2), q, 0, 1).is_err());
+        // Larger than the burst: passes on a full bucket only.
+        assert!(check_n(None, q, 0, 5000).is_ok());
+        assert!(check_n(Some(tat), q, 0, 5000).is_err());
+        let charged = charge(Some(tat), q, 0, 400);
+        assert!(check_n(Some(charged), q, 0, 1).is_err());
     }
 }
