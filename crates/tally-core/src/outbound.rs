@@ -76,8 +76,9 @@ impl OutboundPolicy {
         Ok(())
     }
 
-    /// Checks a base URL's form: http or https, a host, no credentials in it, no query or
-    /// fragment. Its addresses are checked when it is connected to.
+    /// Checks a base URL's form: http or https, a host, no credentials in it, no fragment
+    /// (a query is kept: Azure-style deployments name their `api-version` there). Its
+    /// addresses are checked when it is connected to.
     pub fn check_url_form(url: &str) -> Result<(), OutboundError> {
         let bad = |m: &str| Err(OutboundError::InvalidUrl(m.to_owned()));
         let Some((scheme, rest)) = url.split_once("://") else {
@@ -93,8 +94,8 @@ impl OutboundPolicy {
         if authority.contains('@') {
             return bad("must not carry credentials; store them as the credential's key");
         }
-        if rest.contains(['?', '#']) {
-            return bad("must not have a query or fragment");
+        if rest.contains('#') {
+            return bad("must not have a fragment");
         }
         if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return bad("must not contain spaces or control characters");
@@ -212,7 +213,7 @@ mod tests {
             "api.openai.com",
             "https://",
             "https://user:pw@host/",
-            "https://host/?a=1",
+            "https://host/#a",
             "https://ho st/",
         ] {
             assert!(OutboundPolicy::check_url_form(bad).is_err(), "{bad}");

@@ -1,0 +1,291 @@
+//! tally's LLM gateway (seeds 003 and 000): OpenAI-format chat completions and embeddings
+//! to OpenAI, Anthropic, Gemini and OpenAI-compatible servers, with the model rules
+//! applied before any provider is called, the call's cost estimated (a real tokenizer) and
+//! held against the budgets until it settles, rate limits, retries, fallbacks, a circuit
+//! breaker per deployment, weighted load balancing, an exact-match cache, and every call
+//! recorded as usage off the response path. Provider credentials are sealed under the
+//! master key (`secrets`). No HTTP server here: `tally-server` routes to it.
+
+pub mod chat;
+pub mod credentials;
+pub mod error;
+pub mod health;
+pub mod net;
+pub mod providers;
+pub mod recorder;
+pub mod secrets;
+pub mod settings;
+pub mod sse;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_ai::quota::Quotas;
+use tally_ai::usage::Usage;
+use tally_core::cache::TtlCache;
+use tally_core::credential::ProviderKind;
+use tally_core::limiter::RateLimiter;
+use tally_core::models::ModelCatalog;
+use tally_core::outbound::OutboundPolicy;
+use tally_core::time::SharedClock;
+use tally_core::TenantId;
+use tally_store::Stores;
+
+pub use error::{GatewayError, GatewayResult};
+pub use settings::{GatewaySettings, Options};
+
+use crate::health::Health;
+use crate::recorder::Recorder;
+use crate::secrets::MasterKey;
+
+/// One deployment a tenant can route to: a credential, opened.
+#[derive(Clone)]
+pub struct Deployment {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Without a trailing slash.
+    pub base_url: String,
+    secret: String,
+    pub models: Vec<String>,
+    pub weight: u32,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deployment {
+    /// The provider name calls to this deployment are priced and recorded under: the
+    /// kind's for OpenAI, Anthropic and Google, the credential's own name otherwise.
+    pub fn provider(&self) -> &str {
+        match self.kind {
+            ProviderKind::OpenaiCompatible => &self.name,
+            k => k.as_str(),
+        }
+    }
+}
+
+/// What the gateway holds for a tenant between changes: its opened deployments, its
+/// settings and its model catalog.
+#[derive(Debug)]
+pub struct TenantGateway {
+    pub deployments: Vec<Deployment>,
+    pub settings: GatewaySettings,
+    pub catalog: ModelCatalog,
+}
+
+/// A cached answer: the body, and until when it may be served.
+#[derive(Clone)]
+struct Cached {
+    body: Arc<serde_json::Value>,
+    expires_at: i64,
+}
+
+pub struct Gateway {
+    stores: Stores,
+    usage: Arc<Usage>,
+    quotas: Arc<Quotas>,
+    clock: SharedClock,
+    key: MasterKey,
+    http: reqwest::Client,
+    policy: Arc<OutboundPolicy>,
+    options: Options,
+    limiter: Arc<RateLimiter>,
+    catalog: ModelCatalog,
+    tenants: TtlCache<TenantId, Arc<TenantGateway>>,
+    health: Health,
+    recorder: Recorder,
+    cache: TtlCache<[u8; 32], Cached>,
+}
+
+impl Gateway {
+    /// Wires the gateway; returns the recorder task's handle, which ends after the last
+    /// record is written once the gateway is dropped.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        stores: Stores,
+        usage: Arc<Usage>,
+        quotas: Arc<Quotas>,
+        clock: SharedClock,
+        key: MasterKey,
+        policy: OutboundPolicy,
+        options: Options,
+        limiter: Arc<RateLimiter>,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), String> {
+        options.validate()?;
+        let policy = Arc::new(policy);
+        let http = net::client(
+            policy.clone(),
+            Duration::from_secs_f64(options.connect_timeout_secs),
+        );
+        let (recorder, task) = Recorder::start(
+            usage.clone(),
+            Duration::from_millis(options.record_interval_ms),
+        );
+        tokens::warm_up();
+        Ok((
+            Self {
+                health: Health::new(
+                    options.breaker_failures,
+                    (options.breaker_cooldown_secs * 1e6) as i64,
+                ),
+                cache: TtlCache::new(Duration::from_secs(86_400), options.max_cache_entries),
+                stores,
+                usage,
+                quotas,
+                clock,
+                key,
+                http,
+                policy,
+                options,
+                limiter,
+                catalog: ModelCatalog::default(),
+                tenants: TtlCache::new(Duration::from_secs(30), 10_000),
+                recorder,
+            },
+            task,
+        ))
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The tenant's deployments, settings and catalog (cached; dropped on every change).
+    pub async fn tenant(&self, tenant: TenantId) -> GatewayResult<Arc<TenantGateway>> {
+        if let Some(t) = self.tenants.get(&tenant) {
+            return Ok(t);
+        }
+        let settings = self.settings(tenant).await?;
+        let mut deployments = Vec::new();
+        for c in self.stores.gateway.credentials(tenant).await? {
+            let secret = match self.key.open(tenant, &c.name, c.key_version, &c.sealed) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(tenant = %tenant.0, credential = %c.name, error = %e,
+                        "a provider credential does not open; it is skipped");
+                    continue;
+                }
+            };
+            let base_url = c
+                .base_url
+                .clone()
+                .or_else(|| c.kind.default_base_url().map(str::to_owned))
+                .unwrap_or_default();
+            deployments.push(Deployment {
+                name: c.name,
+                kind: c.kind,
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                secret,
+                models: c.models,
+                weight: c.weight.max(1),
+            });
+        }
+        let t = Arc::new(TenantGateway {
+            catalog: self.catalog.with_overrides(settings.models.clone()),
+            deployments,
+            settings,
+        });
+        self.tenants.insert(tenant, t.clone());
+        Ok(t)
+    }
+
+    /// Drops what is held for the tenant (after a change to its credentials or settings,
+    /// or its deletion).
+    pub fn forget(&self, tenant: TenantId) {
+        self.tenants.remove(&tenant);
+    }
+
+    /// The tenant's settings (defaults when it never set any).
+    pub async fn settings(&self, tenant: TenantId) -> GatewayResult<GatewaySettings> {
+        match self.stores.gateway.gateway_settings(tenant).await? {
+            Some(body) => serde_json::from_str(&body).map_err(GatewayError::internal),
+            None => Ok(GatewaySettings::default()),
+        }
+    }
+
+    /// Validates and stores the tenant's settings, replacing the previous ones.
+    pub async fn put_settings(
+        &self,
+        tenant: TenantId,
+        settings: GatewaySettings,
+    ) -> GatewayResult<GatewaySettings> {
+        settings.validate()?;
+        let body = serde_json::to_string(&settings).map_err(GatewayError::internal)?;
+        self.stores
+            .gateway
+            .put_gateway_settings(tenant, body, self.clock.now_micros())
+            .await?;
+        self.forget(tenant);
+        Ok(settings)
+    }
+
+    /// The status of each of the tenant's deployments.
+    pub async fn health(&self, tenant: TenantId) -> GatewayResult<Vec<(Deployment, health::DeploymentHealth)>> {
+        let t = self.tenant(tenant).await?;
+        let now = self.clock.now_micros();
+        Ok(t.deployments
+            .iter()
+            .map(|d| (d.clone(), self.health.of(tenant, &d.name, now)))
+            .collect())
+    }
+
+    /// The health status of the deployments serving `provider` (the realtime report's
+    /// provider status): the best of them.
+    pub async fn provider_status(
+        &self,
+        tenant: TenantId,
+        provider: &str,
+    ) -> GatewayResult<Option<health::HealthStatus>> {
+        use health::HealthStatus::*;
+        let rank = |s: health::HealthStatus| match s {
+            Healthy => 0,
+            Degraded => 1,
+            Unknown => 2,
+            Down => 3,
+        };
+        Ok(self
+            .health(tenant)
+            .await?
+            .into_iter()
+            .filter(|(d, _)| d.provider() == provider)
+            .map(|(_, h)| h.status)
+            .min_by_key(|s| rank(*s)))
+    }
+
+    /// Checks every deployment of every tenant with a cheap authenticated request (its
+    /// model list): the supervised task's tick.
+    pub async fn check_all(&self) -> GatewayResult<usize> {
+        let mut n = 0;
+        let mut tenants: Vec<TenantId> = self
+            .stores
+            .gateway
+            .all_credentials()
+            .await?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        tenants.dedup();
+        for tenant in tenants {
+            let t = self.tenant(tenant).await?;
+            for d in &t.deployments {
+                let check = self.probe(d).await;
+                self.health.record_check(tenant, &d.name, check);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The outbound policy calls go through.
+    pub fn policy(&self) -> &OutboundPolicy {
+        &self.policy
+    }
+}

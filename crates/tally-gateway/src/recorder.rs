@@ -1,0 +1,109 @@
+//! Usage records of gateway calls, committed off the response path (DESIGN principle 2):
+//! calls hand their record to a queue and answer; a task ingests the queue in groups at
+//! most `record_interval` apart, through the same path as `POST /api/v1/ai/usage`
+//! (idempotent on the gateway's request id), and then drops the calls' budget
+//! reservations, so a call's estimate stays held until its actual cost is counted.
+//! A `kill -9` loses the queued records (at most one interval plus the commit in
+//! flight); on restart the quotas load what was committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_ai::quota::Reservation;
+use tally_ai::usage::Usage;
+use tally_core::usage::UsageInput;
+use tally_core::TenantId;
+use tokio::sync::mpsc;
+
+/// One call's record and what it held.
+pub struct Record {
+    pub tenant: TenantId,
+    pub input: UsageInput,
+    pub reservation: Option<Reservation>,
+}
+
+/// Records queued beyond this wait for room (back-pressure on the calls).
+const QUEUE: usize = 50_000;
+const MAX_GROUP: usize = 2_000;
+
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Record>,
+}
+
+impl Recorder {
+    /// Starts the task; it ends, after writing what is queued, once every `Recorder`
+    /// clone is dropped. Await the handle to know the last records are written.
+    pub fn start(usage: Arc<Usage>, interval: Duration) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run(usage, interval, rx));
+        (Self { tx }, task)
+    }
+
+    /// Queues a record. Never blocks the caller: when the queue is full the record waits
+    /// on a task of its own.
+    pub fn submit(&self, record: Record) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(record).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("gateway usage record dropped: the recorder has stopped");
+            }
+        }
+    }
+}
+
+async fn run(usage: Arc<Usage>, interval: Duration, mut rx: mpsc::Receiver<Record>) {
+    loop {
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut group = vec![first];
+        let deadline = tokio::time::Instant::now() + interval;
+        while group.len() < MAX_GROUP {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => group.push(r),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        write(&usage, group).await;
+    }
+}
+
+async fn write(usage: &Usage, group: Vec<Record>) {
+    let mut by_tenant: HashMap<TenantId, (Vec<UsageInput>, Vec<Reservation>)> = HashMap::new();
+    for r in group {
+        let slot = by_tenant.entry(r.tenant).or_default();
+        slot.0.push(r.input);
+        slot.1.extend(r.reservation);
+    }
+    for (tenant, (inputs, reservations)) in by_tenant {
+        let n = inputs.len();
+        match usage
+            .ingest(tenant, inputs.into_iter().map(Ok).collect())
+            .await
+        {
+            Ok(results) => {
+                for r in results {
+                    if let tally_ai::usage::UsageResult::Rejected(e) = r {
+                        tracing::error!(tenant = %tenant.0, field = %e.field, error = %e.message,
+                            "gateway usage record refused");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(tenant = %tenant.0, records = n, error = %e,
+                    "gateway usage records could not be stored");
+            }
+        }
+        // Committed (and so counted by the quotas), or lost: either way the estimates
+        // stop being held.
+        drop(reservations);
+    }
+}
