@@ -22,6 +22,9 @@ pub mod action {
     pub const KEY_REVOKED: &str = "api_key.revoked";
     pub const QUOTAS_REPLACED: &str = "quotas.replaced";
     pub const PRICE_SET: &str = "price.set";
+    pub const CREDENTIAL_SET: &str = "credential.set";
+    pub const CREDENTIAL_DELETED: &str = "credential.deleted";
+    pub const GATEWAY_SETTINGS_SET: &str = "gateway_settings.set";
     pub const USER_ERASED: &str = "tracked_user.erased";
 }
 

@@ -85,13 +85,13 @@ const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "f
 const DEFAULT_MAX_OUTPUT: u64 = 4_096;
 
 /// A route: where a model's calls go.
-struct Route {
+pub(crate) struct Route {
     /// Priced and recorded as.
-    provider: String,
+    pub(crate) provider: String,
     /// As the provider knows it (the name without a `provider/` prefix).
-    model: String,
-    spec: ModelSpec,
-    deployments: Vec<Deployment>,
+    pub(crate) model: String,
+    pub(crate) spec: ModelSpec,
+    pub(crate) deployments: Vec<Deployment>,
 }
 
 /// Checks an OpenAI chat request's shape: the fields every provider needs, with the
@@ -247,7 +247,7 @@ fn new_request_id() -> String {
 impl Gateway {
     /// Where `requested` goes for the tenant: `provider/model`, a bare name of a known
     /// provider, or a model one of the tenant's deployments lists.
-    fn route(&self, t: &TenantGateway, requested: &str) -> GatewayResult<Route> {
+    pub(crate) fn route(&self, t: &TenantGateway, requested: &str) -> GatewayResult<Route> {
         let (prefix, name) = match requested.split_once('/') {
             Some((p, m)) if !p.is_empty() && !m.is_empty() => (Some(p), m),
             _ => (None, requested),
@@ -562,23 +562,9 @@ impl Gateway {
             .rate_limit(t, caller, &route.spec.model, prompt_tokens, primary)
             .map_err(|e| if primary { Step::Refuse(e) } else { Step::Next(e, None) })?;
         let (preflight, reservation) = self
-            .usage
-            .reserve(
-                caller.tenant,
-                PreflightCall {
-                    provider: route.provider.clone(),
-                    model: route.spec.model.clone(),
-                    user_id: user.map(str::to_owned),
-                    estimated_cost: None,
-                    tokens: TokenUsage {
-                        input: prompt_tokens,
-                        output: max_output,
-                        ..TokenUsage::default()
-                    },
-                },
-            )
+            .reserve_for(caller, &route, user, prompt_tokens, max_output)
             .await
-            .map_err(|e| Step::Refuse(e.into()))?;
+            .map_err(Step::Refuse)?;
         if reservation.is_none() {
             let cheaper = if t.settings.cheaper_on_budget {
                 preflight
@@ -705,7 +691,7 @@ fn rate_limited(scope: &str, what: &str, limit: u32, wait: Duration) -> GatewayE
 }
 
 /// The tightest cost rule's room after this call's hold.
-fn remaining_budget(rules: &[RuleVerdict]) -> Option<Nanos> {
+pub(crate) fn remaining_budget(rules: &[RuleVerdict]) -> Option<Nanos> {
     rules
         .iter()
         .filter(|r| r.tracked.rule.metric == QuotaMetric::CostUsd)
@@ -1070,7 +1056,7 @@ impl Gateway {
         if meta.fallback_from.is_some() {
             body["model"] = json!(meta.model);
         }
-        meta.cost = self.price(record.tenant, &record.provider, &record.model, tokens).await;
+        meta.cost = self.price_for(record.tenant, &record.provider, &record.model, tokens).await;
         self.charge_tokens(&record, tokens);
         self.cache_put(record.tenant, t, &p, &body);
         self.submit(
@@ -1079,17 +1065,6 @@ impl Gateway {
             p.reservation,
         );
         Ok(ChatAnswer::Complete { body, meta })
-    }
-
-    async fn price(&self, tenant: TenantId, provider: &str, model: &str, t: Tokens) -> Nanos {
-        let Ok(catalog) = self.usage.catalog(tenant).await else {
-            return Nanos::ZERO;
-        };
-        let today = tally_core::time::to_datetime(self.clock.now_micros()).date_naive();
-        catalog
-            .lookup(provider, model, today)
-            .map(|p| p.cost(&t.usage()))
-            .unwrap_or(Nanos::ZERO)
     }
 
     /// Charges the token rate limits with what the call used beyond its prompt estimate.
@@ -1165,7 +1140,7 @@ fn charge(limiter: &RateLimiter, record: &RecordBase, t: Tokens) {
 
 /// What every record of a call shares.
 #[derive(Debug, Clone)]
-struct RecordBase {
+pub(crate) struct RecordBase {
     tenant: TenantId,
     request_id: String,
     provider: String,
@@ -1581,5 +1556,124 @@ impl Gateway {
                 }
             }
         }))
+    }
+}
+
+/// The pieces other calls (embeddings, provider tests) share with chat calls.
+impl Gateway {
+    /// Holds the estimate of a call of `prompt` tokens answering at most `max_output`.
+    pub(crate) async fn reserve_for(
+        &self,
+        caller: &Caller,
+        route: &Route,
+        user: Option<&str>,
+        prompt: u64,
+        max_output: u64,
+    ) -> GatewayResult<(Preflight, Option<Reservation>)> {
+        Ok(self
+            .usage
+            .reserve(
+                caller.tenant,
+                PreflightCall {
+                    provider: route.provider.clone(),
+                    model: route.spec.model.clone(),
+                    user_id: user.map(str::to_owned),
+                    estimated_cost: None,
+                    tokens: TokenUsage {
+                        input: prompt,
+                        output: max_output,
+                        ..TokenUsage::default()
+                    },
+                },
+            )
+            .await?)
+    }
+
+    pub(crate) fn route_for(&self, t: &TenantGateway, model: &str) -> GatewayResult<Route> {
+        self.route(t, model)
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn rate_limit_for(
+        &self,
+        t: &TenantGateway,
+        caller: &Caller,
+        model: &str,
+        prompt: u64,
+    ) -> GatewayResult<(Vec<(String, String)>, Vec<(String, Quota)>)> {
+        self.rate_limit(t, caller, model, prompt, true)
+    }
+
+    pub(crate) fn budget_error_for(
+        &self,
+        route: &Route,
+        preflight: &Preflight,
+        t: &TenantGateway,
+        requested: &str,
+    ) -> GatewayError {
+        budget_error(route, preflight, &t.settings.fallbacks, requested, &Map::new())
+    }
+
+    pub(crate) fn record_base(
+        &self,
+        caller: &Caller,
+        route: &Route,
+        request_id: &str,
+        user: Option<String>,
+        prompt: u64,
+        token_limits: Vec<(String, Quota)>,
+    ) -> RecordBase {
+        RecordBase {
+            tenant: caller.tenant,
+            request_id: request_id.to_owned(),
+            provider: route.provider.clone(),
+            model: route.spec.model.clone(),
+            user,
+            conversation: caller.conversation.clone(),
+            api_key: caller.api_key.clone(),
+            fallback_from: None,
+            prompt_estimate: prompt,
+            token_limits,
+        }
+    }
+
+    /// [`send`](Self::send), the failure as its error and whether it timed out.
+    pub(crate) async fn send_for(
+        &self,
+        tenant: TenantId,
+        route: &Route,
+        build: &(dyn Fn(&Target<'_>) -> UpstreamRequest + Sync),
+    ) -> Result<(Deployment, reqwest::Response), (GatewayError, bool)> {
+        self.send(tenant, route, build)
+            .await
+            .map_err(|f| (f.error, f.timeout))
+    }
+
+    pub(crate) fn submit_failed(
+        &self,
+        record: &RecordBase,
+        error: &GatewayError,
+        timeout: bool,
+        latency: Duration,
+        reservation: Option<Reservation>,
+    ) {
+        let failure = Failure {
+            error: error.clone(),
+            provider_side: true,
+            timeout,
+        };
+        self.submit(record, Outcome::failed(&failure, latency), reservation);
+    }
+
+    pub(crate) fn submit_success(
+        &self,
+        record: &RecordBase,
+        tokens: Tokens,
+        latency: Duration,
+        deployment: &str,
+        reservation: Option<Reservation>,
+    ) {
+        charge(&self.limiter, record, tokens);
+        self.submit(record, Outcome::success(tokens, latency, None, deployment), reservation);
     }
 }

@@ -6,6 +6,7 @@
 //! recorded as usage off the response path. Provider credentials are sealed under the
 //! master key (`secrets`). No HTTP server here: `tally-server` routes to it.
 
+pub mod catalog;
 pub mod chat;
 pub mod credentials;
 pub mod error;
@@ -156,6 +157,11 @@ impl Gateway {
 
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// Waits until every usage record of calls made so far is written.
+    pub async fn flush(&self) {
+        self.recorder.flush().await;
     }
 
     /// The tenant's deployments, settings and catalog (cached; dropped on every change).

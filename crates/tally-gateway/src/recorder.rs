@@ -27,9 +27,15 @@ pub struct Record {
 const QUEUE: usize = 50_000;
 const MAX_GROUP: usize = 2_000;
 
+enum Msg {
+    Record(Record),
+    /// Answered once everything queued before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<Msg>,
 }
 
 impl Recorder {
@@ -44,12 +50,12 @@ impl Recorder {
     /// Queues a record. Never blocks the caller: when the queue is full the record waits
     /// on a task of its own.
     pub fn submit(&self, record: Record) {
-        match self.tx.try_send(record) {
+        match self.tx.try_send(Msg::Record(record)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(record)) => {
+            Err(mpsc::error::TrySendError::Full(msg)) => {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
-                    let _ = tx.send(record).await;
+                    let _ = tx.send(msg).await;
                 });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -57,22 +63,39 @@ impl Recorder {
             }
         }
     }
+
+    /// Waits until every record submitted before the call is written (shutdown, tests).
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
-async fn run(usage: Arc<Usage>, interval: Duration, mut rx: mpsc::Receiver<Record>) {
+async fn run(usage: Arc<Usage>, interval: Duration, mut rx: mpsc::Receiver<Msg>) {
     loop {
         let Some(first) = rx.recv().await else {
             return;
         };
-        let mut group = vec![first];
+        let mut group = Vec::new();
+        let mut flushes = Vec::new();
+        match first {
+            Msg::Record(r) => group.push(r),
+            Msg::Flush(done) => flushes.push(done),
+        }
         let deadline = tokio::time::Instant::now() + interval;
-        while group.len() < MAX_GROUP {
+        while group.len() < MAX_GROUP && flushes.is_empty() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => group.push(r),
+                Ok(Some(Msg::Record(r))) => group.push(r),
+                Ok(Some(Msg::Flush(done))) => flushes.push(done),
                 Ok(None) | Err(_) => break,
             }
         }
         write(&usage, group).await;
+        for f in flushes {
+            let _ = f.send(());
+        }
     }
 }
 

@@ -19,7 +19,8 @@ use tally_core::TenantId;
 pub const MASTER_KEY_FILE: &str = "master.key";
 const NONCE_LEN: usize = 24;
 
-/// A master key and the version it seals as.
+/// A master key. Its version, stored beside every secret it seals, is the first 4 bytes of
+/// its SHA-256: a secret sealed under another key is told apart without trying it.
 #[derive(Clone)]
 pub struct MasterKey {
     cipher: XChaCha20Poly1305,
@@ -42,13 +43,15 @@ pub enum SecretError {
     BadKey(String),
     #[error("the sealed secret does not open with this master key (wrong key, or tampered)")]
     Open,
+    #[error("the secret was sealed under another master key (version {0:08x})")]
+    OtherKey(u32),
     #[error("master key file {path}: {message}")]
     File { path: String, message: String },
 }
 
 impl MasterKey {
     /// From its text form: 32 bytes as base64 (standard or URL-safe) or 64 hex digits.
-    pub fn parse(text: &str, version: u32) -> Result<Self, SecretError> {
+    pub fn parse(text: &str) -> Result<Self, SecretError> {
         let t = text.trim();
         let bytes = if t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit()) {
             hex::decode(t).map_err(|e| SecretError::BadKey(e.to_string()))?
@@ -58,15 +61,17 @@ impl MasterKey {
                 .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(t))
                 .map_err(|e| SecretError::BadKey(e.to_string()))?
         };
-        Self::from_bytes(&bytes, version)
+        Self::from_bytes(&bytes)
     }
 
-    fn from_bytes(bytes: &[u8], version: u32) -> Result<Self, SecretError> {
+    fn from_bytes(bytes: &[u8]) -> Result<Self, SecretError> {
         if bytes.len() != 32 {
             return Err(SecretError::BadKey(format!("got {} bytes", bytes.len())));
         }
         use sha2::Digest;
-        let fingerprint = hex::encode(&sha2::Sha256::digest(bytes)[..4]);
+        let digest = sha2::Sha256::digest(bytes);
+        let fingerprint = hex::encode(&digest[..4]);
+        let version = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
         Ok(Self {
             cipher: XChaCha20Poly1305::new_from_slice(bytes)
                 .map_err(|e| SecretError::BadKey(e.to_string()))?,
@@ -84,17 +89,17 @@ impl MasterKey {
 
     /// Reads `path`, or creates it with a new key (owner-only) when it does not exist.
     /// Returns the key and whether it was just generated.
-    pub fn load_or_create(path: &Path, version: u32) -> Result<(Self, bool), SecretError> {
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), SecretError> {
         let err = |e: std::io::Error| SecretError::File {
             path: path.display().to_string(),
             message: e.to_string(),
         };
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok((Self::parse(&text, version)?, false)),
+            Ok(text) => Ok((Self::parse(&text)?, false)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let text = Self::generate_text();
                 write_private(path, &text).map_err(err)?;
-                Ok((Self::parse(&text, version)?, true))
+                Ok((Self::parse(&text)?, true))
             }
             Err(e) => Err(err(e)),
         }
@@ -137,7 +142,10 @@ impl MasterKey {
         version: u32,
         sealed: &[u8],
     ) -> Result<String, SecretError> {
-        if sealed.len() < NONCE_LEN || version != self.version {
+        if version != self.version {
+            return Err(SecretError::OtherKey(version));
+        }
+        if sealed.len() < NONCE_LEN {
             return Err(SecretError::Open);
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
@@ -184,29 +192,30 @@ mod tests {
 
     #[test]
     fn sealed_secrets_open_only_for_their_tenant_name_and_key() {
-        let key = MasterKey::parse(&MasterKey::generate_text(), 1).unwrap();
+        let key = MasterKey::parse(&MasterKey::generate_text()).unwrap();
         let (a, b) = (TenantId::generate(), TenantId::generate());
         let sealed = key.seal(a, "openai", "sk-secret-1234");
         assert!(!sealed
             .windows(b"sk-secret".len())
             .any(|w| w == b"sk-secret"));
-        assert_eq!(key.open(a, "openai", 1, &sealed).unwrap(), "sk-secret-1234");
-        assert_eq!(key.open(b, "openai", 1, &sealed), Err(SecretError::Open));
-        assert_eq!(key.open(a, "other", 1, &sealed), Err(SecretError::Open));
-        let other = MasterKey::parse(&MasterKey::generate_text(), 1).unwrap();
-        assert_eq!(other.open(a, "openai", 1, &sealed), Err(SecretError::Open));
+        let v = key.version();
+        assert_eq!(key.open(a, "openai", v, &sealed).unwrap(), "sk-secret-1234");
+        assert_eq!(key.open(b, "openai", v, &sealed), Err(SecretError::Open));
+        assert_eq!(key.open(a, "other", v, &sealed), Err(SecretError::Open));
+        let other = MasterKey::parse(&MasterKey::generate_text()).unwrap();
+        assert_eq!(other.open(a, "openai", v, &sealed), Err(SecretError::OtherKey(v)));
         let mut tampered = sealed.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        assert_eq!(key.open(a, "openai", 1, &tampered), Err(SecretError::Open));
+        assert_eq!(key.open(a, "openai", v, &tampered), Err(SecretError::Open));
         assert_ne!(key.seal(a, "openai", "x"), key.seal(a, "openai", "x"), "fresh nonces");
     }
 
     #[test]
     fn keys_parse_from_base64_or_hex_and_refuse_other_lengths() {
-        assert!(MasterKey::parse(&"ab".repeat(32), 1).is_ok());
-        assert!(MasterKey::parse("c2hvcnQ=", 1).is_err());
-        assert!(MasterKey::parse("not a key!", 1).is_err());
+        assert!(MasterKey::parse(&"ab".repeat(32)).is_ok());
+        assert!(MasterKey::parse("c2hvcnQ=").is_err());
+        assert!(MasterKey::parse("not a key!").is_err());
     }
 
     #[cfg(unix)]
@@ -215,11 +224,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(MASTER_KEY_FILE);
-        let (k1, created) = MasterKey::load_or_create(&path, 1).unwrap();
+        let (k1, created) = MasterKey::load_or_create(&path).unwrap();
         assert!(created);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let (k2, created) = MasterKey::load_or_create(&path, 1).unwrap();
+        let (k2, created) = MasterKey::load_or_create(&path).unwrap();
         assert!(!created);
         assert_eq!(k1.fingerprint(), k2.fingerprint());
     }

@@ -22,6 +22,42 @@ pub struct Config {
     pub events: EventLimits,
     pub storage: StorageConfig,
     pub audit: AuditConfig,
+    pub secrets: SecretsConfig,
+    pub outbound: OutboundConfig,
+    pub gateway: tally_gateway::Options,
+}
+
+/// The master key provider credentials are sealed under (32 bytes, base64 or hex). With
+/// neither set, a key is generated into the data dir (`master.key`, owner-only) at first
+/// start, with a warning: whoever holds the data dir then holds the key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// The key itself (`TALLY_MASTER_KEY`).
+    pub master_key: Option<String>,
+    /// A file holding the key.
+    pub master_key_file: Option<PathBuf>,
+}
+
+/// Where tally may send requests (provider base URLs, connection tests): private,
+/// loopback, link-local and metadata addresses are refused unless `allow` names them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// CIDR blocks or addresses allowed although restricted (e.g. a vLLM server at
+    /// "10.0.0.5" or "127.0.0.1/32").
+    pub allow: Vec<String>,
+    /// Whether public addresses may be called (tests and CI: false, loopback allowed).
+    pub allow_public: bool,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            allow_public: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +193,9 @@ impl Default for Config {
             events: EventLimits::default(),
             storage: StorageConfig::default(),
             audit: AuditConfig::default(),
+            secrets: SecretsConfig::default(),
+            outbound: OutboundConfig::default(),
+            gateway: tally_gateway::Options::default(),
         }
     }
 }

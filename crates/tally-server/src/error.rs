@@ -17,6 +17,9 @@ use tally_store::StoreError;
 pub enum ApiError {
     #[error("{0}")]
     Field(FieldError),
+    /// The gateway's refusals and failures, with their own status, code and details.
+    #[error("{}", .0.message)]
+    Gateway(tally_gateway::GatewayError),
     /// A request-level error with a stable code.
     #[error("{message}")]
     BadRequest {
@@ -93,6 +96,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::Gateway(g) => {
+                StatusCode::from_u16(g.status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
             ApiError::Field(_) | ApiError::BadRequest { .. } | ApiError::InvalidJson(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -117,6 +123,7 @@ impl ApiError {
 
     fn code(&self) -> &'static str {
         match self {
+            ApiError::Gateway(g) => g.code,
             ApiError::Field(f) => f.code,
             ApiError::BadRequest { code, .. } => code,
             ApiError::InvalidJson(_) => "INVALID_JSON",
@@ -141,6 +148,7 @@ impl ApiError {
 
     fn details(&self) -> Value {
         match self {
+            ApiError::Gateway(g) => g.details.clone(),
             ApiError::Field(f) => json!({ "field": f.field }),
             ApiError::BadRequest { details, .. } => details.clone(),
             ApiError::PayloadTooLarge(limit) => json!({ "max_body_bytes": limit }),
@@ -259,6 +267,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::Gateway(g) = &self {
+            crate::api::gateway::add_error_headers(&mut resp, g);
+        }
         if let ApiError::RateLimited {
             retry_after_secs, ..
         } = &self
@@ -279,3 +290,9 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<tally_gateway::GatewayError> for ApiError {
+    fn from(e: tally_gateway::GatewayError) -> Self {
+        ApiError::Gateway(e)
+    }
+}

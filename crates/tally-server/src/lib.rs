@@ -48,6 +48,7 @@ pub struct AppState {
     pub usage: Arc<tally_ai::usage::Usage>,
     pub quotas: Arc<tally_ai::quota::Quotas>,
     pub analytics: Arc<tally_ai::analytics::Analytics>,
+    pub gateway: Arc<tally_gateway::Gateway>,
     /// The background tasks' states (`/readyz`).
     pub tasks: supervisor::TaskBoard,
 }
@@ -88,7 +89,7 @@ impl AppState {
             per_account: Quota::per_minute(config.auth.login_attempts_per_account),
             per_ip: Quota::per_minute(config.auth.login_attempts_per_ip),
         };
-        let auth = Authenticator::new(access.clone(), signer, limiter, login_limits)
+        let auth = Authenticator::new(access.clone(), signer, limiter.clone(), login_limits)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let quotas = Arc::new(tally_ai::quota::Quotas::new(stores.clone(), clock.clone()));
         let usage = Arc::new(tally_ai::usage::Usage::new(
@@ -97,7 +98,24 @@ impl AppState {
             config.events.max_future_skew_secs,
             clock.clone(),
         ));
+        let policy = tally_core::outbound::OutboundPolicy::new(
+            &config.outbound.allow,
+            config.outbound.allow_public,
+        )
+        .map_err(|e| anyhow::anyhow!("outbound.allow: {e}"))?;
+        let (gateway, _recorder) = tally_gateway::Gateway::new(
+            stores.clone(),
+            usage.clone(),
+            quotas.clone(),
+            clock.clone(),
+            master_key(config)?,
+            policy,
+            config.gateway.clone(),
+            limiter.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self {
+            gateway: Arc::new(gateway),
             config: Arc::new(RequestConfig {
                 max_body_bytes: config.limits.max_body_bytes,
                 max_batch_events: config.limits.max_batch_events,
@@ -125,6 +143,29 @@ impl AppState {
             access,
         })
     }
+}
+
+/// The master key provider credentials are sealed under: the configured one, the file
+/// named, or the data dir's own (generated at first start, with a warning).
+pub fn master_key(config: &Config) -> anyhow::Result<tally_gateway::secrets::MasterKey> {
+    use tally_gateway::secrets::{MasterKey, MASTER_KEY_FILE};
+    if let Some(text) = &config.secrets.master_key {
+        return MasterKey::parse(text).context("secrets.master_key (TALLY_MASTER_KEY)");
+    }
+    if let Some(path) = &config.secrets.master_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read secrets.master_key_file {}", path.display()))?;
+        return MasterKey::parse(&text)
+            .with_context(|| format!("secrets.master_key_file {}", path.display()));
+    }
+    let path = config.data_dir.join(MASTER_KEY_FILE);
+    let (key, created) = MasterKey::load_or_create(&path)?;
+    if created {
+        tracing::warn!(path = %path.display(), fingerprint = key.fingerprint(),
+            "generated a master key for provider credentials in the data dir; whoever can read \
+             the data dir can open them: give secrets.master_key_file (or TALLY_MASTER_KEY) in production");
+    }
+    Ok(key)
 }
 
 /// Makes the data dir private and takes ownership of it for `command` (see
@@ -244,6 +285,25 @@ pub async fn serve(
             }
         }
     });
+    let interval = config.gateway.health_check_interval_secs;
+    if interval > 0.0 {
+        let gateway = state.gateway.clone();
+        supervisor.spawn("provider_health_checks", move |mut stop| {
+            let gateway = gateway.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs_f64(interval)) => {}
+                        () = stop.stopped() => return Ok(()),
+                    }
+                    if let Err(e) = gateway.check_all().await {
+                        tracing::warn!(error = %e.message, "provider health checks failed");
+                    }
+                }
+            }
+        });
+    }
+    let gateway = state.gateway.clone();
     let limits = http::ConnectionLimits {
         timeouts,
         max_connections: http::fit_connection_cap(config.http.max_connections),
@@ -252,6 +312,7 @@ pub async fn serve(
     supervisor.shutdown(timeouts.shutdown).await;
 
     tracing::info!("draining pending writes");
+    gateway.flush().await;
     let closing = stores.clone();
     tokio::task::spawn_blocking(move || closing.shutdown())
         .await

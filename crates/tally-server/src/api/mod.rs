@@ -10,6 +10,7 @@ mod batch;
 pub mod contract;
 pub mod dto;
 pub mod extract;
+pub(crate) mod gateway;
 mod health;
 mod insights;
 mod limits;
@@ -126,6 +127,30 @@ pub fn app(state: AppState) -> Router {
         .route("/ai/quotas", get(quotas::quota_status))
         .route("/ai/quotas/config", post(quotas::configure))
         .route("/ai/quotas/test", post(quotas::test))
+        .route(
+            "/ai/openai/chat",
+            post(gateway::seed_chat).get(gateway::seed_models),
+        )
+        .route("/ai/providers", get(gateway::providers))
+        .route("/ai/providers/health", get(gateway::providers_health))
+        .route(
+            "/ai/credentials",
+            get(gateway::list_credentials).post(gateway::put_credential),
+        )
+        .route("/ai/credentials/quota_status", get(gateway::quota_status))
+        .route(
+            "/ai/credentials/test_connection",
+            post(gateway::test_connection),
+        )
+        .route(
+            "/ai/credentials/{name}",
+            delete(gateway::delete_credential),
+        )
+        .route("/ai/test", post(gateway::test_providers))
+        .route(
+            "/ai/gateway/settings",
+            get(gateway::get_settings).put(gateway::put_settings),
+        )
         .route("/audit", get(audit::list))
         .route("/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -135,6 +160,9 @@ pub fn app(state: AppState) -> Router {
 
     Router::new()
         .nest("/api/v1", api)
+        .route("/v1/chat/completions", post(gateway::v1_chat))
+        .route("/v1/models", get(gateway::v1_models))
+        .route("/v1/embeddings", post(gateway::v1_embeddings))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)

@@ -9,7 +9,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, analytics, audit, auth, dto, health, insights, quotas, usage};
+use super::{admin, analytics, audit, auth, dto, gateway, health, insights, quotas, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,11 @@ use super::{admin, analytics, audit, auth, dto, health, insights, quotas, usage}
         analytics::dashboard, analytics::usage_dashboard, analytics::model_comparison,
         analytics::efficiency, analytics::cost_breakdown, analytics::trends, analytics::records,
         quotas::quota_status, quotas::configure, quotas::test,
+        gateway::v1_chat, gateway::v1_models, gateway::v1_embeddings,
+        gateway::seed_chat, gateway::seed_models, gateway::providers, gateway::providers_health,
+        gateway::list_credentials, gateway::put_credential, gateway::delete_credential,
+        gateway::quota_status, gateway::test_connection, gateway::test_providers,
+        gateway::get_settings, gateway::put_settings,
         serve,
     ),
     components(schemas(
@@ -43,6 +48,7 @@ use super::{admin, analytics, audit, auth, dto, health, insights, quotas, usage}
     tags(
         (name = "insights", description = "Event tracking and activity analytics (seed 001)"),
         (name = "ai", description = "LLM usage and costs (seeds 000 and 003)"),
+        (name = "gateway", description = "The LLM gateway: OpenAI-compatible calls, providers and credentials (seeds 003 and 000)"),
         (name = "auth", description = "Sessions"),
         (name = "admin", description = "Tenants, accounts and API keys"),
         (name = "health", description = "Probes"),
@@ -93,6 +99,8 @@ const STORING: &[&str] = &[
     "put_price",
     "put_project",
     "put_user",
+    "put_credential",
+    "put_settings",
     "track",
     "track_batch",
 ];

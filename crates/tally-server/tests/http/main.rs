@@ -9,6 +9,7 @@ mod auth;
 mod contract;
 mod deletion;
 mod edges;
+mod gateway;
 mod headroom;
 mod numbers;
 mod quotas;

@@ -48,6 +48,11 @@ pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     };
+    // Tests call loopback only (DESIGN: outbound policy), and retry fast.
+    config.outbound.allow = vec!["127.0.0.0/8".into(), "::1".into()];
+    config.outbound.allow_public = false;
+    config.gateway.retry_base_ms = 5;
+    config.gateway.record_interval_ms = 10;
     tweak(&mut config);
     let stores = tally_server::open_store(&config, false).unwrap();
     let state = AppState::new(&config, stores.clone()).await.unwrap();

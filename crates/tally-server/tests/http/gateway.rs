@@ -1,0 +1,750 @@
+//! The LLM gateway end to end: the real HTTP stack, the real store, and the fake provider
+//! (the only fake: it stands for OpenAI, Anthropic and Gemini) on loopback.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::{json, Value};
+use tally_core::auth::Scope;
+use tally_fake_provider::{Failure, FakeProvider, Script, KEY};
+
+use crate::support::{app, app_with, Resp, TestApp};
+
+async fn fake() -> FakeProvider {
+    FakeProvider::start(Script::default()).await.unwrap()
+}
+
+/// A tenant app with OpenAI, Anthropic and Gemini credentials pointing at the fake.
+async fn gateway_app(f: &FakeProvider) -> TestApp {
+    let a = app().await;
+    connect(&a, f, &a.key.clone()).await;
+    a
+}
+
+async fn connect(a: &TestApp, f: &FakeProvider, key: &str) {
+    for (name, url) in [
+        ("openai", f.openai_url()),
+        ("anthropic", f.anthropic_url()),
+        ("google", f.gemini_url()),
+    ] {
+        let r = a
+            .call(
+                "POST",
+                "/api/v1/ai/credentials",
+                Some(key),
+                Some(&json!({"name": name, "api_key": KEY, "base_url": url})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+}
+
+async fn v1(a: &TestApp, key: &str, body: Value) -> Resp {
+    a.call("POST", "/v1/chat/completions", Some(key), Some(&body))
+        .await
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": "Say hello"}]})
+}
+
+/// The stored usage records, once the gateway's recorder has written them.
+async fn records(a: &TestApp) -> Vec<Value> {
+    a.state.gateway.flush().await;
+    let r = a
+        .call("GET", "/api/v1/ai/usage/records?page_size=100", Some(&a.key), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["results"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_chat_completion_through_the_openai_path_is_answered_priced_and_recorded() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let key = a.key_with(&[Scope::Gateway]).await;
+    let r = v1(&a, &key, chat("gpt-4o")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["object"], "chat.completion");
+    assert_eq!(r.body["choices"][0]["message"]["content"], "word0 word1 word2 word3 word4 ");
+    assert_eq!(r.body["usage"]["completion_tokens"], 5);
+    let h = |n: &str| r.headers[n].to_str().unwrap().to_owned();
+    assert!(h("x-tally-request-id").starts_with("chatcmpl-"));
+    assert_eq!(h("x-tally-provider"), "openai");
+    assert_eq!(h("x-tally-cache"), "miss");
+    // gpt-4o: $2.50 in and $10.00 out per million tokens.
+    let prompt = r.body["usage"]["prompt_tokens"].as_f64().unwrap();
+    let expected = (prompt * 2.5 + 5.0 * 10.0) / 1e6;
+    assert!((h("x-tally-cost-usd").parse::<f64>().unwrap() - expected).abs() < 1e-6);
+    // The provider got the key and the model; no stream fields on a plain call.
+    let got = f.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].headers["authorization"], format!("Bearer {KEY}"));
+    assert_eq!(got[0].body["model"], "gpt-4o");
+    assert!(got[0].body.get("stream").is_none());
+
+    let recs = records(&a).await;
+    assert_eq!(recs.len(), 1);
+    let rec = &recs[0];
+    assert_eq!(rec["provider"], "openai");
+    assert_eq!(rec["model_name"], "gpt-4o");
+    assert_eq!(rec["output_tokens"], 5);
+    assert_eq!(rec["status"], "success");
+    assert_eq!(rec["client_id"].as_str(), Some(h("x-tally-request-id").as_str()));
+}
+
+#[tokio::test]
+async fn the_openai_path_answers_auth_errors_in_openais_shape() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let r = v1(&a, "tly_not_a_key", chat("gpt-4o")).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body["error"]["code"], "invalid_api_key");
+    assert_eq!(r.body["error"]["type"], "invalid_request_error");
+    let read_only = a.key_with(&[Scope::Read]).await;
+    let r = v1(&a, &read_only, chat("gpt-4o")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["error"]["type"], "permission_error");
+    let r = a
+        .send(
+            Request::post("/v1/chat/completions")
+                .header("authorization", format!("Bearer {}", a.key))
+                .header("content-type", "application/json")
+                .body(Body::from("{nope"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["code"], "invalid_json");
+    assert!(f.received().is_empty());
+}
+
+#[tokio::test]
+async fn incompatible_parameters_are_refused_before_any_provider_call() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let body = json!({"model": "o3", "temperature": 0.7,
+        "messages": [{"role": "user", "content": "think"}]});
+    let r = a
+        .call("POST", "/api/v1/ai/openai/chat", Some(&a.key), Some(&body))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.code(), "INVALID_PARAMETER_FOR_MODEL");
+    let d = &r.body["error"]["details"];
+    assert_eq!(d["model"], "o3");
+    assert_eq!(d["invalid_params"], json!(["temperature"]));
+    assert_eq!(d["suggested_params"], json!(["reasoning_effort", "max_completion_tokens"]));
+    assert_eq!(d["model_requirements"]["required"], json!(["reasoning_effort"]));
+    assert!(d["model_requirements"]["forbidden"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("temperature")));
+    let r = v1(&a, &a.key, json!({"model": "gpt-4o", "reasoning_effort": "high",
+        "messages": [{"role": "user", "content": "x"}]}))
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["param"], "reasoning_effort");
+    assert_eq!(r.body["error"]["code"], "invalid_parameter_for_model");
+    assert_eq!(r.body["error"]["details"]["suggested_params"], json!(["temperature", "max_tokens"]));
+    assert!(f.received().is_empty(), "nothing reached the provider");
+}
+
+#[tokio::test]
+async fn same_meaning_parameters_are_converted_for_the_model() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let r = v1(&a, &a.key, json!({"model": "o3", "max_tokens": 100, "messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sent = &f.received()[0].body;
+    assert_eq!(sent["max_completion_tokens"], 100);
+    assert!(sent.get("max_tokens").is_none());
+    assert_eq!(sent["reasoning_effort"], "medium");
+    assert_eq!(sent["messages"][0]["role"], "developer");
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let cases = [
+        (json!({"messages": [{"role": "user", "content": "x"}]}), 400, "model"),
+        (json!({"model": "gpt-4o"}), 400, "messages"),
+        (json!({"model": "gpt-4o", "messages": []}), 400, "messages"),
+        (json!({"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]}), 400, "messages[0].role"),
+        (json!({"model": "gpt-4o", "messages": [{"role": "user", "content": 5}]}), 400, "messages[0].content"),
+        (json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "bad name!"}}]}), 400, "tools[0].function.name"),
+        (json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}), 400, "n"),
+        (json!({"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "x"}], "n": 2}), 400, "n"),
+        (json!({"model": "gpt-9-ultra", "messages": [{"role": "user", "content": "x"}]}), 404, "model"),
+    ];
+    for (body, status, param) in cases {
+        let r = v1(&a, &a.key, body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert_eq!(r.body["error"]["param"], param, "{body}: {}", r.body);
+    }
+    // The context window: a prompt longer than gpt-4o's 128k tokens.
+    let long = "word ".repeat(130_000);
+    let r = v1(&a, &a.key, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": long}]})).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["code"], "context_length_exceeded");
+    assert!(f.received().is_empty());
+}
+
+fn sse_events(body: &Value) -> Vec<String> {
+    body.as_str()
+        .unwrap_or_default()
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn streams_end_with_done_carry_usage_when_asked_and_are_recorded() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let mut body = chat("gpt-4o");
+    body["stream"] = json!(true);
+    let r = v1(&a, &a.key, body.clone()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    let events = sse_events(&r.body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "not asked for");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "word0 word1 word2 word3 word4 ");
+    // The gateway always asks the provider for usage.
+    assert_eq!(f.received()[0].body["stream_options"]["include_usage"], true);
+
+    body["stream_options"] = json!({"include_usage": true});
+    let r = v1(&a, &a.key, body).await;
+    let events = sse_events(&r.body);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+
+    let recs = records(&a).await;
+    assert_eq!(recs.len(), 2);
+    assert!(recs.iter().all(|r| r["status"] == "success" && r["output_tokens"] == 5));
+    assert!(recs.iter().all(|r| r["time_to_first_token_ms"].is_number()));
+}
+
+#[tokio::test]
+async fn a_truncated_stream_ends_with_an_error_event_and_is_recorded_as_an_error() {
+    let f = fake().await;
+    f.script(|s| {
+        s.truncate_streams = true;
+        s.answer_words = 10;
+    });
+    let a = gateway_app(&f).await;
+    let mut body = chat("gpt-4o");
+    body["stream"] = json!(true);
+    let r = v1(&a, &a.key, body).await;
+    let events = sse_events(&r.body);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_truncated");
+    assert!(!events.contains(&"[DONE]".to_owned()));
+    let recs = records(&a).await;
+    assert_eq!(recs[0]["status"], "error");
+    assert_eq!(recs[0]["error_type"], "STREAM_TRUNCATED");
+    // No usage came: the tokens streamed are counted.
+    assert!(recs[0]["output_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn anthropic_is_translated_both_ways_with_tools_and_streams() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let body = json!({"model": "claude-sonnet-4", "max_tokens": 64, "messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "weather?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]});
+    let r = v1(&a, &a.key, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let call = &r.body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], "{\"q\":\"x\"}");
+    assert_eq!(r.body["choices"][0]["finish_reason"], "tool_calls");
+    let sent = &f.received()[0];
+    assert_eq!(sent.path, "/anthropic/v1/messages");
+    assert_eq!(sent.headers["x-api-key"], KEY);
+    assert_eq!(sent.body["system"], "be brief");
+    assert_eq!(sent.body["tools"][0]["input_schema"]["type"], "object");
+
+    let r = v1(&a, &a.key, json!({"model": "claude-sonnet-4", "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .await;
+    let events = sse_events(&r.body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "word0 word1 word2 word3 word4 ");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 5);
+    let recs = records(&a).await;
+    assert!(recs.iter().all(|r| r["provider"] == "anthropic"));
+}
+
+#[tokio::test]
+async fn gemini_is_translated_both_ways_streams_included() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let r = v1(&a, &a.key, json!({"model": "gemini-2.5-flash", "max_tokens": 20,
+        "response_format": {"type": "json_object"},
+        "messages": [{"role": "developer", "content": "terse"}, {"role": "user", "content": "hi"}]}))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["choices"][0]["message"]["content"], "word0 word1 word2 word3 word4 ");
+    let sent = &f.received()[0];
+    assert_eq!(sent.path, "/gemini/v1beta/models/gemini-2.5-flash:generateContent");
+    assert_eq!(sent.body["systemInstruction"]["parts"][0]["text"], "terse");
+    assert_eq!(sent.body["generationConfig"]["responseMimeType"], "application/json");
+    let r = v1(&a, &a.key, json!({"model": "gemini-2.5-flash", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .await;
+    let events = sse_events(&r.body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let recs = records(&a).await;
+    assert_eq!(recs.len(), 2);
+    assert!(recs.iter().all(|r| r["provider"] == "google" && r["output_tokens"] == 5));
+}
+
+#[tokio::test]
+async fn provider_failures_are_retried_and_the_fallback_answers_when_they_persist() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let fail = |status| Failure {
+        status,
+        retry_after: None,
+        message: "overloaded".into(),
+    };
+    f.fail_next([fail(503), fail(500)]);
+    let r = v1(&a, &a.key, chat("gpt-4o")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(f.received().len(), 3, "two retries then the answer");
+
+    let r = a
+        .call("PUT", "/api/v1/ai/gateway/settings", Some(&a.key),
+            Some(&json!({"fallbacks": {"gpt-4o": ["claude-sonnet-4"]}})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    f.clear_received();
+    f.fail_next([fail(500), fail(500), fail(500)]);
+    let r = v1(&a, &a.key, chat("gpt-4o")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.headers["x-tally-fallback-from"], "gpt-4o");
+    assert_eq!(r.headers["x-tally-provider"], "anthropic");
+    assert_eq!(r.body["model"], "claude-sonnet-4");
+    let paths: Vec<String> = f.received().iter().map(|x| x.path.clone()).collect();
+    assert_eq!(paths.iter().filter(|p| p.as_str() == "/v1/chat/completions").count(), 3);
+    assert_eq!(paths.last().unwrap(), "/anthropic/v1/messages");
+    // The failed attempt is recorded with its error, the answer with its provider.
+    let recs = records(&a).await;
+    assert!(recs.iter().any(|r| r["status"] == "error" && r["provider"] == "openai"));
+    assert!(recs.iter().any(|r| r["status"] == "success" && r["provider"] == "anthropic"));
+}
+
+#[tokio::test]
+async fn a_client_error_from_the_provider_is_passed_on_without_retry() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    f.fail_next([Failure {
+        status: 400,
+        retry_after: None,
+        message: "bad thing".into(),
+    }]);
+    let r = v1(&a, &a.key, chat("gpt-4o")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["message"], "bad thing");
+    assert_eq!(r.body["error"]["type"], "invalid_request_error");
+    assert_eq!(f.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_429s_retry_after_is_honoured() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    f.fail_next([Failure {
+        status: 429,
+        retry_after: Some(1),
+        message: "slow down".into(),
+    }]);
+    let started = std::time::Instant::now();
+    let r = v1(&a, &a.key, chat("gpt-4o")).await;
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(950));
+}
+
+#[tokio::test]
+async fn an_open_circuit_stops_calls_and_health_shows_the_deployment_down() {
+    let f = fake().await;
+    let a = app_with(|c| {
+        c.gateway.breaker_failures = 2;
+        c.gateway.max_retries = 0;
+        c.gateway.retry_base_ms = 1;
+    })
+    .await;
+    connect(&a, &f, &a.key.clone()).await;
+    let fail = Failure {
+        status: 502,
+        retry_after: None,
+        message: "down".into(),
+    };
+    f.fail_next([fail.clone(), fail]);
+    for _ in 0..2 {
+        assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 502);
+    }
+    f.clear_received();
+    let r = v1(&a, &a.key, chat("gpt-4o")).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(f.received().is_empty(), "the open circuit sent nothing");
+    let h = a
+        .call("GET", "/api/v1/ai/providers/health", Some(&a.key), None)
+        .await;
+    let openai = h.body["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "openai")
+        .unwrap()
+        .clone();
+    assert_eq!(openai["status"], "down");
+    assert_eq!(openai["circuit_open"], true);
+    assert_eq!(h.body["overall"], "down");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_calls_at_a_budget_for_ten_spend_at_most_the_budget() {
+    let f = fake().await;
+    f.script(|s| s.latency_ms = 150);
+    let a = gateway_app(&f).await;
+    // Each call holds its prompt plus max_tokens = 1000 output tokens of gpt-4o: about
+    // $0.01. A day budget of $0.1005 admits ten.
+    let body = json!({"model": "gpt-4o", "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "Say hello"}]});
+    let r = a
+        .call("POST", "/api/v1/ai/quotas/config", Some(&a.key), Some(&json!({"quotas": [
+            {"name": "daily", "metric": "cost_usd", "window": "day", "limit": "0.1005", "enforce": true}]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let a = Arc::new(a);
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let a = a.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                a.call("POST", "/api/v1/ai/openai/chat", Some(&a.key), Some(&body)).await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut refused = Vec::new();
+    for c in calls {
+        let r = c.await.unwrap();
+        match r.status.as_u16() {
+            200 => ok += 1,
+            403 => refused.push(r),
+            s => panic!("{s}: {}", r.body),
+        }
+    }
+    assert_eq!(ok, 10, "ten estimates fit the budget");
+    assert_eq!(refused.len(), 40);
+    let d = &refused[0].body["error"]["details"];
+    assert_eq!(refused[0].code(), "O3_BUDGET_EXCEEDED");
+    for field in ["estimated_cost", "daily_budget_remaining", "suggestions", "alternatives", "model"] {
+        assert!(!d[field].is_null(), "{field} in {d}");
+    }
+    assert_eq!(d["alternatives"], json!(["gpt-4o-mini"]));
+    let recs = records(&a).await;
+    let spent: f64 = recs.iter().map(|r| r["total_cost"].as_f64().unwrap()).sum();
+    assert!(spent <= 0.1005, "spent {spent}");
+    // On OpenAI's path the same refusal is a 429 insufficient_quota with the fields.
+    let r = a.call("POST", "/v1/chat/completions", Some(&a.key), Some(&body)).await;
+    // The ten calls settled at their actual (small) cost: the budget has room again.
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_refused_budget_on_the_openai_path_is_429_insufficient_quota() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let r = a.call("POST", "/api/v1/ai/quotas/config", Some(&a.key), Some(&json!({"quotas": [
+        {"name": "o3-jobs", "metric": "requests", "window": "day", "limit": 1, "enforce": true,
+         "model": "o3"}]})))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let o3 = json!({"model": "o3", "messages": [{"role": "user", "content": "x"}]});
+    assert_eq!(v1(&a, &a.key, o3.clone()).await.status, 200);
+    f.clear_received();
+    let r = v1(&a, &a.key, o3).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.body["error"]["type"], "insufficient_quota");
+    assert_eq!(r.body["error"]["tally_code"], "REASONING_QUOTA_EXCEEDED");
+    assert_eq!(r.body["error"]["details"]["daily_limit"], 1);
+    assert_eq!(r.body["error"]["details"]["daily_reasoning_jobs"], 1);
+    assert!(r.body["error"]["details"]["reset_time"].is_string());
+    let r = a
+        .call("POST", "/api/v1/ai/openai/chat", Some(&a.key),
+            Some(&json!({"model": "o3", "messages": [{"role": "user", "content": "x"}]})))
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.code(), "REASONING_QUOTA_EXCEEDED");
+    assert!(f.received().is_empty());
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_and_ratelimit_headers() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let r = a
+        .call("PUT", "/api/v1/ai/gateway/settings", Some(&a.key),
+            Some(&json!({"rate_limits": [{"scope": "key", "requests_per_minute": 2}]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let key = a.key_with(&[Scope::Gateway]).await;
+    let first = v1(&a, &key, chat("gpt-4o")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.headers["x-ratelimit-limit-requests"], "2");
+    assert_eq!(first.headers["x-ratelimit-remaining-requests"], "1");
+    assert_eq!(v1(&a, &key, chat("gpt-4o")).await.status, 200);
+    let r = v1(&a, &key, chat("gpt-4o")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.body["error"]["code"], "rate_limit_exceeded");
+    assert!(r.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.headers["x-ratelimit-remaining-requests"], "0");
+    // Another key has its own allowance.
+    assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_cache_answers_identical_requests_for_free_within_its_tenant() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    a.call("PUT", "/api/v1/ai/gateway/settings", Some(&a.key),
+        Some(&json!({"cache": {"enabled": true, "ttl_secs": 60}})))
+    .await;
+    let first = v1(&a, &a.key, chat("gpt-4o")).await;
+    let second = v1(&a, &a.key, chat("gpt-4o")).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.headers["x-tally-cache"], "hit");
+    assert_eq!(second.headers["x-tally-cost-usd"], "0.000000");
+    assert_eq!(second.body["choices"], first.body["choices"]);
+    assert_eq!(f.received().len(), 1);
+    let recs = records(&a).await;
+    let cached: Vec<_> = recs.iter().filter(|r| r["total_cost"] == 0.0).collect();
+    assert_eq!(cached.len(), 1);
+    // Another tenant with the same request is not served this tenant's answer.
+    let (_, other) = a.other_tenant().await;
+    connect(&a, &f, &other).await;
+    a.call("PUT", "/api/v1/ai/gateway/settings", Some(&other),
+        Some(&json!({"cache": {"enabled": true, "ttl_secs": 60}})))
+    .await;
+    let r = v1(&a, &other, chat("gpt-4o")).await;
+    assert_eq!(r.headers["x-tally-cache"], "miss");
+}
+
+#[tokio::test]
+async fn credentials_are_sealed_masked_checked_and_kept_to_their_tenant() {
+    let f = fake().await;
+    let a = app().await;
+    let secret = "sk-proj-SECRETvalue0123456789wxyz";
+    let r = a
+        .call("POST", "/api/v1/ai/credentials", Some(&a.key),
+            Some(&json!({"name": "openai", "api_key": secret, "base_url": f.openai_url()})))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["api_key_masked"], "sk-…wxyz");
+    assert!(!r.body.to_string().contains("SECRET"));
+    let list = a.call("GET", "/api/v1/ai/credentials", Some(&a.key), None).await;
+    assert!(!list.body.to_string().contains("SECRET"));
+    // The stored bytes do not contain the key.
+    let conn = rusqlite::Connection::open(a.dir.path().join("tally.db")).unwrap();
+    let sealed: Vec<u8> = conn
+        .query_row("SELECT sealed FROM ai_credentials", [], |r| r.get(0))
+        .unwrap();
+    assert!(!sealed.windows(6).any(|w| w == b"SECRET"));
+    let dump: String = conn
+        .query_row("SELECT group_concat(quote(sealed) || masked || ifnull(base_url,'')) FROM ai_credentials", [], |r| r.get(0))
+        .unwrap();
+    assert!(!dump.contains("SECRET"));
+}
+
+#[tokio::test]
+async fn credential_input_and_the_outbound_policy_are_checked() {
+    let a = app().await;
+    let cases = [
+        (json!({"name": "Bad Name", "api_key": "k"}), "name"),
+        (json!({"name": "local", "api_key": "k"}), "kind"),
+        (json!({"name": "local", "kind": "openai_compatible", "api_key": "k"}), "base_url"),
+        (json!({"name": "openai", "api_key": ""}), "api_key"),
+        (json!({"name": "openai", "api_key": "k", "base_url": "ftp://x"}), "base_url"),
+        // Cloud metadata, private networks and (in tests) public addresses are refused.
+        (json!({"name": "openai", "api_key": "k", "base_url": "http://169.254.169.254/v1"}), "base_url"),
+        (json!({"name": "openai", "api_key": "k", "base_url": "http://10.0.0.1/v1"}), "base_url"),
+        (json!({"name": "openai", "api_key": "k", "base_url": "http://8.8.8.8/v1"}), "base_url"),
+        (json!({"name": "openai", "api_key": "k", "weight": 0}), "weight"),
+    ];
+    for (body, field) in cases {
+        let r = a.call("POST", "/api/v1/ai/credentials", Some(&a.key), Some(&body)).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(r.field(), field, "{body}: {}", r.body);
+    }
+    let r = a
+        .call("DELETE", "/api/v1/ai/credentials/nope", Some(&a.key), None)
+        .await;
+    assert_eq!(r.status, 404);
+    // Managing credentials takes the admin scope.
+    let gw = a.key_with(&[Scope::Gateway, Scope::Read]).await;
+    let r = a.call("GET", "/api/v1/ai/credentials", Some(&gw), None).await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_use_or_see_another_tenants_credentials_or_budget() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let (_, other) = a.other_tenant().await;
+    let r = v1(&a, &other, chat("gpt-4o")).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "provider_not_configured");
+    let list = a.call("GET", "/api/v1/ai/credentials", Some(&other), None).await;
+    assert_eq!(list.body["credentials"], json!([]));
+    let r = a
+        .call("DELETE", "/api/v1/ai/credentials/openai", Some(&other), None)
+        .await;
+    assert_eq!(r.status, 404);
+    // The first tenant's exhausted budget does not touch the other's.
+    let r = a.call("POST", "/api/v1/ai/quotas/config", Some(&a.key), Some(&json!({"quotas": [
+        {"name": "one", "metric": "requests", "window": "day", "limit": 1, "enforce": true}]})))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 200);
+    assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 429);
+    connect(&a, &f, &other).await;
+    assert_eq!(v1(&a, &other, chat("gpt-4o")).await.status, 200);
+}
+
+#[tokio::test]
+async fn models_providers_quota_status_and_connection_tests() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let r = a.call("GET", "/v1/models", Some(&a.key), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["object"], "list");
+    let ids: Vec<&str> = r.body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"gpt-4o") && ids.contains(&"claude-sonnet-4") && ids.contains(&"gemini-2.5-pro"));
+
+    let r = a.call("GET", "/api/v1/ai/openai/chat", Some(&a.key), None).await;
+    let o3 = r.body["models"].as_array().unwrap().iter().find(|m| m["model"] == "o3").unwrap().clone();
+    assert_eq!(o3["generation"], "new");
+    assert_eq!(o3["context_window"], 200_000);
+    assert_eq!(o3["model_requirements"]["required"], json!(["reasoning_effort"]));
+    assert_eq!(o3["prices"]["input_per_mtok_usd"], 2.0);
+
+    let r = a.call("GET", "/api/v1/ai/providers", Some(&a.key), None).await;
+    let names: Vec<&str> = r.body["providers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["openai", "anthropic", "google"]);
+
+    v1(&a, &a.key, chat("gpt-4o")).await;
+    a.state.gateway.flush().await;
+    let r = a
+        .call("GET", "/api/v1/ai/credentials/quota_status?provider=openai", Some(&a.key), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["today"]["calls"], 1);
+    assert_eq!(r.body["configured"], true);
+    let r = a
+        .call("GET", "/api/v1/ai/credentials/quota_status?provider=nope", Some(&a.key), None)
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.field(), "provider");
+
+    let r = a
+        .call("POST", "/api/v1/ai/credentials/test_connection", Some(&a.key),
+            Some(&json!({"provider": "anthropic"})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["ok"], true);
+    assert_eq!(r.body["models"], 1);
+    let r = a
+        .call("POST", "/api/v1/ai/credentials/test_connection", Some(&a.key),
+            Some(&json!({"credential": {"name": "openai", "api_key": "wrong", "base_url": f.openai_url()}})))
+        .await;
+    assert_eq!(r.body["ok"], false);
+    assert_eq!(r.body["status"], 401);
+
+    let r = a.call("POST", "/api/v1/ai/test", Some(&a.key), Some(&json!({}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|x| x["ok"] == true), "{}", r.body);
+}
+
+#[tokio::test]
+async fn embeddings_go_through_openai_deployments_and_are_recorded() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let r = a
+        .call("POST", "/v1/embeddings", Some(&a.key),
+            Some(&json!({"model": "text-embedding-3-small", "input": ["a", "b"]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
+    let r = a
+        .call("POST", "/v1/embeddings", Some(&a.key), Some(&json!({"model": "gpt-4o", "input": "a"})))
+        .await;
+    assert_eq!(r.status, 400);
+    let r = a
+        .call("POST", "/v1/embeddings", Some(&a.key), Some(&json!({"model": "text-embedding-3-small"})))
+        .await;
+    assert_eq!(r.body["error"]["param"], "input");
+    let recs = records(&a).await;
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["model_name"], "text-embedding-3-small");
+}
+
+#[tokio::test]
+async fn an_openai_compatible_server_serves_its_own_models_by_weight() {
+    let f1 = fake().await;
+    let f2 = fake().await;
+    let a = app().await;
+    for (name, f, weight) in [("vllm-a", &f1, 3), ("vllm-b", &f2, 1)] {
+        let r = a
+            .call("POST", "/api/v1/ai/credentials", Some(&a.key), Some(&json!({
+                "name": name, "kind": "openai_compatible", "api_key": KEY,
+                "base_url": f.openai_url(), "models": ["llama3"], "weight": weight})))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    for _ in 0..40 {
+        let r = v1(&a, &a.key, json!({"model": "llama3", "max_completion_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let (n1, n2) = (f1.received().len(), f2.received().len());
+    assert_eq!(n1 + n2, 40);
+    assert!(n1 > n2, "weight 3 against 1: {n1} vs {n2}");
+    // Older servers get max_tokens.
+    assert_eq!(f1.received()[0].body["max_tokens"], 10);
+    let r = v1(&a, &a.key, json!({"model": "vllm-b/llama3", "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-tally-deployment"], "vllm-b");
+}
