@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it (.ci/run): the Rust tests, then the API contract
-# against a real server. Installs the contract's tools into target/ (a Python
-# virtualenv); prints each stage's duration.
+# The whole test suite, as CI runs it (.ci/run): the Rust tests, the API contract against
+# a real server, then the official OpenAI Python SDK against the gateway. Installs the
+# tools into target/ (Python virtualenvs); prints each stage's duration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 durations=()
@@ -23,9 +23,17 @@ contract_tools() {
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/contract/requirements.txt
 }
 
+sdk_tools() {
+  local venv=target/sdk-venv
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+}
+
 stage "rust tests" cargo test --workspace --locked
-stage "build tally" cargo build --locked -p tally
+stage "build tally" cargo build --locked -p tally -p tally-fake-provider
 stage "contract tools" contract_tools
 stage "api contract" tests/contract/run.sh target/debug/tally
+stage "sdk tools" sdk_tools
+stage "openai sdk" tests/sdk/run.sh target/debug/tally target/debug/tally-fake-provider
 echo "==> stage durations"
 printf '  %s\n' "${durations[@]}"

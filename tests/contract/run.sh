@@ -27,7 +27,8 @@ done
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 password=contract-admin-password
-TALLY_ADMIN_PASSWORD=$password "$bin" serve --demo --data-dir "$work/data" --listen "127.0.0.1:$port" \
+TALLY_ADMIN_PASSWORD=$password "$bin" serve --demo --config tests/loopback.toml \
+  --data-dir "$work/data" --listen "127.0.0.1:$port" \
   > "$work/server.log" 2>&1 &
 server=$!
 cleanup() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"; }

@@ -310,8 +310,10 @@ impl Quotas {
     pub async fn check(&self, tenant: TenantId, call: &CallEstimate) -> AiResult<Verdict> {
         let now = self.clock.now_micros();
         let table = self.reservations.clone();
-        self.with_state(tenant, now, |s| judge(s, lock(&table).by_tenant.get(&tenant), call))
-            .await
+        self.with_state(tenant, now, |s| {
+            judge(s, lock(&table).by_tenant.get(&tenant), call)
+        })
+        .await
     }
 
     /// [`check`](Self::check), and when the call is not blocked, holds its estimate

@@ -75,7 +75,10 @@ async fn fifty_concurrent_calls_at_a_budget_for_ten_admit_ten() {
     // A check sees what is held.
     let v = quotas.check(tenant, &call("0.10")).await.unwrap();
     assert_eq!(v.decision, Decision::Block);
-    assert_eq!(v.rules[0].tracked.reserved, Nanos::parse_usd("1.00").unwrap().0);
+    assert_eq!(
+        v.rules[0].tracked.reserved,
+        Nanos::parse_usd("1.00").unwrap().0
+    );
     // Settling one frees its share.
     held.pop();
     assert_eq!(quotas.reserved_calls(tenant), 9);

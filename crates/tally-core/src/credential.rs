@@ -81,7 +81,10 @@ pub struct StoredCredential {
 pub fn mask(secret: &str) -> String {
     let chars: Vec<char> = secret.chars().collect();
     if chars.len() < 12 {
-        return format!("…{}", chars.last().map(|c| c.to_string()).unwrap_or_default());
+        return format!(
+            "…{}",
+            chars.last().map(|c| c.to_string()).unwrap_or_default()
+        );
     }
     let prefix = match secret.split_once('-') {
         Some((head, _)) if (1..=3).contains(&head.chars().count()) => format!("{head}-"),

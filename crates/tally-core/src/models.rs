@@ -325,7 +325,9 @@ pub fn configure(
         }
     } else if body.get("reasoning_effort").is_some_and(|v| !v.is_null()) {
         invalid.push("reasoning_effort".into());
-        why.push(format!("Model {name} doesn't support reasoning_effort parameter"));
+        why.push(format!(
+            "Model {name} doesn't support reasoning_effort parameter"
+        ));
     }
     if !spec.tools {
         for p in ["tools", "tool_choice", "functions"] {
@@ -376,7 +378,9 @@ pub fn configure(
                 "reasoning_effort".into(),
                 Value::String(DEFAULT_REASONING_EFFORT.into()),
             );
-            changes.push(format!("reasoning_effort set to {DEFAULT_REASONING_EFFORT}"));
+            changes.push(format!(
+                "reasoning_effort set to {DEFAULT_REASONING_EFFORT}"
+            ));
         }
     }
     let (from, to) = if reasoning {
@@ -453,9 +457,14 @@ mod tests {
     #[test]
     fn snapshots_resolve_to_their_base_model() {
         let c = ModelCatalog::default();
-        assert_eq!(c.lookup("openai", "gpt-4o-2024-08-06").unwrap().model, "gpt-4o");
         assert_eq!(
-            c.lookup("anthropic", "claude-sonnet-4-20250514").unwrap().model,
+            c.lookup("openai", "gpt-4o-2024-08-06").unwrap().model,
+            "gpt-4o"
+        );
+        assert_eq!(
+            c.lookup("anthropic", "claude-sonnet-4-20250514")
+                .unwrap()
+                .model,
             "claude-sonnet-4"
         );
         assert!(c.lookup("openai", "gpt-9").is_none());
@@ -479,7 +488,10 @@ mod tests {
         let before = b.clone();
         let err = configure(o3, &mut b).unwrap_err();
         assert_eq!(err.invalid_params, ["temperature", "top_p"]);
-        assert_eq!(err.suggested_params, ["reasoning_effort", "max_completion_tokens"]);
+        assert_eq!(
+            err.suggested_params,
+            ["reasoning_effort", "max_completion_tokens"]
+        );
         assert_eq!(err.requirements.required, ["reasoning_effort"]);
         assert!(err.requirements.forbidden.contains(&"temperature"));
         assert!(err.message.contains("O3 models don't support temperature"));

@@ -88,7 +88,10 @@ mod tests {
     fn units_are_weighed_and_the_charge_after_the_fact_delays_the_next() {
         let q = Quota::per_minute(1000);
         let tat = check_n(None, q, 0, 600).unwrap();
-        assert!(check_n(Some(tat), q, 0, 500).is_err(), "1100 units in a minute");
+        assert!(
+            check_n(Some(tat), q, 0, 500).is_err(),
+            "1100 units in a minute"
+        );
         let tat2 = check_n(Some(tat), q, 0, 400).unwrap();
         assert!(check_n(Some(tat2), q, 0, 1).is_err());
         // Larger than the burst: passes on a full bucket only.

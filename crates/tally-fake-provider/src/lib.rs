@@ -197,10 +197,16 @@ fn error(wire: Wire, status: u16, retry_after: Option<u64>, message: &str) -> Re
         _ => "api_error",
     };
     let body = match wire {
-        Wire::Openai => json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
-        Wire::Anthropic => json!({"type": "error", "error": {"type": if status == 529 { "overloaded_error" } else { kind }, "message": message}}),
-        Wire::Gemini => json!({"error": {"code": status, "message": message, "status": match status {
-            401 => "UNAUTHENTICATED", 429 => "RESOURCE_EXHAUSTED", 400 => "INVALID_ARGUMENT", _ => "UNAVAILABLE" }}}),
+        Wire::Openai => {
+            json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+        }
+        Wire::Anthropic => {
+            json!({"type": "error", "error": {"type": if status == 529 { "overloaded_error" } else { kind }, "message": message}})
+        }
+        Wire::Gemini => {
+            json!({"error": {"code": status, "message": message, "status": match status {
+            401 => "UNAUTHENTICATED", 429 => "RESOURCE_EXHAUSTED", 400 => "INVALID_ARGUMENT", _ => "UNAVAILABLE" }}})
+        }
     };
     let mut r = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -246,20 +252,26 @@ fn tool_to_call(body: &Value, wire: Wire) -> Option<String> {
         Wire::Gemini => first.pointer("/functionDeclarations/0/name"),
     }?;
     let last_is_user = match wire {
-        Wire::Gemini => body.get("contents").and_then(Value::as_array).and_then(|c| c.last()).and_then(|m| m.pointer("/parts/0/functionResponse")).is_none(),
-        _ => body
-            .get("messages")
+        Wire::Gemini => body
+            .get("contents")
             .and_then(Value::as_array)
-            .and_then(|m| m.last())
-            .and_then(|m| m.get("role"))
-            .and_then(Value::as_str)
-            == Some("user")
-            && !body
-                .get("messages")
+            .and_then(|c| c.last())
+            .and_then(|m| m.pointer("/parts/0/functionResponse"))
+            .is_none(),
+        _ => {
+            body.get("messages")
                 .and_then(Value::as_array)
                 .and_then(|m| m.last())
-                .and_then(|m| m.get("content"))
-                .is_some_and(|c| c.to_string().contains("tool_result")),
+                .and_then(|m| m.get("role"))
+                .and_then(Value::as_str)
+                == Some("user")
+                && !body
+                    .get("messages")
+                    .and_then(Value::as_array)
+                    .and_then(|m| m.last())
+                    .and_then(|m| m.get("content"))
+                    .is_some_and(|c| c.to_string().contains("tool_result"))
+        }
     };
     last_is_user.then(|| name.as_str().unwrap_or("tool").to_owned())
 }
@@ -286,12 +298,20 @@ fn truncate(mut events: Vec<String>, script: &Script) -> Vec<String> {
     events
 }
 
-async fn openai_chat(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::Json(body): axum::Json<Value>) -> Response {
+async fn openai_chat(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
     let script = match begin(&s, Wire::Openai, "/v1/chat/completions", &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let model = body.get("model").and_then(Value::as_str).unwrap_or("model").to_owned();
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("model")
+        .to_owned();
     let prompt = prompt_tokens(body.get("messages"));
     let words = answer_words(script.answer_words);
     let completion = words.len() as u64;
@@ -302,14 +322,23 @@ async fn openai_chat(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::Jso
     let id = "chatcmpl-fake";
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         let chunk = |delta: Value, finish: Value| {
-            format!("data: {}\n\n", json!({"id": id, "object": "chat.completion.chunk", "created": 1,
-                "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+            format!(
+                "data: {}\n\n",
+                json!({"id": id, "object": "chat.completion.chunk", "created": 1,
+                "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            )
         };
-        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
         match &tool {
             Some(name) => {
-                events.push(chunk(json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                    "function": {"name": name, "arguments": ""}}]}), Value::Null));
+                events.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                    "function": {"name": name, "arguments": ""}}]}),
+                    Value::Null,
+                ));
                 events.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":\"x\"}"}}]}), Value::Null));
                 events.push(chunk(json!({}), json!("tool_calls")));
             }
@@ -320,10 +349,16 @@ async fn openai_chat(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::Jso
                 events.push(chunk(json!({}), json!("stop")));
             }
         }
-        let wants_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+        let wants_usage = body
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
         if wants_usage && !script.omit_stream_usage {
-            events.push(format!("data: {}\n\n", json!({"id": id, "object": "chat.completion.chunk",
-                "created": 1, "model": model, "choices": [], "usage": usage})));
+            events.push(format!(
+                "data: {}\n\n",
+                json!({"id": id, "object": "chat.completion.chunk",
+                "created": 1, "model": model, "choices": [], "usage": usage})
+            ));
         }
         events.push("data: [DONE]\n\n".into());
         return sse_body(truncate(events, &script), script.chunk_delay_ms);
@@ -337,12 +372,18 @@ async fn openai_chat(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::Jso
     let choices: Vec<Value> = (0..n)
         .map(|i| json!({"index": i, "message": message, "finish_reason": if tool.is_some() { "tool_calls" } else { "stop" }}))
         .collect();
-    axum::Json(json!({"id": id, "object": "chat.completion", "created": 1, "model": model,
-        "choices": choices, "usage": usage}))
+    axum::Json(
+        json!({"id": id, "object": "chat.completion", "created": 1, "model": model,
+        "choices": choices, "usage": usage}),
+    )
     .into_response()
 }
 
-async fn openai_embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::Json(body): axum::Json<Value>) -> Response {
+async fn openai_embeddings(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
     if let Err(r) = begin(&s, Wire::Openai, "/v1/embeddings", &headers, &body).await {
         return r;
     }
@@ -350,12 +391,18 @@ async fn openai_embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, axu
         Some(Value::Array(a)) => a.len(),
         _ => 1,
     };
-    let tokens = body.get("input").map(|v| v.to_string().len() as u64 / 4).unwrap_or(1).max(1);
+    let tokens = body
+        .get("input")
+        .map(|v| v.to_string().len() as u64 / 4)
+        .unwrap_or(1)
+        .max(1);
     let data: Vec<Value> = (0..inputs)
         .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}))
         .collect();
-    axum::Json(json!({"object": "list", "data": data, "model": body.get("model"),
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    axum::Json(
+        json!({"object": "list", "data": data, "model": body.get("model"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+    )
     .into_response()
 }
 
@@ -366,8 +413,20 @@ async fn openai_models(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Resp
     axum::Json(json!({"object": "list", "data": [{"id": "gpt-4o", "object": "model"}, {"id": "o3", "object": "model"}]})).into_response()
 }
 
-async fn anthropic_messages(State(s): State<Arc<Shared>>, headers: HeaderMap, axum::Json(body): axum::Json<Value>) -> Response {
-    let script = match begin(&s, Wire::Anthropic, "/anthropic/v1/messages", &headers, &body).await {
+async fn anthropic_messages(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let script = match begin(
+        &s,
+        Wire::Anthropic,
+        "/anthropic/v1/messages",
+        &headers,
+        &body,
+    )
+    .await
+    {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -379,32 +438,49 @@ async fn anthropic_messages(State(s): State<Arc<Shared>>, headers: HeaderMap, ax
     let tool = tool_to_call(&body, Wire::Anthropic);
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
-        let mut events = vec![ev("message_start", json!({"type": "message_start", "message": {"id": "msg_fake",
-            "role": "assistant", "usage": {"input_tokens": prompt, "output_tokens": 1}}}))];
+        let mut events = vec![ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_fake",
+            "role": "assistant", "usage": {"input_tokens": prompt, "output_tokens": 1}}}),
+        )];
         match &tool {
             Some(name) => {
                 events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0,
                     "content_block": {"type": "tool_use", "id": "toolu_1", "name": name, "input": {}}})));
-                events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0,
-                    "delta": {"type": "input_json_delta", "partial_json": "{\"q\":\"x\"}"}})));
+                events.push(ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": "{\"q\":\"x\"}"}}),
+                ));
             }
             None => {
-                events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0,
-                    "content_block": {"type": "text", "text": ""}})));
+                events.push(ev(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}}),
+                ));
                 for w in &words {
-                    events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0,
-                        "delta": {"type": "text_delta", "text": w}})));
+                    events.push(ev(
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": 0,
+                        "delta": {"type": "text_delta", "text": w}}),
+                    ));
                 }
             }
         }
-        events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+        events.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
         events.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason":
             if tool.is_some() { "tool_use" } else { "end_turn" }}, "usage": {"output_tokens": words.len()}})));
         events.push(ev("message_stop", json!({"type": "message_stop"})));
         return sse_body(truncate(events, &script), script.chunk_delay_ms);
     }
     let content = match &tool {
-        Some(name) => json!([{"type": "tool_use", "id": "toolu_1", "name": name, "input": {"q": "x"}}]),
+        Some(name) => {
+            json!([{"type": "tool_use", "id": "toolu_1", "name": name, "input": {"q": "x"}}])
+        }
         None => json!([{"type": "text", "text": words.concat()}]),
     };
     axum::Json(json!({"id": "msg_fake", "type": "message", "role": "assistant", "content": content,
@@ -414,13 +490,27 @@ async fn anthropic_messages(State(s): State<Arc<Shared>>, headers: HeaderMap, ax
 }
 
 async fn anthropic_models(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = begin(&s, Wire::Anthropic, "/anthropic/v1/models", &headers, &Value::Null).await {
+    if let Err(r) = begin(
+        &s,
+        Wire::Anthropic,
+        "/anthropic/v1/models",
+        &headers,
+        &Value::Null,
+    )
+    .await
+    {
         return r;
     }
-    axum::Json(json!({"data": [{"id": "claude-sonnet-4-20250514", "type": "model"}]})).into_response()
+    axum::Json(json!({"data": [{"id": "claude-sonnet-4-20250514", "type": "model"}]}))
+        .into_response()
 }
 
-async fn gemini(State(s): State<Arc<Shared>>, Path(action): Path<String>, headers: HeaderMap, axum::Json(body): axum::Json<Value>) -> Response {
+async fn gemini(
+    State(s): State<Arc<Shared>>,
+    Path(action): Path<String>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
     let path = format!("/gemini/v1beta/models/{action}");
     let script = match begin(&s, Wire::Gemini, &path, &headers, &body).await {
         Ok(x) => x,
@@ -463,7 +553,15 @@ async fn gemini(State(s): State<Arc<Shared>>, Path(action): Path<String>, header
 }
 
 async fn gemini_models(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = begin(&s, Wire::Gemini, "/gemini/v1beta/models", &headers, &Value::Null).await {
+    if let Err(r) = begin(
+        &s,
+        Wire::Gemini,
+        "/gemini/v1beta/models",
+        &headers,
+        &Value::Null,
+    )
+    .await
+    {
         return r;
     }
     axum::Json(json!({"models": [{"name": "models/gemini-2.5-flash"}]})).into_response()

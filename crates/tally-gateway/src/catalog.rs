@@ -11,7 +11,7 @@ use tally_core::models::{ModelKind, ModelSpec, Requirements};
 use tally_core::pricing::{Nanos, TokenUsage};
 use tally_core::TenantId;
 
-use crate::chat::{Caller, CallMeta};
+use crate::chat::{CallMeta, Caller};
 use crate::error::{GatewayError, GatewayResult};
 use crate::providers::{openai::endpoint, Target, Tokens};
 use crate::{tokens, Gateway};
@@ -55,10 +55,9 @@ impl Gateway {
         let catalog = self.usage.catalog(tenant).await?;
         let today = tally_core::time::to_datetime(self.clock.now_micros()).date_naive();
         let served = |s: &ModelSpec| {
-            t.deployments.iter().any(|d| {
-                d.models.iter().any(|m| *m == s.model)
-                    || d.provider() == s.provider
-            })
+            t.deployments
+                .iter()
+                .any(|d| d.models.iter().any(|m| *m == s.model) || d.provider() == s.provider)
         };
         let mut out: Vec<ModelView> = t
             .catalog
@@ -119,7 +118,9 @@ impl Gateway {
             .await?
             .into_iter()
             .filter(|m| m.available)
-            .map(|m| json!({"id": m.model, "object": "model", "created": 0, "owned_by": m.provider}))
+            .map(
+                |m| json!({"id": m.model, "object": "model", "created": 0, "owned_by": m.provider}),
+            )
             .collect();
         Ok(json!({"object": "list", "data": data}))
     }
@@ -127,26 +128,34 @@ impl Gateway {
     /// The providers the gateway speaks and the tenant's deployments of each.
     pub async fn providers(&self, tenant: TenantId) -> GatewayResult<Vec<ProviderView>> {
         let t = self.tenant(tenant).await?;
-        let mut out: Vec<ProviderView> = [ProviderKind::Openai, ProviderKind::Anthropic, ProviderKind::Google]
-            .into_iter()
-            .map(|k| {
-                let ds: Vec<_> = t.deployments.iter().filter(|d| d.kind == k).collect();
-                ProviderView {
-                    name: k.as_str().into(),
-                    kind: k,
-                    configured: !ds.is_empty(),
-                    deployments: ds.len(),
-                    models: t
-                        .catalog
-                        .all()
-                        .into_iter()
-                        .filter(|s| s.provider == k.as_str())
-                        .map(|s| s.model.clone())
-                        .collect(),
-                }
-            })
-            .collect();
-        for d in t.deployments.iter().filter(|d| d.kind == ProviderKind::OpenaiCompatible) {
+        let mut out: Vec<ProviderView> = [
+            ProviderKind::Openai,
+            ProviderKind::Anthropic,
+            ProviderKind::Google,
+        ]
+        .into_iter()
+        .map(|k| {
+            let ds: Vec<_> = t.deployments.iter().filter(|d| d.kind == k).collect();
+            ProviderView {
+                name: k.as_str().into(),
+                kind: k,
+                configured: !ds.is_empty(),
+                deployments: ds.len(),
+                models: t
+                    .catalog
+                    .all()
+                    .into_iter()
+                    .filter(|s| s.provider == k.as_str())
+                    .map(|s| s.model.clone())
+                    .collect(),
+            }
+        })
+        .collect();
+        for d in t
+            .deployments
+            .iter()
+            .filter(|d| d.kind == ProviderKind::OpenaiCompatible)
+        {
             out.push(ProviderView {
                 name: d.name.clone(),
                 kind: d.kind,
@@ -160,13 +169,22 @@ impl Gateway {
 
     /// `POST /v1/embeddings`: OpenAI and OpenAI-compatible deployments, with the same
     /// limits, budget hold and recording as chat calls.
-    pub async fn embeddings(&self, caller: Caller, body: Value) -> GatewayResult<(Value, CallMeta)> {
+    pub async fn embeddings(
+        &self,
+        caller: Caller,
+        body: Value,
+    ) -> GatewayResult<(Value, CallMeta)> {
         let Value::Object(body) = body else {
             return Err(GatewayError::invalid("body", "must be a JSON object"));
         };
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_owned(),
-            _ => return Err(GatewayError::invalid("model", "is required and must be a string")),
+            _ => {
+                return Err(GatewayError::invalid(
+                    "model",
+                    "is required and must be a string",
+                ))
+            }
         };
         let input = body.get("input").cloned().unwrap_or(Value::Null);
         let ok_input = match &input {
@@ -200,7 +218,9 @@ impl Gateway {
         let prompt = tokens::count_embedding_input(&route.provider, &route.spec.model, &input);
         let (rate_headers, token_limits) =
             self.rate_limit_for(&t, &caller, &route.spec.model, prompt)?;
-        let (preflight, reservation) = self.reserve_for(&caller, &route, user.as_deref(), prompt, 0).await?;
+        let (preflight, reservation) = self
+            .reserve_for(&caller, &route, user.as_deref(), prompt, 0)
+            .await?;
         let Some(reservation) = reservation else {
             return Err(self.budget_error_for(&route, &preflight, &t, &model));
         };
@@ -211,7 +231,11 @@ impl Gateway {
             if target.kind == ProviderKind::OpenaiCompatible {
                 headers.push(("api-key", target.secret.to_owned()));
             }
-            (endpoint(target.base_url, "embeddings"), headers, Value::Object(send_body.clone()))
+            (
+                endpoint(target.base_url, "embeddings"),
+                headers,
+                Value::Object(send_body.clone()),
+            )
         };
         if route
             .deployments
@@ -229,7 +253,13 @@ impl Gateway {
         let (d, resp) = match self.send_for(caller.tenant, &route, &build).await {
             Ok(x) => x,
             Err((e, outcome_timeout)) => {
-                self.submit_failed(&record, &e, outcome_timeout, started.elapsed(), Some(reservation));
+                self.submit_failed(
+                    &record,
+                    &e,
+                    outcome_timeout,
+                    started.elapsed(),
+                    Some(reservation),
+                );
                 return Err(e);
             }
         };
@@ -243,8 +273,16 @@ impl Gateway {
             prompt: used,
             ..Tokens::default()
         };
-        let cost = self.price_for(caller.tenant, &route.provider, &route.spec.model, tokens).await;
-        self.submit_success(&record, tokens, started.elapsed(), &d.name, Some(reservation));
+        let cost = self
+            .price_for(caller.tenant, &route.provider, &route.spec.model, tokens)
+            .await;
+        self.submit_success(
+            &record,
+            tokens,
+            started.elapsed(),
+            &d.name,
+            Some(reservation),
+        );
         let meta = CallMeta {
             request_id,
             provider: route.provider.clone(),
@@ -311,7 +349,8 @@ impl Gateway {
                         "messages": [{"role": "user", "content": "ping"}]}),
                 )
                 .await;
-            let latency_ms = tally_core::activity::round_to(started.elapsed().as_secs_f64() * 1000.0, 2);
+            let latency_ms =
+                tally_core::activity::round_to(started.elapsed().as_secs_f64() * 1000.0, 2);
             out.push(match result {
                 Ok(a) => {
                     let meta = match &a {
@@ -337,7 +376,11 @@ impl Gateway {
                 "provider",
                 format!(
                     "unknown provider '{provider}'; expected one of {}",
-                    providers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                    providers
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         };
@@ -346,7 +389,13 @@ impl Gateway {
         let rules: Vec<Value> = snap
             .rules
             .iter()
-            .filter(|r| r.rule.scope.provider.as_deref().is_none_or(|x| x == provider))
+            .filter(|r| {
+                r.rule
+                    .scope
+                    .provider
+                    .as_deref()
+                    .is_none_or(|x| x == provider)
+            })
             .map(|r| {
                 let limit = tally_ai::quota::display_amount(r.rule.metric, r.rule.limit.into());
                 let used = tally_ai::quota::display_amount(r.rule.metric, r.used);
@@ -367,7 +416,13 @@ impl Gateway {
         let day = (snap.today_window.0, now + 1);
         let totals = self
             .usage
-            .totals(tenant, tally_ai::usage::Period { from: day.0, to: day.1 })
+            .totals(
+                tenant,
+                tally_ai::usage::Period {
+                    from: day.0,
+                    to: day.1,
+                },
+            )
             .await?;
         let (mut calls, mut tokens, mut cost) = (0u64, 0u64, Nanos::ZERO);
         for ((prov, _), r) in &totals {
@@ -388,7 +443,13 @@ impl Gateway {
         }))
     }
 
-    pub(crate) async fn price_for(&self, tenant: TenantId, provider: &str, model: &str, t: Tokens) -> Nanos {
+    pub(crate) async fn price_for(
+        &self,
+        tenant: TenantId,
+        provider: &str,
+        model: &str,
+        t: Tokens,
+    ) -> Nanos {
         let Ok(catalog) = self.usage.catalog(tenant).await else {
             return Nanos::ZERO;
         };

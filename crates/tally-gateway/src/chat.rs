@@ -18,7 +18,7 @@ use futures_util::{Stream, StreamExt};
 use rand::Rng;
 use serde_json::{json, Map, Value};
 use sha2::Digest;
-use tally_ai::quota::{RuleVerdict, Reservation};
+use tally_ai::quota::{Reservation, RuleVerdict};
 use tally_ai::usage::{Preflight, PreflightCall};
 use tally_core::credential::ProviderKind;
 use tally_core::limiter::RateLimiter;
@@ -80,7 +80,14 @@ pub enum ChatAnswer {
 /// Most messages a request may carry.
 pub const MAX_MESSAGES: usize = 2_000;
 pub const MAX_TOOLS: usize = 128;
-const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 /// The largest answer assumed when neither the request nor the catalog bounds it.
 const DEFAULT_MAX_OUTPUT: u64 = 4_096;
 
@@ -105,9 +112,17 @@ pub fn validate_chat(body: &Map<String, Value>) -> GatewayResult<()> {
     let messages = match body.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => {
-            return Err(GatewayError::invalid("messages", "must hold at least one message"))
+            return Err(GatewayError::invalid(
+                "messages",
+                "must hold at least one message",
+            ))
         }
-        Some(_) => return Err(GatewayError::invalid("messages", "must be an array of messages")),
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "messages",
+                "must be an array of messages",
+            ))
+        }
         None => return Err(GatewayError::invalid("messages", "is required")),
     };
     if messages.len() > MAX_MESSAGES {
@@ -168,18 +183,25 @@ pub fn validate_chat(body: &Map<String, Value>) -> GatewayResult<()> {
             return Err(GatewayError::invalid("tools", "must be an array"));
         };
         if tools.len() > MAX_TOOLS {
-            return Err(GatewayError::invalid("tools", format!("at most {MAX_TOOLS} tools")));
+            return Err(GatewayError::invalid(
+                "tools",
+                format!("at most {MAX_TOOLS} tools"),
+            ));
         }
         for (i, t) in tools.iter().enumerate() {
             let at = format!("tools[{i}]");
             if t.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(GatewayError::invalid(&format!("{at}.type"), "must be \"function\""));
+                return Err(GatewayError::invalid(
+                    &format!("{at}.type"),
+                    "must be \"function\"",
+                ));
             }
             let name = t.pointer("/function/name").and_then(Value::as_str);
             if !name.is_some_and(|n| {
                 !n.is_empty()
                     && n.len() <= 64
-                    && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             }) {
                 return Err(GatewayError::invalid(
                     &format!("{at}.function.name"),
@@ -198,7 +220,10 @@ pub fn validate_chat(body: &Map<String, Value>) -> GatewayResult<()> {
     }
     if let Some(n) = body.get("n").filter(|v| !v.is_null()) {
         if !n.as_u64().is_some_and(|n| (1..=128).contains(&n)) {
-            return Err(GatewayError::invalid("n", "must be an integer from 1 to 128"));
+            return Err(GatewayError::invalid(
+                "n",
+                "must be an integer from 1 to 128",
+            ));
         }
     }
     for p in ["max_tokens", "max_completion_tokens"] {
@@ -210,7 +235,10 @@ pub fn validate_chat(body: &Map<String, Value>) -> GatewayResult<()> {
     }
     if let Some(t) = body.get("temperature").filter(|v| !v.is_null()) {
         if !t.as_f64().is_some_and(|t| (0.0..=2.0).contains(&t)) {
-            return Err(GatewayError::invalid("temperature", "must be a number from 0 to 2"));
+            return Err(GatewayError::invalid(
+                "temperature",
+                "must be a number from 0 to 2",
+            ));
         }
     }
     if let Some(s) = body.get("stream").filter(|v| !v.is_null()) {
@@ -229,7 +257,10 @@ pub fn validate_chat(body: &Map<String, Value>) -> GatewayResult<()> {
     }
     if let Some(u) = body.get("user").filter(|v| !v.is_null()) {
         if !u.as_str().is_some_and(valid_id) {
-            return Err(GatewayError::invalid("user", "must be 1 to 128 printable characters"));
+            return Err(GatewayError::invalid(
+                "user",
+                "must be 1 to 128 printable characters",
+            ));
         }
     }
     Ok(())
@@ -256,7 +287,10 @@ impl Gateway {
             .deployments
             .iter()
             .filter(|d| match prefix {
-                Some(p) => d.name == p || (d.kind != ProviderKind::OpenaiCompatible && d.kind.as_str() == p),
+                Some(p) => {
+                    d.name == p
+                        || (d.kind != ProviderKind::OpenaiCompatible && d.kind.as_str() == p)
+                }
                 None => {
                     d.models.iter().any(|m| m == name)
                         || (d.kind != ProviderKind::OpenaiCompatible
@@ -406,11 +440,7 @@ impl Gateway {
                         .get("usage")
                         .and_then(Tokens::from_openai)
                         .unwrap_or_default();
-                    self.submit(
-                        &record,
-                        Outcome::cached(tokens),
-                        prepared.reservation,
-                    );
+                    self.submit(&record, Outcome::cached(tokens), prepared.reservation);
                     let mut body = (*hit).clone();
                     body["id"] = json!(request_id);
                     return Ok(ChatAnswer::Complete { body, meta });
@@ -524,9 +554,10 @@ impl Gateway {
                 .iter()
                 .all(|d| matches!(d.kind, ProviderKind::Anthropic | ProviderKind::Google))
         {
-            return Err(client_error(
-                GatewayError::invalid("n", format!("{} answers one choice per call", route.provider)),
-            ));
+            return Err(client_error(GatewayError::invalid(
+                "n",
+                format!("{} answers one choice per call", route.provider),
+            )));
         }
         let prompt_tokens = tokens::count_chat(&route.provider, &route.spec.model, &body);
         let max_output = body
@@ -560,7 +591,13 @@ impl Gateway {
         }
         let (rate_headers, token_limits) = self
             .rate_limit(t, caller, &route.spec.model, prompt_tokens, primary)
-            .map_err(|e| if primary { Step::Refuse(e) } else { Step::Next(e, None) })?;
+            .map_err(|e| {
+                if primary {
+                    Step::Refuse(e)
+                } else {
+                    Step::Next(e, None)
+                }
+            })?;
         let (preflight, reservation) = self
             .reserve_for(caller, &route, user, prompt_tokens, max_output)
             .await
@@ -676,16 +713,23 @@ fn rate_limited(scope: &str, what: &str, limit: u32, wait: Duration) -> GatewayE
         429,
         "RATE_LIMITED",
         "rate_limit_error",
-        format!("Rate limit reached: {limit} {what} per minute for this {scope}. Try again in {secs}s."),
+        format!(
+            "Rate limit reached: {limit} {what} per minute for this {scope}. Try again in {secs}s."
+        ),
     )
     .with_openai_code("rate_limit_exceeded")
-    .with_details(json!({"scope": scope, "limit": limit, "unit": format!("{what}_per_minute"),
-        "retry_after_seconds": secs}));
+    .with_details(
+        json!({"scope": scope, "limit": limit, "unit": format!("{what}_per_minute"),
+        "retry_after_seconds": secs}),
+    );
     e.retry_after = Some(secs);
     e.headers = vec![
         (format!("x-ratelimit-limit-{what}"), limit.to_string()),
         (format!("x-ratelimit-remaining-{what}"), "0".into()),
-        (format!("x-ratelimit-reset-{what}"), format!("{}ms", wait.as_millis())),
+        (
+            format!("x-ratelimit-reset-{what}"),
+            format!("{}ms", wait.as_millis()),
+        ),
     ];
     e
 }
@@ -745,7 +789,11 @@ fn budget_error(
             if let Some(a) = preflight.alternatives.first() {
                 suggestions.push(format!("Use {} for cost optimization", a.model));
             }
-            let limit_param = if reasoning { "max_completion_tokens" } else { "max_tokens" };
+            let limit_param = if reasoning {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
             suggestions.push(format!("Reduce {limit_param}"));
             if reasoning && body.get("reasoning_effort").and_then(Value::as_str) != Some("low") {
                 suggestions.push("Use reasoning_effort='low'".into());
@@ -787,7 +835,10 @@ fn budget_error(
             } else {
                 (
                     "QUOTA_EXCEEDED",
-                    format!("Quota '{}' would be exceeded by this call to {model}", rule.name),
+                    format!(
+                        "Quota '{}' would be exceeded by this call to {model}",
+                        rule.name
+                    ),
                 )
             };
             let used = b.tracked.used + b.tracked.reserved;
@@ -823,7 +874,11 @@ impl Gateway {
     fn pick(&self, tenant: TenantId, ds: &[Deployment], tried: &[String]) -> Option<Deployment> {
         let now = self.clock.now_micros();
         let fresh: Vec<&Deployment> = ds.iter().filter(|d| !tried.contains(&d.name)).collect();
-        let pool: Vec<&Deployment> = if fresh.is_empty() { ds.iter().collect() } else { fresh };
+        let pool: Vec<&Deployment> = if fresh.is_empty() {
+            ds.iter().collect()
+        } else {
+            fresh
+        };
         let total: u32 = pool.iter().map(|d| d.weight).sum();
         if total == 0 {
             return None;
@@ -1026,7 +1081,11 @@ impl Gateway {
                     timeout: true,
                 };
                 let e = failure.error.clone();
-                self.submit(&record, Outcome::failed(&failure, started.elapsed()), p.reservation);
+                self.submit(
+                    &record,
+                    Outcome::failed(&failure, started.elapsed()),
+                    p.reservation,
+                );
                 return Err(e);
             }
         };
@@ -1034,7 +1093,9 @@ impl Gateway {
         let created = self.clock.now_micros() / 1_000_000;
         let parsed = serde_json::from_slice::<Value>(&bytes)
             .map_err(|e| e.to_string())
-            .and_then(|v| providers::chat_response(d.kind, &meta.model, &meta.request_id, created, v));
+            .and_then(|v| {
+                providers::chat_response(d.kind, &meta.model, &meta.request_id, created, v)
+            });
         let (mut body, tokens) = match parsed {
             Ok(x) => x,
             Err(why) => {
@@ -1043,7 +1104,10 @@ impl Gateway {
                         502,
                         "PROVIDER_ERROR",
                         "api_error",
-                        format!("the provider '{}' answered something unreadable: {why}", d.name),
+                        format!(
+                            "the provider '{}' answered something unreadable: {why}",
+                            d.name
+                        ),
                     ),
                     provider_side: true,
                     timeout: false,
@@ -1056,7 +1120,9 @@ impl Gateway {
         if meta.fallback_from.is_some() {
             body["model"] = json!(meta.model);
         }
-        meta.cost = self.price_for(record.tenant, &record.provider, &record.model, tokens).await;
+        meta.cost = self
+            .price_for(record.tenant, &record.provider, &record.model, tokens)
+            .await;
         self.charge_tokens(&record, tokens);
         self.cache_put(record.tenant, t, &p, &body);
         self.submit(
@@ -1370,7 +1436,8 @@ impl StreamState {
                         .into_iter()
                         .flatten()
                     {
-                        if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                        if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str)
+                        {
                             self.settle.streamed.push_str(a);
                         }
                     }
@@ -1429,11 +1496,7 @@ impl StreamState {
         self.out.push_back(sse(&json!({"error": {
             "message": e.message, "type": e.kind, "param": e.param, "code": e.code,
         }})));
-        self.settle.outcome = Some((
-            "error",
-            Some(code.to_owned()),
-            Some(e.message.clone()),
-        ));
+        self.settle.outcome = Some(("error", Some(code.to_owned()), Some(e.message.clone())));
     }
 }
 
@@ -1544,7 +1607,9 @@ impl Gateway {
                                     "STREAM_TRUNCATED",
                                     &UpstreamError {
                                         status: 502,
-                                        message: "the provider's stream ended before its answer did".into(),
+                                        message:
+                                            "the provider's stream ended before its answer did"
+                                                .into(),
                                         kind: "api_error".into(),
                                         code: Some("stream_truncated".into()),
                                         param: None,
@@ -1611,7 +1676,13 @@ impl Gateway {
         t: &TenantGateway,
         requested: &str,
     ) -> GatewayError {
-        budget_error(route, preflight, &t.settings.fallbacks, requested, &Map::new())
+        budget_error(
+            route,
+            preflight,
+            &t.settings.fallbacks,
+            requested,
+            &Map::new(),
+        )
     }
 
     pub(crate) fn record_base(
@@ -1674,6 +1745,10 @@ impl Gateway {
         reservation: Option<Reservation>,
     ) {
         charge(&self.limiter, record, tokens);
-        self.submit(record, Outcome::success(tokens, latency, None, deployment), reservation);
+        self.submit(
+            record,
+            Outcome::success(tokens, latency, None, deployment),
+            reservation,
+        );
     }
 }

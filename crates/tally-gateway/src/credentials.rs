@@ -86,15 +86,12 @@ impl From<StoredCredential> for CredentialView {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 fn valid_model(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.chars().all(|c| c.is_ascii_graphic() && c != '/')
+    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_graphic() && c != '/')
 }
 
 /// The result of a connection test.
@@ -251,17 +248,25 @@ impl Gateway {
     }
 
     /// Tests a stored credential (by name) with a real authenticated request.
-    pub async fn test_credential(&self, tenant: TenantId, name: &str) -> GatewayResult<ConnectionTest> {
+    pub async fn test_credential(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> GatewayResult<ConnectionTest> {
         let t = self.tenant(tenant).await?;
-        let d = t.deployments.iter().find(|d| d.name == name).ok_or_else(|| {
-            GatewayError::new(
-                404,
-                "NOT_FOUND",
-                "invalid_request_error",
-                format!("no credential named '{name}'"),
-            )
-            .with_param("provider")
-        })?;
+        let d = t
+            .deployments
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| {
+                GatewayError::new(
+                    404,
+                    "NOT_FOUND",
+                    "invalid_request_error",
+                    format!("no credential named '{name}'"),
+                )
+                .with_param("provider")
+            })?;
         let check = self.probe(d).await;
         self.health.record_check(tenant, name, check.clone());
         Ok(self.probe_result(d, check))
@@ -312,13 +317,17 @@ impl Gateway {
                 at,
             };
         }
-        let mut req = self.http.get(&url).timeout(std::time::Duration::from_secs_f64(
-            self.options.first_byte_timeout_secs.min(30.0),
-        ));
+        let mut req = self
+            .http
+            .get(&url)
+            .timeout(std::time::Duration::from_secs_f64(
+                self.options.first_byte_timeout_secs.min(30.0),
+            ));
         req = match d.kind {
-            ProviderKind::Anthropic => req
-                .header("x-api-key", &d.secret)
-                .header("anthropic-version", crate::providers::anthropic::API_VERSION),
+            ProviderKind::Anthropic => req.header("x-api-key", &d.secret).header(
+                "anthropic-version",
+                crate::providers::anthropic::API_VERSION,
+            ),
             ProviderKind::Google => req.header("x-goog-api-key", &d.secret),
             _ => req.bearer_auth(&d.secret),
         };
@@ -390,7 +399,11 @@ pub fn describe_reqwest(e: &reqwest::Error) -> String {
 
 /// Re-seals every tenant's credentials from `old` under `new` (the operator's master-key
 /// rotation), in one transaction. Returns how many were re-sealed.
-pub async fn rotate_master_key(stores: &Stores, old: &MasterKey, new: &MasterKey) -> Result<usize, String> {
+pub async fn rotate_master_key(
+    stores: &Stores,
+    old: &MasterKey,
+    new: &MasterKey,
+) -> Result<usize, String> {
     let all = stores
         .gateway
         .all_credentials()
@@ -401,7 +414,12 @@ pub async fn rotate_master_key(stores: &Stores, old: &MasterKey, new: &MasterKey
         let secret = old
             .open(*tenant, &c.name, c.key_version, &c.sealed)
             .map_err(|e| format!("credential '{}' of tenant {}: {e}", c.name, tenant.0))?;
-        sealed.push((*tenant, c.id, new.seal(*tenant, &c.name, &secret), new.version()));
+        sealed.push((
+            *tenant,
+            c.id,
+            new.seal(*tenant, &c.name, &secret),
+            new.version(),
+        ));
     }
     let n = sealed.len();
     stores

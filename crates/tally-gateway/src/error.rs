@@ -165,7 +165,9 @@ impl From<AiError> for GatewayError {
                 "invalid_request_error",
                 format!("{what} not found"),
             ),
-            AiError::TooManyRules(m) => Self::new(400, "TOO_MANY_ITEMS", "invalid_request_error", m),
+            AiError::TooManyRules(m) => {
+                Self::new(400, "TOO_MANY_ITEMS", "invalid_request_error", m)
+            }
             AiError::Store(s) => s.into(),
             AiError::Internal(m) => Self::internal(m),
         }

@@ -157,7 +157,12 @@ impl Health {
         } else {
             errors as f64 / calls as f64
         };
-        let ok_latencies: Vec<f64> = d.outcomes.iter().filter(|(ok, _)| *ok).map(|(_, l)| *l).collect();
+        let ok_latencies: Vec<f64> = d
+            .outcomes
+            .iter()
+            .filter(|(ok, _)| *ok)
+            .map(|(_, l)| *l)
+            .collect();
         let avg_latency_ms = (!ok_latencies.is_empty())
             .then(|| ok_latencies.iter().sum::<f64>() / ok_latencies.len() as f64);
         let circuit_open = d.open_until.is_some_and(|u| now < u);
@@ -200,7 +205,11 @@ mod tests {
         assert!(!h.admit(t, "openai", 1_000), "only one");
         h.record(t, "openai", true, 10.0, 1_000);
         assert!(h.admit(t, "openai", 1_001));
-        assert_eq!(h.of(t, "openai", 1_001).status, HealthStatus::Degraded, "3 of 4 failed");
+        assert_eq!(
+            h.of(t, "openai", 1_001).status,
+            HealthStatus::Degraded,
+            "3 of 4 failed"
+        );
         assert_eq!(h.of(t, "other", 0).status, HealthStatus::Unknown);
     }
 

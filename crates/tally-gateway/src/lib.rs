@@ -130,7 +130,8 @@ impl Gateway {
             usage.clone(),
             Duration::from_millis(options.record_interval_ms),
         );
-        tokens::warm_up();
+        // Off the start-up path: the first call waits for it only if it comes first.
+        tokio::task::spawn_blocking(tokens::warm_up);
         Ok((
             Self {
                 health: Health::new(
@@ -234,7 +235,10 @@ impl Gateway {
     }
 
     /// The status of each of the tenant's deployments.
-    pub async fn health(&self, tenant: TenantId) -> GatewayResult<Vec<(Deployment, health::DeploymentHealth)>> {
+    pub async fn health(
+        &self,
+        tenant: TenantId,
+    ) -> GatewayResult<Vec<(Deployment, health::DeploymentHealth)>> {
         let t = self.tenant(tenant).await?;
         let now = self.clock.now_micros();
         Ok(t.deployments

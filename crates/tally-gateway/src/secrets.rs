@@ -153,7 +153,13 @@ impl MasterKey {
         let aad = associated(tenant, name, version);
         let plain = self
             .cipher
-            .decrypt(&XNonce::from(nonce), Payload { msg: body, aad: &aad })
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| SecretError::Open)?;
         String::from_utf8(plain).map_err(|_| SecretError::Open)
     }
@@ -203,12 +209,19 @@ mod tests {
         assert_eq!(key.open(b, "openai", v, &sealed), Err(SecretError::Open));
         assert_eq!(key.open(a, "other", v, &sealed), Err(SecretError::Open));
         let other = MasterKey::parse(&MasterKey::generate_text()).unwrap();
-        assert_eq!(other.open(a, "openai", v, &sealed), Err(SecretError::OtherKey(v)));
+        assert_eq!(
+            other.open(a, "openai", v, &sealed),
+            Err(SecretError::OtherKey(v))
+        );
         let mut tampered = sealed.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         assert_eq!(key.open(a, "openai", v, &tampered), Err(SecretError::Open));
-        assert_ne!(key.seal(a, "openai", "x"), key.seal(a, "openai", "x"), "fresh nonces");
+        assert_ne!(
+            key.seal(a, "openai", "x"),
+            key.seal(a, "openai", "x"),
+            "fresh nonces"
+        );
     }
 
     #[test]

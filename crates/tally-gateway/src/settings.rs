@@ -67,7 +67,9 @@ impl Options {
             ("breaker_cooldown_secs", self.breaker_cooldown_secs),
         ] {
             if !(v > 0.0 && v <= 86_400.0) {
-                return Err(format!("gateway.{name} must be more than 0 and at most 86400"));
+                return Err(format!(
+                    "gateway.{name} must be more than 0 and at most 86400"
+                ));
             }
         }
         if !(0.0..=86_400.0).contains(&self.health_check_interval_secs) {
@@ -130,7 +132,10 @@ impl RateLimitRule {
             ("tokens_per_minute", self.tokens_per_minute),
         ] {
             if v == Some(0) {
-                return Err(FieldError::invalid(format!("{at}.{name}"), "must be at least 1"));
+                return Err(FieldError::invalid(
+                    format!("{at}.{name}"),
+                    "must be at least 1",
+                ));
             }
         }
         if self.model.is_some() && self.scope != LimitScope::Model {
@@ -209,9 +214,15 @@ impl GatewaySettings {
         for (model, chain) in &self.fallbacks {
             let at = format!("fallbacks.{model}");
             if chain.is_empty() || chain.len() > MAX_CHAIN {
-                return Err(FieldError::invalid(at, format!("must list 1 to {MAX_CHAIN} models")));
+                return Err(FieldError::invalid(
+                    at,
+                    format!("must list 1 to {MAX_CHAIN} models"),
+                ));
             }
-            if chain.iter().any(|m| m == model || m.trim().is_empty() || m.len() > 200) {
+            if chain
+                .iter()
+                .any(|m| m == model || m.trim().is_empty() || m.len() > 200)
+            {
                 return Err(FieldError::invalid(
                     at,
                     "must list other, non-empty model names (at most 200 characters)",
@@ -222,14 +233,18 @@ impl GatewaySettings {
             return Err(FieldError::invalid("cache.ttl_secs", "must be 1 to 86400"));
         }
         if self.models.len() > MAX_MODELS {
-            return Err(FieldError::invalid("models", format!("at most {MAX_MODELS} models")));
+            return Err(FieldError::invalid(
+                "models",
+                format!("at most {MAX_MODELS} models"),
+            ));
         }
         for (i, m) in self.models.iter().enumerate() {
             let at = format!("models[{i}]");
             let ok = |s: &str| {
                 !s.is_empty()
                     && s.len() <= 128
-                    && s.chars().all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c))
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c))
             };
             if !ok(&m.provider) || m.provider.to_ascii_lowercase() != m.provider {
                 return Err(FieldError::invalid(

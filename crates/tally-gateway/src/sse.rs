@@ -43,7 +43,9 @@ impl SseDecoder {
         self.buf.drain(..start);
         let pending = self.buf.len() + self.data.as_ref().map_or(0, String::len);
         if pending > MAX_EVENT_BYTES {
-            return Err(format!("a stream event is larger than {MAX_EVENT_BYTES} bytes"));
+            return Err(format!(
+                "a stream event is larger than {MAX_EVENT_BYTES} bytes"
+            ));
         }
         Ok(out)
     }
@@ -66,10 +68,10 @@ mod tests {
     fn events_split_across_reads_and_line_ends() {
         let mut d = SseDecoder::default();
         assert!(d.feed(b"event: x\r\ndata: {\"a\"").unwrap().is_empty());
-        assert_eq!(d.feed(b":1}\r\n\r\n: comment\n\ndata: [DONE]\n\n").unwrap(), [
-            "{\"a\":1}",
-            "[DONE]"
-        ]);
+        assert_eq!(
+            d.feed(b":1}\r\n\r\n: comment\n\ndata: [DONE]\n\n").unwrap(),
+            ["{\"a\":1}", "[DONE]"]
+        );
         assert_eq!(d.feed(b"data: a\ndata: b\n\n").unwrap(), ["a\nb"]);
         d.feed(b"data: tail").unwrap();
         assert_eq!(d.finish().as_deref(), Some("tail"));

@@ -134,7 +134,10 @@ mod tests {
         assert_eq!(count_text("openai", "gpt-4o", "Hello, world!"), 4);
         assert_eq!(count_text("openai", "gpt-4", "Hello, world!"), 4);
         // Anthropic is counted with o200k and scaled up.
-        assert_eq!(count_text("anthropic", "claude-sonnet-4", "Hello, world!"), 5);
+        assert_eq!(
+            count_text("anthropic", "claude-sonnet-4", "Hello, world!"),
+            5
+        );
     }
 
     #[test]
@@ -146,13 +149,17 @@ mod tests {
         ]});
         let n = count_chat("openai", "gpt-4o", body.as_object().unwrap());
         assert_eq!(n, REPLY_PRIMING + 2 * PER_MESSAGE + 4 + 4 + IMAGE_TOKENS);
-        let with_tools = json!({"messages": [], "tools": [{"type": "function", "function": {"name": "f"}}]});
+        let with_tools =
+            json!({"messages": [], "tools": [{"type": "function", "function": {"name": "f"}}]});
         assert!(count_chat("openai", "gpt-4o", with_tools.as_object().unwrap()) > REPLY_PRIMING);
     }
 
     #[test]
     fn embedding_inputs_count_strings_and_token_arrays() {
         let v = json!(["Hello, world!", [1, 2, 3]]);
-        assert_eq!(count_embedding_input("openai", "text-embedding-3-small", &v), 4 + 3);
+        assert_eq!(
+            count_embedding_input("openai", "text-embedding-3-small", &v),
+            4 + 3
+        );
     }
 }

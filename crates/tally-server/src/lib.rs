@@ -153,8 +153,9 @@ pub fn master_key(config: &Config) -> anyhow::Result<tally_gateway::secrets::Mas
         return MasterKey::parse(text).context("secrets.master_key (TALLY_MASTER_KEY)");
     }
     if let Some(path) = &config.secrets.master_key_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("failed to read secrets.master_key_file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("failed to read secrets.master_key_file {}", path.display())
+        })?;
         return MasterKey::parse(&text)
             .with_context(|| format!("secrets.master_key_file {}", path.display()));
     }

@@ -427,15 +427,21 @@ pub trait GatewayStore: Send + Sync {
 
     /// Replaces sealed secrets in one transaction: `(tenant, id, sealed, key_version)`
     /// each. All or nothing.
-    async fn reseal_credentials(&self, sealed: Vec<(TenantId, i64, Vec<u8>, u32)>)
-        -> StoreResult<()>;
+    async fn reseal_credentials(
+        &self,
+        sealed: Vec<(TenantId, i64, Vec<u8>, u32)>,
+    ) -> StoreResult<()>;
 
     /// The tenant's gateway settings document, if it has one.
     async fn gateway_settings(&self, tenant: TenantId) -> StoreResult<Option<String>>;
 
     /// Replaces the tenant's gateway settings document.
-    async fn put_gateway_settings(&self, tenant: TenantId, body: String, at: i64)
-        -> StoreResult<()>;
+    async fn put_gateway_settings(
+        &self,
+        tenant: TenantId,
+        body: String,
+        at: i64,
+    ) -> StoreResult<()>;
 }
 
 /// Which backend to open, and its settings.

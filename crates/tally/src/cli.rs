@@ -51,6 +51,10 @@ struct ConfigArgs {
     /// Data directory (default ./tally-data).
     #[arg(long, env = "TALLY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The master key provider credentials are sealed under (32 bytes, base64 or hex);
+    /// default: secrets.master_key(_file), else the data dir's own `master.key`.
+    #[arg(long, env = "TALLY_MASTER_KEY", hide_env_values = true)]
+    master_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -105,6 +109,24 @@ enum AdminCommand {
     /// API keys (machines).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The master key provider credentials are sealed under.
+    #[command(subcommand)]
+    MasterKey(MasterKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum MasterKeyCommand {
+    /// Print a new random master key (base64), for secrets.master_key_file.
+    Generate,
+    /// Re-seal every tenant's provider credentials under a new master key, in one
+    /// transaction. Needs the server stopped. When the current key is the data dir's own
+    /// `master.key`, the file is replaced by the new key; otherwise point
+    /// secrets.master_key_file (or TALLY_MASTER_KEY) at the new key before starting.
+    Rotate {
+        /// A file holding the new key.
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +228,9 @@ fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
+    if let Some(key) = &args.master_key {
+        config.secrets.master_key = Some(key.clone());
+    }
     Ok(config)
 }
 
@@ -287,7 +312,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             };
             let stores = tally_server::open_store(&config, ownership.is_none())?;
-            let result = admin(&stores, a.command, ownership.is_some()).await;
+            let result = admin(&config, &stores, a.command, ownership.is_some()).await;
             close(stores).await?;
             drop(ownership);
             result
@@ -301,9 +326,53 @@ async fn close(stores: Stores) -> anyhow::Result<()> {
         .context("failed to close the database")
 }
 
-async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::Result<()> {
+async fn admin(
+    config: &Config,
+    stores: &Stores,
+    command: AdminCommand,
+    owner: bool,
+) -> anyhow::Result<()> {
     let access = Access::new(stores.clone(), SystemClock::shared());
     match command {
+        AdminCommand::MasterKey(MasterKeyCommand::Generate) => {
+            println!("{}", tally_gateway::secrets::MasterKey::generate_text());
+        }
+        AdminCommand::MasterKey(MasterKeyCommand::Rotate { new_key_file }) => {
+            use tally_gateway::secrets::{MasterKey, MASTER_KEY_FILE};
+            if !owner {
+                bail!("a running server owns the data dir; stop it first (it holds the old key)");
+            }
+            let old = tally_server::master_key(config)?;
+            let text = std::fs::read_to_string(&new_key_file)
+                .with_context(|| format!("failed to read {}", new_key_file.display()))?;
+            let new =
+                MasterKey::parse(&text).with_context(|| format!("{}", new_key_file.display()))?;
+            if new.version() == old.version() {
+                bail!("the new key is the current key; nothing was re-sealed");
+            }
+            let n = tally_gateway::credentials::rotate_master_key(stores, &old, &new)
+                .await
+                .map_err(|e| anyhow::anyhow!("nothing was re-sealed: {e}"))?;
+            let own_file =
+                config.secrets.master_key.is_none() && config.secrets.master_key_file.is_none();
+            if own_file {
+                let path = config.data_dir.join(MASTER_KEY_FILE);
+                let tmp = config.data_dir.join(format!("{MASTER_KEY_FILE}.new"));
+                write_private(&tmp, text.trim())?;
+                std::fs::rename(&tmp, &path)
+                    .with_context(|| format!("failed to replace {}", path.display()))?;
+                eprintln!(
+                    "re-sealed {n} credentials; {} now holds the new key",
+                    path.display()
+                );
+            } else {
+                eprintln!(
+                    "re-sealed {n} credentials under key {}; point secrets.master_key_file \
+                     (or TALLY_MASTER_KEY) at the new key before starting the server",
+                    new.fingerprint()
+                );
+            }
+        }
         AdminCommand::Tenant(TenantCommand::Delete { tenant, confirm }) => {
             if !owner {
                 bail!(
@@ -409,5 +478,23 @@ async fn admin(stores: &Stores, command: AdminCommand, owner: bool) -> anyhow::R
             eprintln!("revoked {key_id}");
         }
     }
+    Ok(())
+}
+
+/// Writes `text` to a new owner-only file.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
     Ok(())
 }

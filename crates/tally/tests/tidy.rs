@@ -132,7 +132,9 @@ fn undocumented_trait_methods(file: &str, text: &str) -> Vec<String> {
 
 #[test]
 fn only_the_server_knows_axum() {
-    let found = offenders("axum", &["tally-server"]);
+    // The fake provider is a test double of servers outside tally (OpenAI, Anthropic,
+    // Gemini), not part of the product.
+    let found = offenders("axum", &["tally-server", "tally-fake-provider"]);
     assert!(
         found.is_empty(),
         "axum outside tally-server:\n{}",
@@ -234,5 +236,16 @@ fn the_checks_find_what_they_look_for() {
     assert_eq!(
         undocumented_trait_methods("sample.rs", sample),
         vec!["sample.rs:5: async fn unsaid(&self);".to_owned()]
+    );
+}
+
+#[test]
+fn only_the_gateway_calls_out() {
+    // Every outbound request goes through the gateway's client and its outbound policy.
+    let found = offenders("reqwest", &["tally-gateway", "tally-bench"]);
+    assert!(
+        found.is_empty(),
+        "reqwest outside tally-gateway:\n{}",
+        found.join("\n")
     );
 }

@@ -8,7 +8,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{chunk, content_text, data_url, finish_reason, upstream_error, Target, Tokens, Translated};
+use super::{
+    chunk, content_text, data_url, finish_reason, upstream_error, Target, Tokens, Translated,
+};
 
 pub const API_VERSION: &str = "2023-06-01";
 /// Sent as `max_tokens` when the request gives none and the model's limit is unknown.
@@ -71,7 +73,10 @@ pub fn request(
         .is_some_and(|t| t == "json_object" || t == "json_schema")
     {
         let mut ask = "Answer with one JSON object and nothing else.".to_owned();
-        if let Some(schema) = body.get("response_format").and_then(|f| f.pointer("/json_schema/schema")) {
+        if let Some(schema) = body
+            .get("response_format")
+            .and_then(|f| f.pointer("/json_schema/schema"))
+        {
             ask.push_str(&format!(" It must match this JSON schema: {schema}"));
         }
         system.push(ask);
@@ -217,7 +222,10 @@ pub fn response(model: &str, id: &str, created: i64, v: Value) -> Result<(Value,
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
-    let reason = v.get("stop_reason").and_then(Value::as_str).unwrap_or("end_turn");
+    let reason = v
+        .get("stop_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("end_turn");
     Ok((
         json!({
             "id": id,
@@ -389,7 +397,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
         assert_eq!((usage.prompt, usage.completion, usage.cached), (12, 5, 2));
 
         let mut s = StreamState::new("claude-sonnet-4", "id1", 1);

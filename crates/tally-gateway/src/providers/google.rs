@@ -8,7 +8,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{chunk, content_text, data_url, finish_reason, upstream_error, Target, Tokens, Translated};
+use super::{
+    chunk, content_text, data_url, finish_reason, upstream_error, Target, Tokens, Translated,
+};
 
 pub fn request(
     t: &Target<'_>,
@@ -37,7 +39,10 @@ pub fn request(
                     .into_iter()
                     .flatten()
                 {
-                    let name = call.pointer("/function/name").cloned().unwrap_or(Value::Null);
+                    let name = call
+                        .pointer("/function/name")
+                        .cloned()
+                        .unwrap_or(Value::Null);
                     call_names.push((call.get("id").cloned().unwrap_or(Value::Null), name.clone()));
                     let args = call
                         .pointer("/function/arguments")
@@ -154,7 +159,11 @@ pub fn request(
     } else {
         format!("{base}/models/{}:generateContent", t.model)
     };
-    (url, vec![("x-goog-api-key", t.secret.to_owned())], Value::Object(out))
+    (
+        url,
+        vec![("x-goog-api-key", t.secret.to_owned())],
+        Value::Object(out),
+    )
 }
 
 fn push(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
@@ -179,7 +188,9 @@ fn parts(content: Option<&Value>) -> Vec<Value> {
                 Some("image_url") => {
                     let url = p.pointer("/image_url/url").and_then(Value::as_str)?;
                     Some(match data_url(url) {
-                        Some((mime, data)) => json!({"inlineData": {"mimeType": mime, "data": data}}),
+                        Some((mime, data)) => {
+                            json!({"inlineData": {"mimeType": mime, "data": data}})
+                        }
                         None => json!({"fileData": {"fileUri": url, "mimeType": guess_mime(url)}}),
                     })
                 }
@@ -329,13 +340,27 @@ impl StreamState {
                 delta.insert("tool_calls".into(), Value::Array(calls));
             }
             if !delta.is_empty() {
-                out.chunks
-                    .push(chunk(&self.id, self.created, &self.model, Value::Object(delta), None));
+                out.chunks.push(chunk(
+                    &self.id,
+                    self.created,
+                    &self.model,
+                    Value::Object(delta),
+                    None,
+                ));
             }
             if let Some(r) = c.get("finishReason").and_then(Value::as_str) {
-                let reason = if self.calls > 0 { "tool_calls" } else { finish_reason(r) };
-                out.chunks
-                    .push(chunk(&self.id, self.created, &self.model, json!({}), Some(reason)));
+                let reason = if self.calls > 0 {
+                    "tool_calls"
+                } else {
+                    finish_reason(r)
+                };
+                out.chunks.push(chunk(
+                    &self.id,
+                    self.created,
+                    &self.model,
+                    json!({}),
+                    Some(reason),
+                ));
                 out.done = true;
             }
         }
@@ -371,9 +396,15 @@ mod tests {
         );
         assert_eq!(out["systemInstruction"]["parts"][0]["text"], "terse");
         assert_eq!(out["contents"][1]["role"], "model");
-        assert_eq!(out["contents"][2]["parts"][0]["functionResponse"]["name"], "f");
+        assert_eq!(
+            out["contents"][2]["parts"][0]["functionResponse"]["name"],
+            "f"
+        );
         assert_eq!(out["generationConfig"]["maxOutputTokens"], 50);
-        assert_eq!(out["generationConfig"]["responseMimeType"], "application/json");
+        assert_eq!(
+            out["generationConfig"]["responseMimeType"],
+            "application/json"
+        );
 
         let (v, u) = response(
             "gemini-2.5-flash",

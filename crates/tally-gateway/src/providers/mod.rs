@@ -73,8 +73,14 @@ pub fn upstream_error(status: u16, body: &[u8]) -> UpstreamError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     // OpenAI: {"error":{"message","type","param","code"}}; Anthropic: {"type":"error",
     // "error":{"type","message"}}; Gemini: {"error":{"code","message","status"}}.
-    let e = v.get("error").or_else(|| v.as_array()?.first()?.get("error"));
-    let text = |k: &str| e.and_then(|e| e.get(k)).and_then(Value::as_str).map(str::to_owned);
+    let e = v
+        .get("error")
+        .or_else(|| v.as_array()?.first()?.get("error"));
+    let text = |k: &str| {
+        e.and_then(|e| e.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     let message = text("message").unwrap_or_else(|| {
         let s = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
         if s.trim().is_empty() {
@@ -113,8 +119,12 @@ fn default_kind(status: u16) -> &'static str {
 /// Anthropic's and Gemini's error types, as OpenAI's.
 fn normalise_kind(kind: &str, status: u16) -> String {
     match kind {
-        "invalid_request_error" | "invalid_argument" | "failed_precondition" | "not_found_error"
-        | "not_found" | "request_too_large" => "invalid_request_error".into(),
+        "invalid_request_error"
+        | "invalid_argument"
+        | "failed_precondition"
+        | "not_found_error"
+        | "not_found"
+        | "request_too_large" => "invalid_request_error".into(),
         "authentication_error" | "unauthenticated" => "authentication_error".into(),
         "permission_error" | "permission_denied" => "permission_error".into(),
         "rate_limit_error" | "resource_exhausted" => "rate_limit_error".into(),
@@ -258,12 +268,18 @@ mod tests {
             529,
             br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
         );
-        assert_eq!((a.kind.as_str(), a.message.as_str()), ("api_error", "Overloaded"));
+        assert_eq!(
+            (a.kind.as_str(), a.message.as_str()),
+            ("api_error", "Overloaded")
+        );
         let g = upstream_error(
             429,
             br#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#,
         );
-        assert_eq!((g.kind.as_str(), g.code.as_deref()), ("rate_limit_error", Some("429")));
+        assert_eq!(
+            (g.kind.as_str(), g.code.as_deref()),
+            ("rate_limit_error", Some("429"))
+        );
         let raw = upstream_error(502, b"<html>bad gateway</html>");
         assert_eq!(raw.kind, "api_error");
         assert!(raw.message.contains("bad gateway"));

@@ -56,7 +56,10 @@ pub fn response(v: Value) -> Result<(Value, Tokens), String> {
     if !v.get("choices").is_some_and(Value::is_array) {
         return Err("the provider's answer has no choices".into());
     }
-    let tokens = v.get("usage").and_then(Tokens::from_openai).unwrap_or_default();
+    let tokens = v
+        .get("usage")
+        .and_then(Tokens::from_openai)
+        .unwrap_or_default();
     Ok((v, tokens))
 }
 
@@ -82,8 +85,7 @@ impl StreamState {
                 out.usage = Tokens::from_openai(&u);
             }
         }
-        if v
-            .get("choices")
+        if v.get("choices")
             .and_then(Value::as_array)
             .is_some_and(|c| !c.is_empty())
         {
@@ -104,7 +106,10 @@ mod tests {
             "http://h/v1/chat/completions"
         );
         assert_eq!(
-            endpoint("https://x/openai/deployments/d?api-version=2024-10-21", "chat/completions"),
+            endpoint(
+                "https://x/openai/deployments/d?api-version=2024-10-21",
+                "chat/completions"
+            ),
             "https://x/openai/deployments/d/chat/completions?api-version=2024-10-21"
         );
     }
@@ -114,7 +119,8 @@ mod tests {
         let mut s = StreamState;
         let t = s.event(r#"{"id":"1","choices":[{"index":0,"delta":{"content":"hi"}}]}"#);
         assert_eq!(t.chunks.len(), 1);
-        let t = s.event(r#"{"id":"1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#);
+        let t =
+            s.event(r#"{"id":"1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#);
         assert!(t.chunks.is_empty());
         assert_eq!(t.usage.map(|u| (u.prompt, u.completion)), Some((3, 1)));
         assert!(s.event("[DONE]").done);

@@ -4,6 +4,7 @@
 //! and the providers, credentials, health, tests and settings under `/api/v1/ai`.
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -19,10 +20,107 @@ use tally_gateway::credentials::{ConnectionTest, CredentialInput, CredentialView
 use tally_gateway::health::DeploymentHealth;
 use tally_gateway::{GatewayError, GatewaySettings};
 
-use super::extract::{parse_json, require, tenant_for, ApiQuery, Auth, ClientIp, JsonBody, TenantQuery};
+use super::extract::{
+    parse_json, require, tenant_for, ApiQuery, Auth, ClientIp, JsonBody, TenantQuery,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 use tally_access::audit::Entry;
+
+/// OpenAI's error shape (the `/v1` paths).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OpenAiErrorEnvelope {
+    pub error: OpenAiErrorBody,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OpenAiErrorBody {
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `rate_limit_error`,
+    /// `insufficient_quota`, `api_error`, …
+    #[serde(rename = "type")]
+    #[schema(required = false)]
+    pub kind: String,
+    /// The request field at fault.
+    #[schema(required = false)]
+    pub param: Option<String>,
+    #[schema(required = false)]
+    pub code: Option<String>,
+    /// tally's extra fields (seed 003's `invalid_params`, `estimated_cost`, …).
+    #[schema(value_type = Object, required = false)]
+    pub details: Option<Value>,
+}
+
+/// One chat message (OpenAI's format).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documents the body; the gateway reads it as JSON
+pub struct ChatMessageDoc {
+    pub role: ChatRole,
+    /// A string, or an array of parts (`{"type":"text","text":…}`,
+    /// `{"type":"image_url","image_url":{"url":…}}`); null on an assistant message with
+    /// `tool_calls`.
+    #[schema(value_type = Object)]
+    pub content: Value,
+    pub tool_call_id: Option<String>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<Value>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ChatRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// OpenAI's chat completion request, which seed 003's chat takes too. Other OpenAI fields
+/// (`top_p`, `stop`, `seed`, …) are passed on to the provider.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ChatRequestDoc {
+    /// A catalog model (`gpt-4o`, `o3`, `claude-sonnet-4`, `gemini-2.5-pro`), a model a
+    /// credential lists, or `provider/model`.
+    pub model: String,
+    #[schema(min_items = 1)]
+    pub messages: Vec<ChatMessageDoc>,
+    pub stream: Option<bool>,
+    #[schema(value_type = Option<Object>)]
+    pub stream_options: Option<Value>,
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<u32>,
+    #[schema(minimum = 1)]
+    pub max_completion_tokens: Option<u32>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
+    pub temperature: Option<f64>,
+    /// `low`, `medium` or `high` (reasoning models).
+    pub reasoning_effort: Option<String>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
+    #[schema(minimum = 1, maximum = 128)]
+    pub n: Option<u32>,
+    /// The end user, for per-user budgets.
+    pub user: Option<String>,
+}
+
+/// OpenAI's embeddings request.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct EmbeddingsRequestDoc {
+    pub model: String,
+    /// A string, or an array of strings or token arrays.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    pub dimensions: Option<u32>,
+    pub user: Option<String>,
+}
 
 /// The end user a call is for, when the body's `user` does not say.
 pub const USER_HEADER: &str = "x-tally-user";
@@ -68,11 +166,20 @@ fn meta_headers(resp: &mut Response, meta: &CallMeta) {
     if let Some(d) = &meta.deployment {
         put("x-tally-deployment", d.clone());
     }
-    put("x-tally-cost-usd", format!("{:.6}", meta.cost.usd_rounded(6)));
+    put(
+        "x-tally-cost-usd",
+        format!("{:.6}", meta.cost.usd_rounded(6)),
+    );
     if let Some(b) = meta.budget_remaining {
-        put("x-tally-budget-remaining-usd", format!("{:.6}", b.usd_rounded(6)));
+        put(
+            "x-tally-budget-remaining-usd",
+            format!("{:.6}", b.usd_rounded(6)),
+        );
     }
-    put("x-tally-cache", if meta.cached { "hit" } else { "miss" }.into());
+    put(
+        "x-tally-cache",
+        if meta.cached { "hit" } else { "miss" }.into(),
+    );
     if let Some(f) = &meta.fallback_from {
         put("x-tally-fallback-from", f.clone());
     }
@@ -88,7 +195,10 @@ pub(crate) fn add_error_headers(resp: &mut Response, e: &GatewayError) {
         h.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
     }
     for (k, v) in &e.headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(k.as_str()),
+            HeaderValue::try_from(v.as_str()),
+        ) {
             h.insert(n, v);
         }
     }
@@ -128,7 +238,10 @@ async fn openai_auth(state: &AppState, headers: &HeaderMap) -> Result<Principal,
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let unauthorised = |message: &str| {
@@ -161,8 +274,22 @@ async fn openai_auth(state: &AppState, headers: &HeaderMap) -> Result<Principal,
     Ok(p)
 }
 
-fn openai_body(bytes: &Bytes) -> Result<Value, Response> {
-    serde_json::from_slice::<Value>(bytes).map_err(|e| {
+fn openai_body(bytes: Result<Bytes, BytesRejection>, state: &AppState) -> Result<Value, Response> {
+    let bytes = bytes.map_err(|_| {
+        openai_error(
+            GatewayError::new(
+                413,
+                "PAYLOAD_TOO_LARGE",
+                "invalid_request_error",
+                format!(
+                    "the request body exceeds {} bytes",
+                    state.config.max_body_bytes
+                ),
+            )
+            .with_openai_code("request_too_large"),
+        )
+    })?;
+    serde_json::from_slice::<Value>(&bytes).map_err(|e| {
         openai_error(
             GatewayError::new(
                 400,
@@ -198,17 +325,25 @@ fn answer(result: Result<ChatAnswer, GatewayError>, openai: bool) -> Response {
 
 /// OpenAI's chat completions.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "gateway",
-    request_body(content = Object, description = "OpenAI's chat completion request"),
+    request_body = ChatRequestDoc,
     responses((status = 200, description = "OpenAI's chat completion, or an event stream with `stream: true`"),
-        (status = 400, description = "OpenAI's error shape"), (status = 401, description = "OpenAI's error shape"),
-        (status = 429, description = "Rate limit or budget (OpenAI's error shape)")),
+        (status = 400, body = OpenAiErrorEnvelope, description = "A bad request, a parameter the model refuses (invalid_parameter_for_model), a prompt past the context window, no credential for the model"),
+        (status = 404, body = OpenAiErrorEnvelope, description = "model_not_found"),
+        (status = 429, body = OpenAiErrorEnvelope, description = "A rate limit, or a budget or quota (insufficient_quota, the seed's fields in details)"),
+        (status = 502, body = OpenAiErrorEnvelope, description = "The provider failed or could not be reached"),
+        (status = 503, body = OpenAiErrorEnvelope, description = "Every deployment of the model is failing (circuit open)"),
+        (status = 504, body = OpenAiErrorEnvelope, description = "The provider did not answer in time")),
     security(("bearer" = [])))]
-pub async fn v1_chat(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn v1_chat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let p = match openai_auth(&state, &headers).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let body = match openai_body(&body) {
+    let body = match openai_body(body, &state) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -235,14 +370,22 @@ pub async fn v1_models(State(state): State<AppState>, headers: HeaderMap) -> Res
 
 /// OpenAI's embeddings.
 #[utoipa::path(post, path = "/v1/embeddings", tag = "gateway",
-    request_body(content = Object, description = "OpenAI's embeddings request"),
-    responses((status = 200, description = "OpenAI's embeddings answer")), security(("bearer" = [])))]
-pub async fn v1_embeddings(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    request_body = EmbeddingsRequestDoc,
+    responses((status = 200, description = "OpenAI's embeddings answer"),
+        (status = 400, body = OpenAiErrorEnvelope), (status = 404, body = OpenAiErrorEnvelope),
+        (status = 429, body = OpenAiErrorEnvelope), (status = 502, body = OpenAiErrorEnvelope),
+        (status = 503, body = OpenAiErrorEnvelope), (status = 504, body = OpenAiErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn v1_embeddings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let p = match openai_auth(&state, &headers).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let body = match openai_body(&body) {
+    let body = match openai_body(body, &state) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -264,10 +407,15 @@ pub async fn v1_embeddings(State(state): State<AppState>, headers: HeaderMap, bo
 /// `reasoning_effort`, `max_completion_tokens`, `temperature`, …) on the gateway's code
 /// path, errors in the envelope (`INVALID_PARAMETER_FOR_MODEL`, `O3_BUDGET_EXCEEDED`, …).
 #[utoipa::path(post, path = "/api/v1/ai/openai/chat", tag = "gateway",
-    request_body(content = Object, description = "OpenAI's chat completion request"),
+    request_body = ChatRequestDoc,
     responses((status = 200, description = "OpenAI's chat completion, or an event stream with `stream: true`"),
-        (status = 403, body = crate::error::ErrorEnvelope, description = "Budget or quota refusal"),
-        (status = 429, body = crate::error::ErrorEnvelope, description = "Rate limit")),
+        (status = 400, body = crate::error::ErrorEnvelope, description = "INVALID_PARAMETER_FOR_MODEL (with invalid_params, suggested_params, model_requirements), CONTEXT_LENGTH_EXCEEDED, PROVIDER_NOT_CONFIGURED, VALIDATION_ERROR"),
+        (status = 403, body = crate::error::ErrorEnvelope, description = "O3_BUDGET_EXCEEDED, REASONING_QUOTA_EXCEEDED or QUOTA_EXCEEDED with the seed's fields"),
+        (status = 404, body = crate::error::ErrorEnvelope, description = "MODEL_NOT_FOUND"),
+        (status = 429, body = crate::error::ErrorEnvelope, description = "RATE_LIMITED, or the provider's own 429"),
+        (status = 502, body = crate::error::ErrorEnvelope, description = "The provider failed"),
+        (status = 503, body = crate::error::ErrorEnvelope, description = "Every deployment is failing"),
+        (status = 504, body = crate::error::ErrorEnvelope, description = "The provider did not answer in time")),
     security(("bearer" = [])))]
 pub async fn seed_chat(
     State(state): State<AppState>,
@@ -411,10 +559,18 @@ pub async fn put_credential(
 ) -> ApiResult<(StatusCode, Json<CredentialView>)> {
     require(&p, Action::ManageTenant)?;
     let (view, created) = state.gateway.put_credential(p.tenant_id, input).await?;
-    let entry = Entry::success(Some(p.tenant_id), action::CREDENTIAL_SET, Some(view.name.clone()))
-        .details(json!({"kind": view.kind, "base_url": view.base_url, "created": created}));
+    let entry = Entry::success(
+        Some(p.tenant_id),
+        action::CREDENTIAL_SET,
+        Some(view.name.clone()),
+    )
+    .details(json!({"kind": view.kind, "base_url": view.base_url, "created": created}));
     state.access.record_by(&p, ip, entry).await;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(view)))
 }
 
@@ -439,7 +595,8 @@ pub async fn delete_credential(
 #[into_params(parameter_in = Query)]
 pub struct ProviderQuery {
     /// A provider name (`openai`, `anthropic`, `google` or a credential's own name).
-    pub provider: Option<String>,
+    #[param(min_length = 1)]
+    pub provider: String,
     pub tenant_id: Option<String>,
 }
 
@@ -447,18 +604,14 @@ pub struct ProviderQuery {
 /// today's spend with it.
 #[utoipa::path(get, path = "/api/v1/ai/credentials/quota_status", tag = "gateway", params(ProviderQuery),
     responses((status = 200, body = Object)), security(("bearer" = [])))]
-pub async fn quota_status(
+pub async fn provider_quota_status(
     State(state): State<AppState>,
     Auth(p): Auth,
     ApiQuery(q): ApiQuery<ProviderQuery>,
 ) -> ApiResult<Json<Value>> {
     require(&p, Action::Read)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
-    let provider = q
-        .provider
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| tally_core::FieldError::required("provider"))?;
-    Ok(Json(state.gateway.quota_status(tenant, &provider).await?))
+    Ok(Json(state.gateway.quota_status(tenant, &q.provider).await?))
 }
 
 /// A stored credential to test (`provider`), or one to test before storing it.
@@ -474,7 +627,8 @@ pub struct TestConnectionBody {
 /// Seed 003: tests a credential with a real authenticated request (the provider's model
 /// list), through the outbound policy.
 #[utoipa::path(post, path = "/api/v1/ai/credentials/test_connection", tag = "gateway",
-    request_body = TestConnectionBody, responses((status = 200, body = ConnectionTest)),
+    request_body = TestConnectionBody, responses((status = 200, body = ConnectionTest),
+        (status = 404, body = crate::error::ErrorEnvelope, description = "No credential of that name")),
     security(("bearer" = [])))]
 pub async fn test_connection(
     State(state): State<AppState>,
@@ -515,7 +669,9 @@ pub struct ProviderTestReport {
 /// provider through the gateway, with its latency and the error if any. The calls are
 /// recorded and priced like any other.
 #[utoipa::path(post, path = "/api/v1/ai/test", tag = "gateway", request_body = ProviderTestBody,
-    responses((status = 200, body = ProviderTestReport)), security(("bearer" = [])))]
+    responses((status = 200, body = ProviderTestReport),
+        (status = 404, body = crate::error::ErrorEnvelope, description = "No credential (of that name)")),
+    security(("bearer" = [])))]
 pub async fn test_providers(
     State(state): State<AppState>,
     Auth(p): Auth,

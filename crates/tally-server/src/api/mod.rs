@@ -137,15 +137,15 @@ pub fn app(state: AppState) -> Router {
             "/ai/credentials",
             get(gateway::list_credentials).post(gateway::put_credential),
         )
-        .route("/ai/credentials/quota_status", get(gateway::quota_status))
+        .route(
+            "/ai/credentials/quota_status",
+            get(gateway::provider_quota_status),
+        )
         .route(
             "/ai/credentials/test_connection",
             post(gateway::test_connection),
         )
-        .route(
-            "/ai/credentials/{name}",
-            delete(gateway::delete_credential),
-        )
+        .route("/ai/credentials/{name}", delete(gateway::delete_credential))
         .route("/ai/test", post(gateway::test_providers))
         .route(
             "/ai/gateway/settings",

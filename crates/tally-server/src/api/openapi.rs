@@ -34,12 +34,13 @@ use super::{admin, analytics, audit, auth, dto, gateway, health, insights, quota
         gateway::v1_chat, gateway::v1_models, gateway::v1_embeddings,
         gateway::seed_chat, gateway::seed_models, gateway::providers, gateway::providers_health,
         gateway::list_credentials, gateway::put_credential, gateway::delete_credential,
-        gateway::quota_status, gateway::test_connection, gateway::test_providers,
+        gateway::provider_quota_status, gateway::test_connection, gateway::test_providers,
         gateway::get_settings, gateway::put_settings,
         serve,
     ),
     components(schemas(
         crate::error::ErrorEnvelope, crate::error::ErrorBody, dto::EventBody,
+        gateway::OpenAiErrorEnvelope, gateway::OpenAiErrorBody,
         analytics::PeriodName, analytics::ExportFormat,
         tally_core::usage::Generation, tally_core::usage::CallStatus, tally_core::event::EventType,
         tally_core::quota::QuotaMetric, tally_core::quota::QuotaWindow,
@@ -74,13 +75,13 @@ impl Modify for BearerAuth {
 /// named in the path, 413/415 for bodies.
 struct ErrorResponses;
 
-fn error_response(description: &str) -> RefOr<Response> {
+fn error_response(description: &str, schema: &str) -> RefOr<Response> {
     RefOr::T(
         ResponseBuilder::new()
             .description(description)
             .content(
                 "application/json",
-                Content::new(Some(Ref::from_schema_name("ErrorEnvelope"))),
+                Content::new(Some(Ref::from_schema_name(schema))),
             )
             .build(),
     )
@@ -117,11 +118,17 @@ fn add_errors(op: &mut Operation, path: &str) {
         .any(|p| matches!(p.parameter_in, ParameterIn::Query));
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
     let body = op.request_body.is_some();
+    // OpenAI's own paths answer in OpenAI's error shape.
+    let schema = if path.starts_with("/v1/") {
+        "OpenAiErrorEnvelope"
+    } else {
+        "ErrorEnvelope"
+    };
     let mut add = |status: &str, description: &str| {
         op.responses
             .responses
             .entry(status.to_owned())
-            .or_insert_with(|| error_response(description));
+            .or_insert_with(|| error_response(description, schema));
     };
     if body || takes_query || takes_path {
         add(

@@ -53,7 +53,12 @@ fn chat(model: &str) -> Value {
 async fn records(a: &TestApp) -> Vec<Value> {
     a.state.gateway.flush().await;
     let r = a
-        .call("GET", "/api/v1/ai/usage/records?page_size=100", Some(&a.key), None)
+        .call(
+            "GET",
+            "/api/v1/ai/usage/records?page_size=100",
+            Some(&a.key),
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.body["results"].as_array().cloned().unwrap_or_default()
@@ -67,7 +72,10 @@ async fn a_chat_completion_through_the_openai_path_is_answered_priced_and_record
     let r = v1(&a, &key, chat("gpt-4o")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["object"], "chat.completion");
-    assert_eq!(r.body["choices"][0]["message"]["content"], "word0 word1 word2 word3 word4 ");
+    assert_eq!(
+        r.body["choices"][0]["message"]["content"],
+        "word0 word1 word2 word3 word4 "
+    );
     assert_eq!(r.body["usage"]["completion_tokens"], 5);
     let h = |n: &str| r.headers[n].to_str().unwrap().to_owned();
     assert!(h("x-tally-request-id").starts_with("chatcmpl-"));
@@ -91,7 +99,10 @@ async fn a_chat_completion_through_the_openai_path_is_answered_priced_and_record
     assert_eq!(rec["model_name"], "gpt-4o");
     assert_eq!(rec["output_tokens"], 5);
     assert_eq!(rec["status"], "success");
-    assert_eq!(rec["client_id"].as_str(), Some(h("x-tally-request-id").as_str()));
+    assert_eq!(
+        rec["client_id"].as_str(),
+        Some(h("x-tally-request-id").as_str())
+    );
 }
 
 #[tokio::test]
@@ -134,19 +145,32 @@ async fn incompatible_parameters_are_refused_before_any_provider_call() {
     let d = &r.body["error"]["details"];
     assert_eq!(d["model"], "o3");
     assert_eq!(d["invalid_params"], json!(["temperature"]));
-    assert_eq!(d["suggested_params"], json!(["reasoning_effort", "max_completion_tokens"]));
-    assert_eq!(d["model_requirements"]["required"], json!(["reasoning_effort"]));
+    assert_eq!(
+        d["suggested_params"],
+        json!(["reasoning_effort", "max_completion_tokens"])
+    );
+    assert_eq!(
+        d["model_requirements"]["required"],
+        json!(["reasoning_effort"])
+    );
     assert!(d["model_requirements"]["forbidden"]
         .as_array()
         .unwrap()
         .contains(&json!("temperature")));
-    let r = v1(&a, &a.key, json!({"model": "gpt-4o", "reasoning_effort": "high",
-        "messages": [{"role": "user", "content": "x"}]}))
+    let r = v1(
+        &a,
+        &a.key,
+        json!({"model": "gpt-4o", "reasoning_effort": "high",
+        "messages": [{"role": "user", "content": "x"}]}),
+    )
     .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error"]["param"], "reasoning_effort");
     assert_eq!(r.body["error"]["code"], "invalid_parameter_for_model");
-    assert_eq!(r.body["error"]["details"]["suggested_params"], json!(["temperature", "max_tokens"]));
+    assert_eq!(
+        r.body["error"]["details"]["suggested_params"],
+        json!(["temperature", "max_tokens"])
+    );
     assert!(f.received().is_empty(), "nothing reached the provider");
 }
 
@@ -154,8 +178,12 @@ async fn incompatible_parameters_are_refused_before_any_provider_call() {
 async fn same_meaning_parameters_are_converted_for_the_model() {
     let f = fake().await;
     let a = gateway_app(&f).await;
-    let r = v1(&a, &a.key, json!({"model": "o3", "max_tokens": 100, "messages": [
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}))
+    let r = v1(
+        &a,
+        &a.key,
+        json!({"model": "o3", "max_tokens": 100, "messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}),
+    )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let sent = &f.received()[0].body;
@@ -170,16 +198,44 @@ async fn bad_requests_name_the_field() {
     let f = fake().await;
     let a = gateway_app(&f).await;
     let cases = [
-        (json!({"messages": [{"role": "user", "content": "x"}]}), 400, "model"),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "model",
+        ),
         (json!({"model": "gpt-4o"}), 400, "messages"),
         (json!({"model": "gpt-4o", "messages": []}), 400, "messages"),
-        (json!({"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]}), 400, "messages[0].role"),
-        (json!({"model": "gpt-4o", "messages": [{"role": "user", "content": 5}]}), 400, "messages[0].content"),
-        (json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}],
-            "tools": [{"type": "function", "function": {"name": "bad name!"}}]}), 400, "tools[0].function.name"),
-        (json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}), 400, "n"),
-        (json!({"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "x"}], "n": 2}), 400, "n"),
-        (json!({"model": "gpt-9-ultra", "messages": [{"role": "user", "content": "x"}]}), 404, "model"),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]}),
+            400,
+            "messages[0].role",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": 5}]}),
+            400,
+            "messages[0].content",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "bad name!"}}]}),
+            400,
+            "tools[0].function.name",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}),
+            400,
+            "n",
+        ),
+        (
+            json!({"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "x"}], "n": 2}),
+            400,
+            "n",
+        ),
+        (
+            json!({"model": "gpt-9-ultra", "messages": [{"role": "user", "content": "x"}]}),
+            404,
+            "model",
+        ),
     ];
     for (body, status, param) in cases {
         let r = v1(&a, &a.key, body.clone()).await;
@@ -188,7 +244,12 @@ async fn bad_requests_name_the_field() {
     }
     // The context window: a prompt longer than gpt-4o's 128k tokens.
     let long = "word ".repeat(130_000);
-    let r = v1(&a, &a.key, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": long}]})).await;
+    let r = v1(
+        &a,
+        &a.key,
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": long}]}),
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error"]["code"], "context_length_exceeded");
     assert!(f.received().is_empty());
@@ -218,14 +279,20 @@ async fn streams_end_with_done_carry_usage_when_asked_and_are_recorded() {
         .iter()
         .map(|e| serde_json::from_str(e).unwrap())
         .collect();
-    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "not asked for");
+    assert!(
+        chunks.iter().all(|c| c.get("usage").is_none()),
+        "not asked for"
+    );
     let text: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert_eq!(text, "word0 word1 word2 word3 word4 ");
     // The gateway always asks the provider for usage.
-    assert_eq!(f.received()[0].body["stream_options"]["include_usage"], true);
+    assert_eq!(
+        f.received()[0].body["stream_options"]["include_usage"],
+        true
+    );
 
     body["stream_options"] = json!({"include_usage": true});
     let r = v1(&a, &a.key, body).await;
@@ -236,7 +303,9 @@ async fn streams_end_with_done_carry_usage_when_asked_and_are_recorded() {
 
     let recs = records(&a).await;
     assert_eq!(recs.len(), 2);
-    assert!(recs.iter().all(|r| r["status"] == "success" && r["output_tokens"] == 5));
+    assert!(recs
+        .iter()
+        .all(|r| r["status"] == "success" && r["output_tokens"] == 5));
     assert!(recs.iter().all(|r| r["time_to_first_token_ms"].is_number()));
 }
 
@@ -282,9 +351,13 @@ async fn anthropic_is_translated_both_ways_with_tools_and_streams() {
     assert_eq!(sent.body["system"], "be brief");
     assert_eq!(sent.body["tools"][0]["input_schema"]["type"], "object");
 
-    let r = v1(&a, &a.key, json!({"model": "claude-sonnet-4", "stream": true,
+    let r = v1(
+        &a,
+        &a.key,
+        json!({"model": "claude-sonnet-4", "stream": true,
         "stream_options": {"include_usage": true},
-        "messages": [{"role": "user", "content": "hi"}]}))
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
     .await;
     let events = sse_events(&r.body);
     assert_eq!(events.last().unwrap(), "[DONE]");
@@ -311,19 +384,34 @@ async fn gemini_is_translated_both_ways_streams_included() {
         "messages": [{"role": "developer", "content": "terse"}, {"role": "user", "content": "hi"}]}))
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["choices"][0]["message"]["content"], "word0 word1 word2 word3 word4 ");
+    assert_eq!(
+        r.body["choices"][0]["message"]["content"],
+        "word0 word1 word2 word3 word4 "
+    );
     let sent = &f.received()[0];
-    assert_eq!(sent.path, "/gemini/v1beta/models/gemini-2.5-flash:generateContent");
+    assert_eq!(
+        sent.path,
+        "/gemini/v1beta/models/gemini-2.5-flash:generateContent"
+    );
     assert_eq!(sent.body["systemInstruction"]["parts"][0]["text"], "terse");
-    assert_eq!(sent.body["generationConfig"]["responseMimeType"], "application/json");
-    let r = v1(&a, &a.key, json!({"model": "gemini-2.5-flash", "stream": true,
-        "messages": [{"role": "user", "content": "hi"}]}))
+    assert_eq!(
+        sent.body["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
+    let r = v1(
+        &a,
+        &a.key,
+        json!({"model": "gemini-2.5-flash", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
     .await;
     let events = sse_events(&r.body);
     assert_eq!(events.last().unwrap(), "[DONE]");
     let recs = records(&a).await;
     assert_eq!(recs.len(), 2);
-    assert!(recs.iter().all(|r| r["provider"] == "google" && r["output_tokens"] == 5));
+    assert!(recs
+        .iter()
+        .all(|r| r["provider"] == "google" && r["output_tokens"] == 5));
 }
 
 #[tokio::test]
@@ -341,8 +429,12 @@ async fn provider_failures_are_retried_and_the_fallback_answers_when_they_persis
     assert_eq!(f.received().len(), 3, "two retries then the answer");
 
     let r = a
-        .call("PUT", "/api/v1/ai/gateway/settings", Some(&a.key),
-            Some(&json!({"fallbacks": {"gpt-4o": ["claude-sonnet-4"]}})))
+        .call(
+            "PUT",
+            "/api/v1/ai/gateway/settings",
+            Some(&a.key),
+            Some(&json!({"fallbacks": {"gpt-4o": ["claude-sonnet-4"]}})),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     f.clear_received();
@@ -353,12 +445,22 @@ async fn provider_failures_are_retried_and_the_fallback_answers_when_they_persis
     assert_eq!(r.headers["x-tally-provider"], "anthropic");
     assert_eq!(r.body["model"], "claude-sonnet-4");
     let paths: Vec<String> = f.received().iter().map(|x| x.path.clone()).collect();
-    assert_eq!(paths.iter().filter(|p| p.as_str() == "/v1/chat/completions").count(), 3);
+    assert_eq!(
+        paths
+            .iter()
+            .filter(|p| p.as_str() == "/v1/chat/completions")
+            .count(),
+        3
+    );
     assert_eq!(paths.last().unwrap(), "/anthropic/v1/messages");
     // The failed attempt is recorded with its error, the answer with its provider.
     let recs = records(&a).await;
-    assert!(recs.iter().any(|r| r["status"] == "error" && r["provider"] == "openai"));
-    assert!(recs.iter().any(|r| r["status"] == "success" && r["provider"] == "anthropic"));
+    assert!(recs
+        .iter()
+        .any(|r| r["status"] == "error" && r["provider"] == "openai"));
+    assert!(recs
+        .iter()
+        .any(|r| r["status"] == "success" && r["provider"] == "anthropic"));
 }
 
 #[tokio::test]
@@ -450,7 +552,8 @@ async fn fifty_concurrent_calls_at_a_budget_for_ten_spend_at_most_the_budget() {
             let a = a.clone();
             let body = body.clone();
             tokio::spawn(async move {
-                a.call("POST", "/api/v1/ai/openai/chat", Some(&a.key), Some(&body)).await
+                a.call("POST", "/api/v1/ai/openai/chat", Some(&a.key), Some(&body))
+                    .await
             })
         })
         .collect();
@@ -468,7 +571,13 @@ async fn fifty_concurrent_calls_at_a_budget_for_ten_spend_at_most_the_budget() {
     assert_eq!(refused.len(), 40);
     let d = &refused[0].body["error"]["details"];
     assert_eq!(refused[0].code(), "O3_BUDGET_EXCEEDED");
-    for field in ["estimated_cost", "daily_budget_remaining", "suggestions", "alternatives", "model"] {
+    for field in [
+        "estimated_cost",
+        "daily_budget_remaining",
+        "suggestions",
+        "alternatives",
+        "model",
+    ] {
         assert!(!d[field].is_null(), "{field} in {d}");
     }
     assert_eq!(d["alternatives"], json!(["gpt-4o-mini"]));
@@ -476,7 +585,9 @@ async fn fifty_concurrent_calls_at_a_budget_for_ten_spend_at_most_the_budget() {
     let spent: f64 = recs.iter().map(|r| r["total_cost"].as_f64().unwrap()).sum();
     assert!(spent <= 0.1005, "spent {spent}");
     // On OpenAI's path the same refusal is a 429 insufficient_quota with the fields.
-    let r = a.call("POST", "/v1/chat/completions", Some(&a.key), Some(&body)).await;
+    let r = a
+        .call("POST", "/v1/chat/completions", Some(&a.key), Some(&body))
+        .await;
     // The ten calls settled at their actual (small) cost: the budget has room again.
     assert_eq!(r.status, 200, "{}", r.body);
 }
@@ -485,10 +596,16 @@ async fn fifty_concurrent_calls_at_a_budget_for_ten_spend_at_most_the_budget() {
 async fn a_refused_budget_on_the_openai_path_is_429_insufficient_quota() {
     let f = fake().await;
     let a = gateway_app(&f).await;
-    let r = a.call("POST", "/api/v1/ai/quotas/config", Some(&a.key), Some(&json!({"quotas": [
+    let r = a
+        .call(
+            "POST",
+            "/api/v1/ai/quotas/config",
+            Some(&a.key),
+            Some(&json!({"quotas": [
         {"name": "o3-jobs", "metric": "requests", "window": "day", "limit": 1, "enforce": true,
-         "model": "o3"}]})))
-    .await;
+         "model": "o3"}]})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let o3 = json!({"model": "o3", "messages": [{"role": "user", "content": "x"}]});
     assert_eq!(v1(&a, &a.key, o3.clone()).await.status, 200);
@@ -501,8 +618,12 @@ async fn a_refused_budget_on_the_openai_path_is_429_insufficient_quota() {
     assert_eq!(r.body["error"]["details"]["daily_reasoning_jobs"], 1);
     assert!(r.body["error"]["details"]["reset_time"].is_string());
     let r = a
-        .call("POST", "/api/v1/ai/openai/chat", Some(&a.key),
-            Some(&json!({"model": "o3", "messages": [{"role": "user", "content": "x"}]})))
+        .call(
+            "POST",
+            "/api/v1/ai/openai/chat",
+            Some(&a.key),
+            Some(&json!({"model": "o3", "messages": [{"role": "user", "content": "x"}]})),
+        )
         .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.code(), "REASONING_QUOTA_EXCEEDED");
@@ -514,8 +635,12 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_headers() {
     let f = fake().await;
     let a = gateway_app(&f).await;
     let r = a
-        .call("PUT", "/api/v1/ai/gateway/settings", Some(&a.key),
-            Some(&json!({"rate_limits": [{"scope": "key", "requests_per_minute": 2}]})))
+        .call(
+            "PUT",
+            "/api/v1/ai/gateway/settings",
+            Some(&a.key),
+            Some(&json!({"rate_limits": [{"scope": "key", "requests_per_minute": 2}]})),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let key = a.key_with(&[Scope::Gateway]).await;
@@ -527,7 +652,14 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_headers() {
     let r = v1(&a, &key, chat("gpt-4o")).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.body["error"]["code"], "rate_limit_exceeded");
-    assert!(r.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(
+        r.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
     assert_eq!(r.headers["x-ratelimit-remaining-requests"], "0");
     // Another key has its own allowance.
     assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 200);
@@ -537,8 +669,12 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_headers() {
 async fn the_cache_answers_identical_requests_for_free_within_its_tenant() {
     let f = fake().await;
     let a = gateway_app(&f).await;
-    a.call("PUT", "/api/v1/ai/gateway/settings", Some(&a.key),
-        Some(&json!({"cache": {"enabled": true, "ttl_secs": 60}})))
+    a.call(
+        "PUT",
+        "/api/v1/ai/gateway/settings",
+        Some(&a.key),
+        Some(&json!({"cache": {"enabled": true, "ttl_secs": 60}})),
+    )
     .await;
     let first = v1(&a, &a.key, chat("gpt-4o")).await;
     let second = v1(&a, &a.key, chat("gpt-4o")).await;
@@ -553,8 +689,12 @@ async fn the_cache_answers_identical_requests_for_free_within_its_tenant() {
     // Another tenant with the same request is not served this tenant's answer.
     let (_, other) = a.other_tenant().await;
     connect(&a, &f, &other).await;
-    a.call("PUT", "/api/v1/ai/gateway/settings", Some(&other),
-        Some(&json!({"cache": {"enabled": true, "ttl_secs": 60}})))
+    a.call(
+        "PUT",
+        "/api/v1/ai/gateway/settings",
+        Some(&other),
+        Some(&json!({"cache": {"enabled": true, "ttl_secs": 60}})),
+    )
     .await;
     let r = v1(&a, &other, chat("gpt-4o")).await;
     assert_eq!(r.headers["x-tally-cache"], "miss");
@@ -566,13 +706,19 @@ async fn credentials_are_sealed_masked_checked_and_kept_to_their_tenant() {
     let a = app().await;
     let secret = "sk-proj-SECRETvalue0123456789wxyz";
     let r = a
-        .call("POST", "/api/v1/ai/credentials", Some(&a.key),
-            Some(&json!({"name": "openai", "api_key": secret, "base_url": f.openai_url()})))
+        .call(
+            "POST",
+            "/api/v1/ai/credentials",
+            Some(&a.key),
+            Some(&json!({"name": "openai", "api_key": secret, "base_url": f.openai_url()})),
+        )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["api_key_masked"], "sk-…wxyz");
     assert!(!r.body.to_string().contains("SECRET"));
-    let list = a.call("GET", "/api/v1/ai/credentials", Some(&a.key), None).await;
+    let list = a
+        .call("GET", "/api/v1/ai/credentials", Some(&a.key), None)
+        .await;
     assert!(!list.body.to_string().contains("SECRET"));
     // The stored bytes do not contain the key.
     let conn = rusqlite::Connection::open(a.dir.path().join("tally.db")).unwrap();
@@ -592,17 +738,37 @@ async fn credential_input_and_the_outbound_policy_are_checked() {
     let cases = [
         (json!({"name": "Bad Name", "api_key": "k"}), "name"),
         (json!({"name": "local", "api_key": "k"}), "kind"),
-        (json!({"name": "local", "kind": "openai_compatible", "api_key": "k"}), "base_url"),
+        (
+            json!({"name": "local", "kind": "openai_compatible", "api_key": "k"}),
+            "base_url",
+        ),
         (json!({"name": "openai", "api_key": ""}), "api_key"),
-        (json!({"name": "openai", "api_key": "k", "base_url": "ftp://x"}), "base_url"),
+        (
+            json!({"name": "openai", "api_key": "k", "base_url": "ftp://x"}),
+            "base_url",
+        ),
         // Cloud metadata, private networks and (in tests) public addresses are refused.
-        (json!({"name": "openai", "api_key": "k", "base_url": "http://169.254.169.254/v1"}), "base_url"),
-        (json!({"name": "openai", "api_key": "k", "base_url": "http://10.0.0.1/v1"}), "base_url"),
-        (json!({"name": "openai", "api_key": "k", "base_url": "http://8.8.8.8/v1"}), "base_url"),
-        (json!({"name": "openai", "api_key": "k", "weight": 0}), "weight"),
+        (
+            json!({"name": "openai", "api_key": "k", "base_url": "http://169.254.169.254/v1"}),
+            "base_url",
+        ),
+        (
+            json!({"name": "openai", "api_key": "k", "base_url": "http://10.0.0.1/v1"}),
+            "base_url",
+        ),
+        (
+            json!({"name": "openai", "api_key": "k", "base_url": "http://8.8.8.8/v1"}),
+            "base_url",
+        ),
+        (
+            json!({"name": "openai", "api_key": "k", "weight": 0}),
+            "weight",
+        ),
     ];
     for (body, field) in cases {
-        let r = a.call("POST", "/api/v1/ai/credentials", Some(&a.key), Some(&body)).await;
+        let r = a
+            .call("POST", "/api/v1/ai/credentials", Some(&a.key), Some(&body))
+            .await;
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         assert_eq!(r.field(), field, "{body}: {}", r.body);
     }
@@ -612,7 +778,9 @@ async fn credential_input_and_the_outbound_policy_are_checked() {
     assert_eq!(r.status, 404);
     // Managing credentials takes the admin scope.
     let gw = a.key_with(&[Scope::Gateway, Scope::Read]).await;
-    let r = a.call("GET", "/api/v1/ai/credentials", Some(&gw), None).await;
+    let r = a
+        .call("GET", "/api/v1/ai/credentials", Some(&gw), None)
+        .await;
     assert_eq!(r.status, 403);
 }
 
@@ -624,16 +792,29 @@ async fn a_tenant_cannot_use_or_see_another_tenants_credentials_or_budget() {
     let r = v1(&a, &other, chat("gpt-4o")).await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.body["error"]["code"], "provider_not_configured");
-    let list = a.call("GET", "/api/v1/ai/credentials", Some(&other), None).await;
+    let list = a
+        .call("GET", "/api/v1/ai/credentials", Some(&other), None)
+        .await;
     assert_eq!(list.body["credentials"], json!([]));
     let r = a
-        .call("DELETE", "/api/v1/ai/credentials/openai", Some(&other), None)
+        .call(
+            "DELETE",
+            "/api/v1/ai/credentials/openai",
+            Some(&other),
+            None,
+        )
         .await;
     assert_eq!(r.status, 404);
     // The first tenant's exhausted budget does not touch the other's.
-    let r = a.call("POST", "/api/v1/ai/quotas/config", Some(&a.key), Some(&json!({"quotas": [
-        {"name": "one", "metric": "requests", "window": "day", "limit": 1, "enforce": true}]})))
-    .await;
+    let r = a
+        .call(
+            "POST",
+            "/api/v1/ai/quotas/config",
+            Some(&a.key),
+            Some(&json!({"quotas": [
+        {"name": "one", "metric": "requests", "window": "day", "limit": 1, "enforce": true}]})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 200);
     assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 429);
@@ -648,37 +829,78 @@ async fn models_providers_quota_status_and_connection_tests() {
     let r = a.call("GET", "/v1/models", Some(&a.key), None).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["object"], "list");
-    let ids: Vec<&str> = r.body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&"gpt-4o") && ids.contains(&"claude-sonnet-4") && ids.contains(&"gemini-2.5-pro"));
+    let ids: Vec<&str> = r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"gpt-4o")
+            && ids.contains(&"claude-sonnet-4")
+            && ids.contains(&"gemini-2.5-pro")
+    );
 
-    let r = a.call("GET", "/api/v1/ai/openai/chat", Some(&a.key), None).await;
-    let o3 = r.body["models"].as_array().unwrap().iter().find(|m| m["model"] == "o3").unwrap().clone();
+    let r = a
+        .call("GET", "/api/v1/ai/openai/chat", Some(&a.key), None)
+        .await;
+    let o3 = r.body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "o3")
+        .unwrap()
+        .clone();
     assert_eq!(o3["generation"], "new");
     assert_eq!(o3["context_window"], 200_000);
-    assert_eq!(o3["model_requirements"]["required"], json!(["reasoning_effort"]));
+    assert_eq!(
+        o3["model_requirements"]["required"],
+        json!(["reasoning_effort"])
+    );
     assert_eq!(o3["prices"]["input_per_mtok_usd"], 2.0);
 
-    let r = a.call("GET", "/api/v1/ai/providers", Some(&a.key), None).await;
-    let names: Vec<&str> = r.body["providers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let r = a
+        .call("GET", "/api/v1/ai/providers", Some(&a.key), None)
+        .await;
+    let names: Vec<&str> = r.body["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["openai", "anthropic", "google"]);
 
     v1(&a, &a.key, chat("gpt-4o")).await;
     a.state.gateway.flush().await;
     let r = a
-        .call("GET", "/api/v1/ai/credentials/quota_status?provider=openai", Some(&a.key), None)
+        .call(
+            "GET",
+            "/api/v1/ai/credentials/quota_status?provider=openai",
+            Some(&a.key),
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["today"]["calls"], 1);
     assert_eq!(r.body["configured"], true);
     let r = a
-        .call("GET", "/api/v1/ai/credentials/quota_status?provider=nope", Some(&a.key), None)
+        .call(
+            "GET",
+            "/api/v1/ai/credentials/quota_status?provider=nope",
+            Some(&a.key),
+            None,
+        )
         .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.field(), "provider");
 
     let r = a
-        .call("POST", "/api/v1/ai/credentials/test_connection", Some(&a.key),
-            Some(&json!({"provider": "anthropic"})))
+        .call(
+            "POST",
+            "/api/v1/ai/credentials/test_connection",
+            Some(&a.key),
+            Some(&json!({"provider": "anthropic"})),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["ok"], true);
@@ -690,7 +912,9 @@ async fn models_providers_quota_status_and_connection_tests() {
     assert_eq!(r.body["ok"], false);
     assert_eq!(r.body["status"], 401);
 
-    let r = a.call("POST", "/api/v1/ai/test", Some(&a.key), Some(&json!({}))).await;
+    let r = a
+        .call("POST", "/api/v1/ai/test", Some(&a.key), Some(&json!({})))
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let results = r.body["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
@@ -702,17 +926,31 @@ async fn embeddings_go_through_openai_deployments_and_are_recorded() {
     let f = fake().await;
     let a = gateway_app(&f).await;
     let r = a
-        .call("POST", "/v1/embeddings", Some(&a.key),
-            Some(&json!({"model": "text-embedding-3-small", "input": ["a", "b"]})))
+        .call(
+            "POST",
+            "/v1/embeddings",
+            Some(&a.key),
+            Some(&json!({"model": "text-embedding-3-small", "input": ["a", "b"]})),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
     let r = a
-        .call("POST", "/v1/embeddings", Some(&a.key), Some(&json!({"model": "gpt-4o", "input": "a"})))
+        .call(
+            "POST",
+            "/v1/embeddings",
+            Some(&a.key),
+            Some(&json!({"model": "gpt-4o", "input": "a"})),
+        )
         .await;
     assert_eq!(r.status, 400);
     let r = a
-        .call("POST", "/v1/embeddings", Some(&a.key), Some(&json!({"model": "text-embedding-3-small"})))
+        .call(
+            "POST",
+            "/v1/embeddings",
+            Some(&a.key),
+            Some(&json!({"model": "text-embedding-3-small"})),
+        )
         .await;
     assert_eq!(r.body["error"]["param"], "input");
     let recs = records(&a).await;
@@ -727,15 +965,24 @@ async fn an_openai_compatible_server_serves_its_own_models_by_weight() {
     let a = app().await;
     for (name, f, weight) in [("vllm-a", &f1, 3), ("vllm-b", &f2, 1)] {
         let r = a
-            .call("POST", "/api/v1/ai/credentials", Some(&a.key), Some(&json!({
+            .call(
+                "POST",
+                "/api/v1/ai/credentials",
+                Some(&a.key),
+                Some(&json!({
                 "name": name, "kind": "openai_compatible", "api_key": KEY,
-                "base_url": f.openai_url(), "models": ["llama3"], "weight": weight})))
+                "base_url": f.openai_url(), "models": ["llama3"], "weight": weight})),
+            )
             .await;
         assert_eq!(r.status, 201, "{}", r.body);
     }
     for _ in 0..40 {
-        let r = v1(&a, &a.key, json!({"model": "llama3", "max_completion_tokens": 10,
-            "messages": [{"role": "user", "content": "hi"}]}))
+        let r = v1(
+            &a,
+            &a.key,
+            json!({"model": "llama3", "max_completion_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
         .await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
@@ -744,7 +991,12 @@ async fn an_openai_compatible_server_serves_its_own_models_by_weight() {
     assert!(n1 > n2, "weight 3 against 1: {n1} vs {n2}");
     // Older servers get max_tokens.
     assert_eq!(f1.received()[0].body["max_tokens"], 10);
-    let r = v1(&a, &a.key, json!({"model": "vllm-b/llama3", "messages": [{"role": "user", "content": "x"}]})).await;
+    let r = v1(
+        &a,
+        &a.key,
+        json!({"model": "vllm-b/llama3", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["x-tally-deployment"], "vllm-b");
 }

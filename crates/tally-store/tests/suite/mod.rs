@@ -1657,7 +1657,10 @@ pub async fn credentials_upsert_by_name_stay_in_their_tenant_and_reseal_together
     let f = open(backend);
     let (a, b) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     let g = &f.stores.gateway;
-    let first = g.put_credential(a, credential("local", b"one")).await.unwrap();
+    let first = g
+        .put_credential(a, credential("local", b"one"))
+        .await
+        .unwrap();
     assert!(first.id > 0);
     assert_eq!(first.models, ["llama3"]);
     assert_eq!(first.weight, 3);
@@ -1668,7 +1671,9 @@ pub async fn credentials_upsert_by_name_stay_in_their_tenant_and_reseal_together
     assert_eq!(second.id, first.id, "same name, same credential");
     assert_eq!(second.sealed, b"two");
     assert_eq!((second.created_at, second.updated_at), (T0, T0 + 5));
-    g.put_credential(b, credential("local", b"bees")).await.unwrap();
+    g.put_credential(b, credential("local", b"bees"))
+        .await
+        .unwrap();
     let listed = g.credentials(a).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].sealed, b"two", "tenant b's credential is not a's");
@@ -1681,7 +1686,10 @@ pub async fn credentials_upsert_by_name_stay_in_their_tenant_and_reseal_together
         .collect();
     g.reseal_credentials(resealed).await.unwrap();
     let after = g.credentials(b).await.unwrap();
-    assert_eq!((after[0].sealed.as_slice(), after[0].key_version), (&b"bees!"[..], 2));
+    assert_eq!(
+        (after[0].sealed.as_slice(), after[0].key_version),
+        (&b"bees!"[..], 2)
+    );
 
     assert!(!g.delete_credential(a, "nope".into()).await.unwrap());
     assert!(g.delete_credential(a, "local".into()).await.unwrap());
@@ -1694,11 +1702,20 @@ pub async fn gateway_settings_replace_and_go_with_their_tenant(backend: Open) {
     let (a, b) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
     let g = &f.stores.gateway;
     assert_eq!(g.gateway_settings(a).await.unwrap(), None);
-    g.put_gateway_settings(a, "{\"x\":1}".into(), T0).await.unwrap();
-    g.put_gateway_settings(a, "{\"x\":2}".into(), T0 + 1).await.unwrap();
-    assert_eq!(g.gateway_settings(a).await.unwrap().as_deref(), Some("{\"x\":2}"));
+    g.put_gateway_settings(a, "{\"x\":1}".into(), T0)
+        .await
+        .unwrap();
+    g.put_gateway_settings(a, "{\"x\":2}".into(), T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        g.gateway_settings(a).await.unwrap().as_deref(),
+        Some("{\"x\":2}")
+    );
     assert_eq!(g.gateway_settings(b).await.unwrap(), None);
-    g.put_credential(a, credential("local", b"k")).await.unwrap();
+    g.put_credential(a, credential("local", b"k"))
+        .await
+        .unwrap();
     f.stores.deletion.delete_tenant(a).await.unwrap();
     assert_eq!(g.gateway_settings(a).await.unwrap(), None);
     assert!(g.all_credentials().await.unwrap().is_empty());
