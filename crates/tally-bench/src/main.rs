@@ -10,10 +10,12 @@
 //! target/release/tally-bench ai-ingest     # AI usage ingestion throughput
 //! target/release/tally-bench ai-reads      # every AI analytics endpoint over 10M usage records
 //! target/release/tally-bench login-flood   # track latency idle and during a login flood
+//! target/release/tally-bench gateway       # LLM gateway overhead against the fake provider
 //! target/release/tally-bench all
 //! ```
 
 mod ai;
+mod gateway;
 mod load;
 mod login;
 mod server;
@@ -78,6 +80,16 @@ enum Bench {
         #[arg(long, default_value_t = 1000)]
         flood_rate: u64,
     },
+    /// LLM gateway overhead: the fake provider directly and through tally, same run.
+    Gateway {
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// The fake provider's latency before its first byte.
+        #[arg(long, default_value_t = 50)]
+        latency_ms: u64,
+    },
     /// Everything above with defaults.
     All,
 }
@@ -107,13 +119,19 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 flood_rate,
             } => login::login_flood(rate, seconds, flood_rate).await,
+            Bench::Gateway {
+                rate,
+                seconds,
+                latency_ms,
+            } => gateway::gateway(rate, seconds, latency_ms).await,
             Bench::All => {
                 load::ingest(20, 8, 100).await?;
                 load::track(1000, 20).await?;
                 load::activities(10_000_000, 2000).await?;
                 ai::ingest(20, 8, 100).await?;
                 ai::reads(10_000_000, 2000).await?;
-                login::login_flood(200, 10, 1000).await
+                login::login_flood(200, 10, 1000).await?;
+                gateway::gateway(1000, 20, 50).await
             }
         }
     })

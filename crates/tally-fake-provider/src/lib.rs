@@ -38,7 +38,8 @@ pub struct Script {
     pub latency_ms: u64,
     /// Delay between stream chunks.
     pub chunk_delay_ms: u64,
-    /// Words in every answer.
+    /// Words in every answer (fewer when the request's `max_tokens` or
+    /// `max_completion_tokens` is lower: one word a token).
     pub answer_words: usize,
     /// Answers failures in order before answering normally again.
     pub failures: VecDeque<Failure>,
@@ -221,10 +222,18 @@ fn error(wire: Wire, status: u16, retry_after: Option<u64>, message: &str) -> Re
     r
 }
 
-/// The words of the answer: `word0 word1 …`, or a tool call when tools are offered and the
-/// last message is the user's.
-fn answer_words(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("word{i} ")).collect()
+/// The words of the answer: `word0 word1 …`, as many as the script says, at most the
+/// request's token limit.
+fn answer_words(n: usize, body: &Value) -> Vec<String> {
+    let limit = ["max_completion_tokens", "max_tokens", "maxOutputTokens"]
+        .iter()
+        .find_map(|k| {
+            body.get(*k)
+                .or_else(|| body.pointer(&format!("/generationConfig/{k}")))
+                .and_then(Value::as_u64)
+        })
+        .map_or(n, |m| n.min(m as usize));
+    (0..limit).map(|i| format!("word{i} ")).collect()
 }
 
 /// A rough prompt size: 1 token per 4 characters of message text.
@@ -313,7 +322,7 @@ async fn openai_chat(
         .unwrap_or("model")
         .to_owned();
     let prompt = prompt_tokens(body.get("messages"));
-    let words = answer_words(script.answer_words);
+    let words = answer_words(script.answer_words, &body);
     let completion = words.len() as u64;
     let tool = tool_to_call(&body, Wire::Openai);
     let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion,
@@ -434,7 +443,7 @@ async fn anthropic_messages(
         return error(Wire::Anthropic, 400, None, "max_tokens: Field required");
     }
     let prompt = prompt_tokens(body.get("messages"));
-    let words = answer_words(script.answer_words);
+    let words = answer_words(script.answer_words, &body);
     let tool = tool_to_call(&body, Wire::Anthropic);
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
@@ -518,7 +527,7 @@ async fn gemini(
     };
     let streaming = action.ends_with(":streamGenerateContent");
     let prompt = prompt_tokens(body.get("contents"));
-    let words = answer_words(script.answer_words);
+    let words = answer_words(script.answer_words, &body);
     let tool = tool_to_call(&body, Wire::Gemini);
     let usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": words.len(),
         "totalTokenCount": prompt + words.len() as u64});

@@ -13,6 +13,7 @@ pub mod error;
 pub mod health;
 pub mod net;
 pub mod providers;
+pub mod recommend;
 pub mod recorder;
 pub mod secrets;
 pub mod settings;

@@ -27,10 +27,11 @@ fn cl100k() -> &'static Tokenizer {
     T.get_or_init(bpe_openai::cl100k_base)
 }
 
-/// Loads both encodings (a few tens of milliseconds), so the first call does not pay it.
+/// Loads o200k (the encoding of every current OpenAI model, and the one other providers'
+/// prompts are counted with), so the first call does not pay it. cl100k (GPT-4, GPT-3.5,
+/// the embedding models) loads when first needed: each encoding holds tens of MiB.
 pub fn warm_up() {
     o200k();
-    cl100k();
 }
 
 /// The tokenizer counting `provider`/`model`, and the factor its counts are scaled by.

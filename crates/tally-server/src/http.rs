@@ -124,6 +124,9 @@ pub async fn run(
                 }
             },
         };
+        // Small writes (stream chunks) go out at once instead of waiting for the peer's
+        // delayed ACK (Nagle's algorithm): a stream's first token would otherwise wait 40 ms.
+        let _ = stream.set_nodelay(true);
         if connections.len() >= limits.max_connections {
             if refusals.len() < MAX_REFUSALS {
                 refusals.spawn(refuse(stream));

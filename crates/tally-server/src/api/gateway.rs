@@ -715,3 +715,19 @@ pub async fn put_settings(
     state.access.record_by(&p, ip, entry).await;
     Ok(Json(stored))
 }
+
+/// Seed 003: the model for a task, from its complexity, budget weight and quality need,
+/// each model's tier and the tenant's own measured quality, latency, errors and cost, with
+/// the reasons and the runners-up.
+#[utoipa::path(post, path = "/api/v1/ai/openai/recommend_model", tag = "gateway",
+    request_body = tally_gateway::recommend::RecommendInput,
+    responses((status = 200, body = tally_gateway::recommend::Recommendation)),
+    security(("bearer" = [])))]
+pub async fn recommend_model(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    JsonBody(input): JsonBody<tally_gateway::recommend::RecommendInput>,
+) -> ApiResult<Json<tally_gateway::recommend::Recommendation>> {
+    require(&p, Action::Read)?;
+    Ok(Json(state.gateway.recommend(p.tenant_id, input).await?))
+}

@@ -131,6 +131,7 @@ pub fn app(state: AppState) -> Router {
             "/ai/openai/chat",
             post(gateway::seed_chat).get(gateway::seed_models),
         )
+        .route("/ai/openai/recommend_model", post(gateway::recommend_model))
         .route("/ai/providers", get(gateway::providers))
         .route("/ai/providers/health", get(gateway::providers_health))
         .route(

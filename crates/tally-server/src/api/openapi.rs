@@ -35,7 +35,7 @@ use super::{admin, analytics, audit, auth, dto, gateway, health, insights, quota
         gateway::seed_chat, gateway::seed_models, gateway::providers, gateway::providers_health,
         gateway::list_credentials, gateway::put_credential, gateway::delete_credential,
         gateway::provider_quota_status, gateway::test_connection, gateway::test_providers,
-        gateway::get_settings, gateway::put_settings,
+        gateway::get_settings, gateway::put_settings, gateway::recommend_model,
         serve,
     ),
     components(schemas(

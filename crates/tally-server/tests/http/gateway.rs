@@ -1000,3 +1000,62 @@ async fn an_openai_compatible_server_serves_its_own_models_by_weight() {
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["x-tally-deployment"], "vllm-b");
 }
+
+#[tokio::test]
+async fn recommendations_follow_complexity_budget_and_quality() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let ask = |c: f64, b: f64, q: f64| {
+        json!({"task_description": "Analyse 20 pages of technical content",
+            "complexity_score": c, "budget_constraint": b, "quality_requirement": q})
+    };
+    let hard = a
+        .call(
+            "POST",
+            "/api/v1/ai/openai/recommend_model",
+            Some(&a.key),
+            Some(&ask(0.9, 0.1, 0.95)),
+        )
+        .await;
+    assert_eq!(hard.status, 200, "{}", hard.body);
+    let model = hard.body["recommended_model"].as_str().unwrap();
+    assert!(
+        ["o3", "claude-opus-4", "o1"].contains(&model),
+        "{}",
+        hard.body
+    );
+    assert!(
+        hard.body["suggested_params"]["reasoning_effort"].is_string() || model == "claude-opus-4"
+    );
+    assert_eq!(hard.body["alternatives"].as_array().unwrap().len(), 3);
+    let cheap = a
+        .call(
+            "POST",
+            "/api/v1/ai/openai/recommend_model",
+            Some(&a.key),
+            Some(&ask(0.1, 0.95, 0.3)),
+        )
+        .await;
+    let cheap_model = cheap.body["recommended"]["estimated_cost_per_call"]
+        .as_f64()
+        .unwrap();
+    let hard_cost = hard.body["recommended"]["estimated_cost_per_call"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        cheap_model < hard_cost / 5.0,
+        "{} vs {}",
+        cheap.body,
+        hard.body
+    );
+    let bad = a
+        .call(
+            "POST",
+            "/api/v1/ai/openai/recommend_model",
+            Some(&a.key),
+            Some(&json!({"task_description": "x", "complexity_score": 2})),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.field(), "complexity_score");
+}
