@@ -281,7 +281,7 @@ pub struct ParamViolation {
 pub fn configure(
     spec: &ModelSpec,
     body: &mut Map<String, Value>,
-) -> Result<Vec<String>, ParamViolation> {
+) -> Result<Vec<String>, Box<ParamViolation>> {
     let mut invalid: Vec<String> = Vec::new();
     let mut why: Vec<String> = Vec::new();
     let reasoning = spec.kind == ModelKind::Reasoning;
@@ -357,14 +357,14 @@ pub fn configure(
         }
     }
     if !invalid.is_empty() {
-        return Err(ParamViolation {
+        return Err(Box::new(ParamViolation {
             message: why.join("; "),
             model: name.clone(),
             param: invalid[0].clone(),
             invalid_params: invalid,
             suggested_params: spec.suggested_params(),
             requirements: spec.requirements(),
-        });
+        }));
     }
 
     let mut changes = Vec::new();

@@ -57,7 +57,7 @@ impl Gateway {
         let served = |s: &ModelSpec| {
             t.deployments
                 .iter()
-                .any(|d| d.models.iter().any(|m| *m == s.model) || d.provider() == s.provider)
+                .any(|d| d.models.contains(&s.model) || d.provider() == s.provider)
         };
         let mut out: Vec<ModelView> = t
             .catalog
@@ -429,7 +429,7 @@ impl Gateway {
             if prov == provider {
                 calls += r.calls;
                 tokens += r.tokens.input + r.tokens.output;
-                cost = cost + r.cost;
+                cost += r.cost;
             }
         }
         Ok(json!({

@@ -102,8 +102,9 @@ impl GatewayError {
     }
 }
 
-impl From<ParamViolation> for GatewayError {
-    fn from(v: ParamViolation) -> Self {
+impl From<Box<ParamViolation>> for GatewayError {
+    fn from(v: Box<ParamViolation>) -> Self {
+        let v = *v;
         let mut e = Self::new(
             400,
             "INVALID_PARAMETER_FOR_MODEL",

@@ -114,18 +114,10 @@ impl Gateway {
             totals.values().fold((0u64, 0u64, 0u64), |a, r| {
                 (a.0 + r.calls, a.1 + r.tokens.input, a.2 + r.tokens.output)
             });
-        let typical = if calls > 0 {
-            TokenUsage {
-                input: input_tokens / calls,
-                output: (output_tokens / calls).max(1),
-                ..TokenUsage::default()
-            }
-        } else {
-            TokenUsage {
-                input: 1000,
-                output: 500,
-                ..TokenUsage::default()
-            }
+        let typical = TokenUsage {
+            input: input_tokens.checked_div(calls).unwrap_or(1000),
+            output: output_tokens.checked_div(calls).map_or(500, |o| o.max(1)),
+            ..TokenUsage::default()
         };
         let mut candidates: Vec<Candidate> = t
             .catalog

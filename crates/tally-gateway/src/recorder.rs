@@ -28,7 +28,7 @@ const QUEUE: usize = 50_000;
 const MAX_GROUP: usize = 2_000;
 
 enum Msg {
-    Record(Record),
+    Record(Box<Record>),
     /// Answered once everything queued before it is written.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -50,7 +50,7 @@ impl Recorder {
     /// Queues a record. Never blocks the caller: when the queue is full the record waits
     /// on a task of its own.
     pub fn submit(&self, record: Record) {
-        match self.tx.try_send(Msg::Record(record)) {
+        match self.tx.try_send(Msg::Record(Box::new(record))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 let tx = self.tx.clone();
@@ -81,13 +81,13 @@ async fn run(usage: Arc<Usage>, interval: Duration, mut rx: mpsc::Receiver<Msg>)
         let mut group = Vec::new();
         let mut flushes = Vec::new();
         match first {
-            Msg::Record(r) => group.push(r),
+            Msg::Record(r) => group.push(*r),
             Msg::Flush(done) => flushes.push(done),
         }
         let deadline = tokio::time::Instant::now() + interval;
         while group.len() < MAX_GROUP && flushes.is_empty() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(Msg::Record(r))) => group.push(r),
+                Ok(Some(Msg::Record(r))) => group.push(*r),
                 Ok(Some(Msg::Flush(done))) => flushes.push(done),
                 Ok(None) | Err(_) => break,
             }

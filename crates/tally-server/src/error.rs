@@ -19,7 +19,7 @@ pub enum ApiError {
     Field(FieldError),
     /// The gateway's refusals and failures, with their own status, code and details.
     #[error("{}", .0.message)]
-    Gateway(tally_gateway::GatewayError),
+    Gateway(Box<tally_gateway::GatewayError>),
     /// A request-level error with a stable code.
     #[error("{message}")]
     BadRequest {
@@ -293,6 +293,6 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl From<tally_gateway::GatewayError> for ApiError {
     fn from(e: tally_gateway::GatewayError) -> Self {
-        ApiError::Gateway(e)
+        ApiError::Gateway(Box::new(e))
     }
 }

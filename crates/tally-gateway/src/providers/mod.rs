@@ -189,7 +189,7 @@ impl Translator {
     pub fn new(kind: ProviderKind, model: &str, id: &str, created: i64) -> Self {
         match kind {
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
-                Self::Openai(openai::StreamState::default())
+                Self::Openai(openai::StreamState)
             }
             ProviderKind::Anthropic => {
                 Self::Anthropic(anthropic::StreamState::new(model, id, created))

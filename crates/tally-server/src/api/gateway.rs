@@ -3,6 +3,10 @@
 //! changing `base_url`), seed 003's chat endpoint on the same code path with the envelope,
 //! and the providers, credentials, health, tests and settings under `/api/v1/ai`.
 
+// Errors here are the gateway's (both faces, with details) or finished responses: large,
+// and only on a cold path.
+#![allow(clippy::result_large_err)]
+
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -319,7 +323,7 @@ fn answer(result: Result<ChatAnswer, GatewayError>, openai: bool) -> Response {
             resp
         }
         Err(e) if openai => openai_error(e),
-        Err(e) => ApiError::Gateway(e).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
