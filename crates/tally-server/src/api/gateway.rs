@@ -598,9 +598,10 @@ pub async fn delete_credential(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ProviderQuery {
-    /// A provider name (`openai`, `anthropic`, `google` or a credential's own name).
+    /// A provider name (`openai`, `anthropic`, `google` or a credential's own name);
+    /// required (query parameters are documented optional: the answer is a 400 naming it).
     #[param(min_length = 1)]
-    pub provider: String,
+    pub provider: Option<String>,
     pub tenant_id: Option<String>,
 }
 
@@ -615,7 +616,10 @@ pub async fn provider_quota_status(
 ) -> ApiResult<Json<Value>> {
     require(&p, Action::Read)?;
     let tenant = tenant_for(&p, q.tenant_id.as_deref())?;
-    Ok(Json(state.gateway.quota_status(tenant, &q.provider).await?))
+    let provider = q
+        .provider
+        .ok_or_else(|| tally_core::FieldError::required("provider"))?;
+    Ok(Json(state.gateway.quota_status(tenant, &provider).await?))
 }
 
 /// A stored credential to test (`provider`), or one to test before storing it.

@@ -61,6 +61,19 @@ async fn fill(t: &TestApp, tenant: TenantId, key: &str, user: &str) {
     .await;
     call("POST", "/api/v1/ai/prices".into(), json!({"provider": "openai", "model": "gpt-4o",
         "effective_from": "2025-06-01", "input_per_mtok_usd": "2.00", "output_per_mtok_usd": "8.00"})).await;
+    call(
+        "POST",
+        "/api/v1/ai/credentials".into(),
+        json!({"name": "openai", "api_key": "sk-test-0123456789abcd",
+        "base_url": "http://127.0.0.1:9/v1"}),
+    )
+    .await;
+    call(
+        "PUT",
+        "/api/v1/ai/gateway/settings".into(),
+        json!({"cache": {"enabled": true, "ttl_secs": 60}}),
+    )
+    .await;
     let (_, _, token) = t.account(tenant, Role::Owner).await;
     let r = t
         .call("POST", "/api/v1/auth/logout", Some(&token), None)
