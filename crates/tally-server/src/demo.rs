@@ -542,9 +542,14 @@ async fn load_ai_usage(state: &AppState, tenant: TenantId, seed: u64) -> anyhow:
         for _ in 0..calls {
             n += 1;
             let h = *weighted(&mut rng, &HOURS, |h| HOURLY_TRAFFIC[*h as usize]);
-            let ts = day_start + h * hour + rng.gen_range(0..hour);
+            let mut ts = day_start + h * hour + rng.gen_range(0..hour);
             if ts >= now {
-                continue;
+                // Today has usage at any hour: a quarter of the calls still to come today
+                // happen in the part of the day that has passed.
+                if !rng.gen_bool(0.25) {
+                    continue;
+                }
+                ts = day_start + rng.gen_range(0..(now - day_start).max(1));
             }
             let m = weighted(&mut rng, &AI_MODELS, |m| m.weight);
             let user = 100 + (rng.gen_range(0.0f64..1.0).powi(2) * USERS.len() as f64) as usize;

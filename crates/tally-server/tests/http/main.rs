@@ -8,6 +8,7 @@ mod analytics;
 mod auth;
 mod contract;
 mod deletion;
+mod demo;
 mod edges;
 mod gateway;
 mod headroom;
