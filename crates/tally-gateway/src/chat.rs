@@ -931,6 +931,8 @@ impl Gateway {
             };
             let (url, headers, body) = build(&target);
             if let Err(e) = crate::net::check_url(&self.policy, &url) {
+                let now = self.clock.now_micros();
+                self.health.record(tenant, &d.name, false, 0.0, now);
                 return Err(Failure {
                     error: GatewayError::new(
                         502,
@@ -1014,7 +1016,9 @@ impl Gateway {
                 }
             };
             if !failure.provider_side {
-                // The request's fault: no retry, and the deployment is not unhealthy.
+                // The request's fault: no retry. The provider answered, so the deployment
+                // is up (and a trial call through an open circuit closes it).
+                self.health.record(tenant, &d.name, true, ms, now);
                 return Err(failure);
             }
             self.health.record(tenant, &d.name, false, ms, now);

@@ -1059,3 +1059,32 @@ async fn recommendations_follow_complexity_budget_and_quality() {
     assert_eq!(bad.status, 400);
     assert_eq!(bad.field(), "complexity_score");
 }
+
+#[tokio::test]
+async fn a_trial_call_that_the_provider_refuses_as_a_client_error_closes_the_circuit() {
+    let f = fake().await;
+    let a = app_with(|c| {
+        c.gateway.breaker_failures = 1;
+        c.gateway.breaker_cooldown_secs = 0.2;
+        c.gateway.max_retries = 0;
+    })
+    .await;
+    connect(&a, &f, &a.key.clone()).await;
+    let fail = |status| Failure {
+        status,
+        retry_after: None,
+        message: "no".into(),
+    };
+    f.fail_next([fail(500)]);
+    assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 500);
+    assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 503, "open");
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    // The trial reaches the provider, which refuses the request itself: it is up.
+    f.fail_next([fail(400)]);
+    assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 400);
+    assert_eq!(
+        v1(&a, &a.key, chat("gpt-4o")).await.status,
+        200,
+        "closed again"
+    );
+}
