@@ -16,13 +16,17 @@ use crate::Gateway;
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendInput {
-    /// What the call is for (1–4,000 characters).
+    /// What the call is for (1–4,000 characters, not only white space).
+    #[schema(min_length = 1, max_length = 4000, pattern = r"\S")]
     pub task_description: String,
     /// 0 (trivial) to 1 (hard multi-step reasoning). Default 0.5.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub complexity_score: Option<f64>,
     /// 0 (cost does not matter) to 1 (cost matters most). Default 0.5.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub budget_constraint: Option<f64>,
     /// 0 (any answer will do) to 1 (the best answer is needed). Default 0.5.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub quality_requirement: Option<f64>,
 }
 
