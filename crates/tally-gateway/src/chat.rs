@@ -944,12 +944,12 @@ impl Gateway {
                     timeout: false,
                 });
             }
-            let mut req = self.http.post(&url).json(&body);
+            let mut req = d.http.post(&url).json(&body);
             for (h, v) in headers {
                 req = req.header(h, v);
             }
             let started = Instant::now();
-            let first_byte = Duration::from_secs_f64(self.options.first_byte_timeout_secs);
+            let first_byte = d.timeouts.first_byte.min(d.timeouts.total);
             let result = tokio::time::timeout(first_byte, req.send()).await;
             let now = self.clock.now_micros();
             let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -962,7 +962,8 @@ impl Gateway {
                             "timeout",
                             format!(
                                 "the provider '{}' sent nothing within {}s",
-                                d.name, self.options.first_byte_timeout_secs
+                                d.name,
+                                first_byte.as_secs_f64()
                             ),
                         ),
                         provider_side: true,
@@ -1070,8 +1071,9 @@ impl Gateway {
         mut meta: CallMeta,
         t: &TenantGateway,
     ) -> GatewayResult<ChatAnswer> {
-        let total = Duration::from_secs_f64(self.options.total_timeout_secs);
-        let bytes = match tokio::time::timeout(total, response.bytes()).await {
+        // The whole call's time, from its first attempt.
+        let deadline = tokio::time::Instant::from_std(started + d.timeouts.total);
+        let bytes = match tokio::time::timeout_at(deadline, response.bytes()).await {
             Ok(Ok(b)) => b,
             Ok(Err(_)) | Err(_) => {
                 let failure = Failure {
@@ -1500,7 +1502,12 @@ impl StreamState {
         self.out.push_back(sse(&json!({"error": {
             "message": e.message, "type": e.kind, "param": e.param, "code": e.code,
         }})));
-        self.settle.outcome = Some(("error", Some(code.to_owned()), Some(e.message.clone())));
+        let status = if e.kind == "timeout" {
+            "timeout"
+        } else {
+            "error"
+        };
+        self.settle.outcome = Some((status, Some(code.to_owned()), Some(e.message.clone())));
     }
 }
 
@@ -1537,8 +1544,7 @@ impl Gateway {
                 outcome: None,
             },
             include_usage,
-            deadline: tokio::time::Instant::now()
-                + Duration::from_secs_f64(self.options.total_timeout_secs),
+            deadline: tokio::time::Instant::from_std(started + d.timeouts.total),
             ended: false,
             id,
             created,

@@ -83,7 +83,7 @@ impl From<StoredCredential> for CredentialView {
     }
 }
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()
@@ -273,8 +273,15 @@ impl Gateway {
     }
 
     /// Tests a credential before it is stored.
-    pub async fn test_unsaved(&self, input: CredentialInput) -> GatewayResult<ConnectionTest> {
+    pub async fn test_unsaved(
+        &self,
+        tenant: TenantId,
+        input: CredentialInput,
+    ) -> GatewayResult<ConnectionTest> {
         let (kind, base_url) = self.validate_credential(&input)?;
+        let settings = &self.tenant(tenant).await?.settings;
+        let timeouts = self.options.timeouts_for(&input.name, settings);
+        let http = self.client_for(timeouts.connect);
         let d = Deployment {
             base_url: base_url
                 .or_else(|| kind.default_base_url().map(str::to_owned))
@@ -284,6 +291,8 @@ impl Gateway {
             secret: input.api_key,
             models: input.models,
             weight: 1,
+            timeouts,
+            http,
         };
         let check = self.probe(&d).await;
         Ok(self.probe_result(&d, check))
@@ -317,12 +326,11 @@ impl Gateway {
                 at,
             };
         }
-        let mut req = self
-            .http
-            .get(&url)
-            .timeout(std::time::Duration::from_secs_f64(
-                self.options.first_byte_timeout_secs.min(30.0),
-            ));
+        let mut req = d.http.get(&url).timeout(
+            d.timeouts
+                .first_byte
+                .min(std::time::Duration::from_secs(30)),
+        );
         req = match d.kind {
             ProviderKind::Anthropic => req.header("x-api-key", &d.secret).header(
                 "anthropic-version",

@@ -55,6 +55,9 @@ pub struct Deployment {
     secret: String,
     pub models: Vec<String>,
     pub weight: u32,
+    pub timeouts: settings::Timeouts,
+    /// The pooled client whose connect timeout is this deployment's.
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for Deployment {
             .field("name", &self.name)
             .field("kind", &self.kind)
             .field("base_url", &self.base_url)
+            .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
     }
 }
@@ -77,6 +81,9 @@ impl Deployment {
         }
     }
 }
+
+/// Distinct provider connect timeouts the gateway keeps a client (a pool) for.
+pub const MAX_CLIENTS: usize = 32;
 
 /// What the gateway holds for a tenant between changes: its opened deployments, its
 /// settings and its model catalog.
@@ -101,6 +108,9 @@ pub struct Gateway {
     clock: SharedClock,
     key: MasterKey,
     http: reqwest::Client,
+    /// Clients for connect timeouts other than the operator's (reqwest sets it per
+    /// client), by timeout; at most [`MAX_CLIENTS`].
+    clients: std::sync::Mutex<std::collections::HashMap<Duration, reqwest::Client>>,
     policy: Arc<OutboundPolicy>,
     options: Options,
     limiter: Arc<RateLimiter>,
@@ -150,6 +160,7 @@ impl Gateway {
                 clock,
                 key,
                 http,
+                clients: Default::default(),
                 policy,
                 options,
                 limiter,
@@ -191,13 +202,16 @@ impl Gateway {
                 .clone()
                 .or_else(|| c.kind.default_base_url().map(str::to_owned))
                 .unwrap_or_default();
+            let timeouts = self.options.timeouts_for(&c.name, &settings);
             deployments.push(Deployment {
+                http: self.client_for(timeouts.connect),
                 name: c.name,
                 kind: c.kind,
                 base_url: base_url.trim_end_matches('/').to_owned(),
                 secret,
                 models: c.models,
                 weight: c.weight.max(1),
+                timeouts,
             });
         }
         let t = Arc::new(TenantGateway {
@@ -207,6 +221,33 @@ impl Gateway {
         });
         self.tenants.insert(tenant, t.clone());
         Ok(t)
+    }
+
+    /// The pooled client connecting within `connect`: the shared one for the operator's
+    /// timeout, else one per distinct timeout (its own pool). Past [`MAX_CLIENTS`]
+    /// distinct timeouts, the shared client (the first-byte and total timeouts still
+    /// apply).
+    fn client_for(&self, connect: Duration) -> reqwest::Client {
+        if connect == Duration::from_secs_f64(self.options.connect_timeout_secs) {
+            return self.http.clone();
+        }
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(&connect) {
+            return c.clone();
+        }
+        if clients.len() >= MAX_CLIENTS {
+            tracing::warn!(
+                connect_secs = connect.as_secs_f64(),
+                "too many distinct provider connect timeouts; this one uses the default"
+            );
+            return self.http.clone();
+        }
+        let c = net::client(self.policy.clone(), connect);
+        clients.insert(connect, c.clone());
+        c
     }
 
     /// Drops what is held for the tenant (after a change to its credentials or settings,

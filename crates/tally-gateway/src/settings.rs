@@ -3,6 +3,7 @@
 //! response cache and the tenant's own model descriptions.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tally_core::models::ModelSpec;
@@ -37,6 +38,9 @@ pub struct Options {
     pub health_check_interval_secs: f64,
     /// Most cached answers held (all tenants).
     pub max_cache_entries: usize,
+    /// Timeouts of one provider (by credential name: `openai`, `local-vllm`…) instead of
+    /// the three above, for every tenant; a tenant's own settings come first.
+    pub timeouts: BTreeMap<String, ProviderTimeouts>,
 }
 
 impl Default for Options {
@@ -54,6 +58,7 @@ impl Default for Options {
             rate_limits: Vec::new(),
             health_check_interval_secs: 60.0,
             max_cache_entries: 10_000,
+            timeouts: BTreeMap::new(),
         }
     }
 }
@@ -88,8 +93,88 @@ impl Options {
             r.validate(&format!("gateway.rate_limits[{i}]"))
                 .map_err(|e| format!("{}: {}", e.field, e.message))?;
         }
+        for (name, t) in &self.timeouts {
+            t.validate(&format!("gateway.timeouts.{name}"))
+                .map_err(|e| format!("{}: {}", e.field, e.message))?;
+        }
         Ok(())
     }
+
+    /// The timeouts calls to the provider named `name` get: the tenant's, else the
+    /// operator's for that provider, else the operator's defaults, field by field.
+    pub fn timeouts_for(&self, name: &str, tenant: &GatewaySettings) -> Timeouts {
+        let pick = |f: fn(&ProviderTimeouts) -> Option<f64>, default: f64| {
+            tenant
+                .timeouts
+                .get(name)
+                .and_then(f)
+                .or_else(|| self.timeouts.get(name).and_then(f))
+                .unwrap_or(default)
+        };
+        Timeouts {
+            connect: secs(pick(|t| t.connect_secs, self.connect_timeout_secs)),
+            first_byte: secs(pick(|t| t.first_byte_secs, self.first_byte_timeout_secs)),
+            total: secs(pick(|t| t.total_secs, self.total_timeout_secs)),
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.001, 86_400.0))
+}
+
+/// One provider's timeouts; each one left out is the operator's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderTimeouts {
+    /// Time to open a connection, 0.01 to 300 seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.01, maximum = 300.0)]
+    pub connect_secs: Option<f64>,
+    /// Time from sending the request to the answer's first byte, 0.01 to 86400 seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.01, maximum = 86400.0)]
+    pub first_byte_secs: Option<f64>,
+    /// Time for the whole call, streams included, 0.01 to 86400 seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.01, maximum = 86400.0)]
+    pub total_secs: Option<f64>,
+}
+
+impl ProviderTimeouts {
+    fn validate(&self, at: &str) -> Result<(), FieldError> {
+        for (name, v, max) in [
+            ("connect_secs", self.connect_secs, 300.0),
+            ("first_byte_secs", self.first_byte_secs, 86_400.0),
+            ("total_secs", self.total_secs, 86_400.0),
+        ] {
+            if let Some(v) = v {
+                if !(0.01..=max).contains(&v) {
+                    return Err(FieldError::invalid(
+                        format!("{at}.{name}"),
+                        format!("must be 0.01 to {max} seconds"),
+                    ));
+                }
+            }
+        }
+        if let (Some(f), Some(t)) = (self.first_byte_secs, self.total_secs) {
+            if f > t {
+                return Err(FieldError::invalid(
+                    format!("{at}.first_byte_secs"),
+                    "must not be more than total_secs",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The timeouts of calls to one deployment, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub total: Duration,
 }
 
 /// What a rate limit counts calls by.
@@ -187,6 +272,8 @@ pub struct GatewaySettings {
     /// shipped ones.
     #[schema(value_type = Vec<Object>)]
     pub models: Vec<ModelSpec>,
+    /// Provider (credential name) → its timeouts, over the operator's.
+    pub timeouts: BTreeMap<String, ProviderTimeouts>,
 }
 
 pub const MAX_RATE_LIMITS: usize = 100;
@@ -238,6 +325,21 @@ impl GatewaySettings {
                 format!("at most {MAX_MODELS} models"),
             ));
         }
+        if self.timeouts.len() > crate::credentials::MAX_CREDENTIALS {
+            return Err(FieldError::invalid(
+                "timeouts",
+                format!("at most {} providers", crate::credentials::MAX_CREDENTIALS),
+            ));
+        }
+        for (name, t) in &self.timeouts {
+            if !crate::credentials::valid_name(name) {
+                return Err(FieldError::invalid(
+                    format!("timeouts.{name}"),
+                    "must be named by a provider name: 1 to 64 lower-case letters, digits, '-' or '_'",
+                ));
+            }
+            t.validate(&format!("timeouts.{name}"))?;
+        }
         for (i, m) in self.models.iter().enumerate() {
             let at = format!("models[{i}]");
             let ok = |s: &str| {
@@ -260,5 +362,59 @@ impl GatewaySettings {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_come_from_the_tenant_then_the_operators_provider_then_the_defaults() {
+        let mut options = Options::default();
+        options.timeouts.insert(
+            "anthropic".into(),
+            ProviderTimeouts {
+                first_byte_secs: Some(30.0),
+                total_secs: Some(300.0),
+                ..Default::default()
+            },
+        );
+        let mut tenant = GatewaySettings::default();
+        tenant.timeouts.insert(
+            "anthropic".into(),
+            ProviderTimeouts {
+                first_byte_secs: Some(10.0),
+                ..Default::default()
+            },
+        );
+        let t = options.timeouts_for("anthropic", &tenant);
+        assert_eq!(t.first_byte, Duration::from_secs(10), "the tenant's");
+        assert_eq!(
+            t.total,
+            Duration::from_secs(300),
+            "the operator's for anthropic"
+        );
+        assert_eq!(t.connect, Duration::from_secs(5), "the default");
+        let t = options.timeouts_for("openai", &tenant);
+        assert_eq!(
+            (t.connect, t.first_byte, t.total),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(120),
+                Duration::from_secs(600)
+            )
+        );
+        options.timeouts.insert(
+            "openai".into(),
+            ProviderTimeouts {
+                connect_secs: Some(301.0),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            options.validate().unwrap_err(),
+            "gateway.timeouts.openai.connect_secs: must be 0.01 to 300 seconds"
+        );
     }
 }

@@ -648,7 +648,7 @@ pub async fn test_connection(
         (Some(name), None) => state.gateway.test_credential(p.tenant_id, &name).await?,
         (None, Some(c)) => {
             let input: CredentialInput = parse_json(c.to_string().as_bytes())?;
-            state.gateway.test_unsaved(input).await?
+            state.gateway.test_unsaved(p.tenant_id, input).await?
         }
         _ => {
             return Err(tally_core::FieldError::invalid(

@@ -1088,3 +1088,87 @@ async fn a_trial_call_that_the_provider_refuses_as_a_client_error_closes_the_cir
         "closed again"
     );
 }
+
+#[tokio::test]
+async fn each_provider_has_its_own_timeouts() {
+    let f = fake().await;
+    f.script(|s| s.latency_ms = 300);
+    let a = app_with(|c| c.gateway.max_retries = 0).await;
+    connect(&a, &f, &a.key.clone()).await;
+    let put = |body: Value| {
+        let a = &a;
+        async move {
+            a.call(
+                "PUT",
+                "/api/v1/ai/gateway/settings",
+                Some(&a.key),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let r = put(json!({"timeouts": {"openai": {"first_byte_secs": 5, "total_secs": 1}}})).await;
+    assert_eq!(
+        (r.status.as_u16(), r.field()),
+        (400, "timeouts.openai.first_byte_secs")
+    );
+    let r = put(json!({"timeouts": {"Open AI": {"total_secs": 1}}})).await;
+    assert_eq!((r.status.as_u16(), r.field()), (400, "timeouts.Open AI"));
+    let r = put(json!({"timeouts": {"openai": {"connect_secs": 0}}})).await;
+    assert_eq!(
+        (r.status.as_u16(), r.field()),
+        (400, "timeouts.openai.connect_secs")
+    );
+
+    // OpenAI must answer within 50 ms here; Anthropic keeps the operator's two minutes.
+    let r =
+        put(json!({"timeouts": {"openai": {"first_byte_secs": 0.05, "connect_secs": 1}}})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["timeouts"]["openai"]["first_byte_secs"], 0.05);
+    let r = v1(&a, &a.key, chat("gpt-4o")).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.body["error"]["type"], "timeout");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("within 0.05s"),
+        "{}",
+        r.body
+    );
+    let r = v1(&a, &a.key, chat("claude-sonnet-4")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // A timed-out provider falls back like a failing one, and the attempt is recorded.
+    let r = put(json!({"timeouts": {"openai": {"first_byte_secs": 0.05}},
+        "fallbacks": {"gpt-4o": ["claude-sonnet-4"]}}))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = v1(&a, &a.key, chat("gpt-4o")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.headers["x-tally-provider"], "anthropic");
+    let recs = records(&a).await;
+    assert!(recs
+        .iter()
+        .any(|r| r["status"] == "timeout" && r["provider"] == "openai"));
+
+    // The whole call's limit holds for streams too: chunks keep coming, slowly.
+    f.script(|s| {
+        s.latency_ms = 0;
+        s.chunk_delay_ms = 100;
+    });
+    let r = put(json!({"timeouts": {"openai": {"total_secs": 0.25}}})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut body = chat("gpt-4o");
+    body["stream"] = json!(true);
+    let r = v1(&a, &a.key, body).await;
+    assert_eq!(r.status, 200);
+    let events = sse_events(&r.body);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["type"], "timeout", "{events:?}");
+    assert!(!events.contains(&"[DONE]".to_owned()));
+    let recs = records(&a).await;
+    assert!(recs
+        .iter()
+        .any(|r| r["status"] == "timeout" && r["error_type"] == "PROVIDER_TIMEOUT"));
+}
