@@ -156,6 +156,21 @@ enum Wire {
     Gemini,
 }
 
+/// Requests kept for [`FakeProvider::received`] (the latest ones), so a benchmark's
+/// thousands of requests do not pile up.
+pub const MAX_RECEIVED: usize = 1_000;
+
+/// Sleeps `d` to within tens of microseconds. Tokio's timers fire on whole milliseconds,
+/// which would round every answer's latency up to the next millisecond tick, and make a
+/// gateway's sub-millisecond overhead look like 0 or 1 ms depending on where calls fall
+/// between ticks. A blocking-pool thread's sleep does not round.
+async fn precise_sleep(d: Duration) {
+    if d.is_zero() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
+}
+
 /// The script's answer to one request: fail (with the provider's error format) or go on.
 async fn begin(
     s: &Shared,
@@ -164,11 +179,17 @@ async fn begin(
     headers: &HeaderMap,
     body: &Value,
 ) -> Result<Script, Response> {
-    lock(&s.received).push(Received {
-        path: path.to_owned(),
-        headers: headers.clone(),
-        body: body.clone(),
-    });
+    {
+        let mut received = lock(&s.received);
+        if received.len() >= MAX_RECEIVED {
+            received.remove(0);
+        }
+        received.push(Received {
+            path: path.to_owned(),
+            headers: headers.clone(),
+            body: body.clone(),
+        });
+    }
     let (script, failure) = {
         let mut sc = lock(&s.script);
         let f = sc.failures.pop_front();
@@ -180,7 +201,7 @@ async fn begin(
         Wire::Anthropic => header("x-api-key") == script.key,
         Wire::Gemini => header("x-goog-api-key") == script.key,
     };
-    tokio::time::sleep(Duration::from_millis(script.latency_ms)).await;
+    precise_sleep(Duration::from_millis(script.latency_ms)).await;
     if !authorised {
         return Err(error(wire, 401, None, "invalid api key"));
     }
