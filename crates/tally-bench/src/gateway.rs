@@ -14,68 +14,58 @@ use serde_json::{json, Value};
 use crate::load::{bench_tenant, open_loop, print_memory, print_stats, stats, Stats};
 use crate::server::Server;
 
-const WORDS: &[&str] = &[
-    "the",
-    "customer",
-    "report",
-    "shows",
-    "revenue",
-    "growth",
-    "across",
-    "regions",
-    "while",
-    "costs",
-    "remain",
-    "stable",
-    "and",
-    "our",
-    "team",
-    "should",
-    "analyse",
-    "quarterly",
-    "numbers",
-    "before",
-    "the",
-    "board",
-    "meeting",
-    "next",
-    "week",
-    "please",
-    "summarise",
-    "risks",
-    "opportunities",
-    "pricing",
-    "strategy",
-    "market",
-    "share",
-    "competitors",
-    "product",
-    "launch",
-    "timeline",
-    "engineering",
-    "capacity",
-    "hiring",
-    "plan",
-    "budget",
+/// Real text to cut prompts from: this repository's own documentation (prose, tables,
+/// code and command lines), so the tokenizer on the path sees a real vocabulary.
+const CORPUS: &[&str] = &[
+    include_str!("../../../README.md"),
+    include_str!("../../../ARCHITECTURE.md"),
+    include_str!("../../../docs/api.md"),
+    include_str!("../../../docs/benchmarks.md"),
+    include_str!("../../../docs/events.md"),
+    include_str!("../../../docs/numbers.md"),
+    include_str!("../../../docs/seed-coverage.md"),
 ];
 
-/// `n` requests with prompts of 500–4,000 tokens (about one token a word) and answer
-/// limits of 100–500 tokens.
-fn requests(n: usize, stream: bool) -> Vec<Value> {
+/// `n` requests with prompts of 500–4,000 tokens (o200k, the model's encoding: slices of
+/// the corpus at random places) and answer limits of 100–500 tokens. Returns the requests
+/// and their prompts' token counts.
+fn requests(n: usize, stream: bool) -> anyhow::Result<(Vec<Value>, Vec<usize>)> {
     let mut rng = StdRng::seed_from_u64(11);
-    (0..n)
+    let corpus = CORPUS.join("\n\n");
+    let o200k = tiktoken::get_encoding("o200k_base")
+        .ok_or_else(|| anyhow::anyhow!("o200k is not compiled in"))?;
+    let mut counts = Vec::with_capacity(n);
+    let bodies = (0..n)
         .map(|_| {
-            let words = rng.gen_range(500..=4000);
-            let text: Vec<&str> = (0..words)
-                .map(|_| WORDS[rng.gen_range(0..WORDS.len())])
-                .collect();
+            let tokens = rng.gen_range(500..=4000);
+            // About four bytes a token; the count below is the real one.
+            let len = (tokens * 4).min(corpus.len() - 1);
+            let mut from = rng.gen_range(0..corpus.len() - len);
+            while !corpus.is_char_boundary(from) {
+                from -= 1;
+            }
+            let cut = |len: usize| {
+                let mut to = (from + len).min(corpus.len());
+                while !corpus.is_char_boundary(to) {
+                    to -= 1;
+                }
+                &corpus[from..to]
+            };
+            let mut text = cut(len);
+            let mut count = o200k.count(text);
+            if count > tokens {
+                // Tables and code take more tokens a byte: cut again to the target.
+                text = cut(len * tokens / count);
+                count = o200k.count(text);
+            }
+            counts.push(count);
             let mut body = json!({
                 "model": "gpt-4o",
                 "max_tokens": rng.gen_range(100..=500),
                 "user": format!("user-{}", rng.gen_range(0..50)),
                 "messages": [
-                    {"role": "system", "content": "You are a concise analyst."},
-                    {"role": "user", "content": text.join(" ")},
+                    {"role": "system", "content": "You are a concise analyst. Summarise the documentation you are given."},
+                    {"role": "user", "content": text},
                 ],
             });
             if stream {
@@ -84,7 +74,8 @@ fn requests(n: usize, stream: bool) -> Vec<Value> {
             }
             body
         })
-        .collect()
+        .collect();
+    Ok((bodies, counts))
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
@@ -122,7 +113,7 @@ pub async fn gateway(rate: u64, seconds: u64, latency_ms: u64) -> anyhow::Result
         ..Default::default()
     })
     .await?;
-    let (dir, _, key) = bench_tenant("gateway,admin")?;
+    let (dir, tenant, key) = bench_tenant("gateway,admin")?;
     let config = dir.path().join("bench.toml");
     std::fs::write(
         &config,
@@ -170,7 +161,16 @@ pub async fn gateway(rate: u64, seconds: u64, latency_ms: u64) -> anyhow::Result
     .await?;
     anyhow::ensure!(r.status().is_success(), "quotas: {}", r.text().await?);
 
-    let bodies = requests(512, false);
+    let (bodies, counts) = requests(512, false)?;
+    let mut sorted = counts.clone();
+    sorted.sort_unstable();
+    println!(
+        "  prompts: {} distinct, o200k tokens min {} / median {} / max {}",
+        sorted.len(),
+        sorted[0],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
     let direct_url = format!("{}/chat/completions", fake.openai_url());
     let through_url = format!("{base}/v1/chat/completions");
     // Warm both paths (connections, the tokenizer, the tenant's state).
@@ -214,7 +214,7 @@ pub async fn gateway(rate: u64, seconds: u64, latency_ms: u64) -> anyhow::Result
     println!("  errors: direct {direct_errors}, through {through_errors}");
 
     // Streams: time to the first content byte.
-    let streams = requests(128, true);
+    let (streams, _) = requests(128, true)?;
     let stream_rate = (rate / 5).max(1);
     let ttft = |url: String, auth: String| {
         let client = client.clone();
@@ -263,12 +263,16 @@ pub async fn gateway(rate: u64, seconds: u64, latency_ms: u64) -> anyhow::Result
     // Every call was recorded: the records are committed within the recording interval.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = client
-        .get(format!("{base}/api/v1/ai/usage/records?page_size=1"))
+        .get(format!("{base}/api/v1/ai/stats/{tenant}?period=last_24h"))
         .bearer_auth(&key)
         .send()
         .await?;
     let v: Value = r.json().await.unwrap_or_default();
-    println!("  usage records stored: {}", v["count"]);
+    println!(
+        "  usage records stored: {} (calls made through tally: {})",
+        v["total_messages"],
+        50 + rate * seconds + stream_rate * seconds.min(10)
+    );
     server.stop();
     drop(dir);
     Ok(())
