@@ -1172,3 +1172,60 @@ async fn each_provider_has_its_own_timeouts() {
         .iter()
         .any(|r| r["status"] == "timeout" && r["error_type"] == "PROVIDER_TIMEOUT"));
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_is_recorded_as_cancelled_with_what_was_streamed() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let f = fake().await;
+    f.script(|s| {
+        s.chunk_delay_ms = 50;
+        s.answer_words = 20;
+    });
+    let a = gateway_app(&f).await;
+    let r = a
+        .call("POST", "/api/v1/ai/quotas/config", Some(&a.key), Some(&json!({"quotas": [
+            {"name": "daily", "metric": "cost_usd", "window": "day", "limit": "10", "enforce": true}]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut body = chat("gpt-4o");
+    body["stream"] = json!(true);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("authorization", format!("Bearer {}", a.key))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = tally_server::api::service(a.state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.into_body();
+    // Read until some content arrived, then go away.
+    let mut seen = String::new();
+    while !seen.contains("word1") {
+        let frame = stream.frame().await.unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    assert_eq!(a.state.quotas.reserved_calls(a.tenant), 1, "held while streaming");
+    drop(stream);
+
+    let recs = records(&a).await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["status"], "cancelled");
+    assert_eq!(recs[0]["error_type"], "client_disconnected");
+    // No usage chunk came: the tokens streamed so far are counted, fewer than the answer's.
+    let out = recs[0]["output_tokens"].as_u64().unwrap();
+    assert!((1..20).contains(&out), "{out}");
+    assert!(recs[0]["total_cost"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        a.state.quotas.reserved_calls(a.tenant),
+        0,
+        "the hold is released once the record is in"
+    );
+}
