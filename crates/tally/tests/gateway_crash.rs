@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{tenant_and_key, Server};
+use common::{admin, tenant_and_key, Server};
 use serde_json::{json, Value};
 
 /// How far before the kill an answered call's record must be stored: the record interval,
@@ -125,4 +125,98 @@ fn a_kill_9_loses_at_most_the_last_interval_of_gateway_records() {
         quotas["today"]["calls"].as_u64().unwrap() as usize,
         answered.len()
     );
+}
+
+/// `tally admin master-key rotate` re-seals every credential under a new key and replaces
+/// the data dir's key file: the gateway calls with the credential after a restart, and the
+/// old key opens nothing any more.
+#[test]
+fn rotating_the_master_key_reseals_credentials_the_gateway_still_uses() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt
+        .block_on(tally_fake_provider::FakeProvider::start(Default::default()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("loopback.toml");
+    std::fs::write(
+        &config,
+        "[outbound]\nallow = [\"127.0.0.0/8\"]\nallow_public = false\n",
+    )
+    .unwrap();
+    let (_, key) = tenant_and_key(dir.path(), "gw", "gateway,admin");
+    let args = ["--config", config.to_str().unwrap()];
+    let client = reqwest::blocking::Client::new();
+    let body = json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let chat = |base: &str| {
+        client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    let versions = |base: &str| -> Vec<u64> {
+        let v: Value = client
+            .get(format!("{base}/api/v1/ai/credentials"))
+            .bearer_auth(&key)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["credentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["key_version"].as_u64().unwrap())
+            .collect()
+    };
+
+    let mut server = Server::start_with(dir.path(), &args, &[]);
+    let r = client
+        .post(format!("{}/api/v1/ai/credentials", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"name": "openai", "api_key": tally_fake_provider::KEY, "base_url": fake.openai_url()}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(chat(&server.base).status(), 200);
+    let before = versions(&server.base);
+    server.terminate();
+
+    let old_key = std::fs::read_to_string(dir.path().join("master.key")).unwrap();
+    let new_key = admin(dir.path(), &["master-key", "generate"]);
+    assert_ne!(new_key.trim(), old_key.trim());
+    let new_file = dir.path().join("new.key");
+    std::fs::write(&new_file, &new_key).unwrap();
+    let out = admin(
+        dir.path(),
+        &[
+            "master-key",
+            "rotate",
+            "--new-key-file",
+            new_file.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.contains(tally_fake_provider::KEY), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("master.key"))
+            .unwrap()
+            .trim(),
+        new_key.trim(),
+        "the data dir's key file is the new key"
+    );
+
+    let mut server = Server::start_with(dir.path(), &args, &[]);
+    let after = versions(&server.base);
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before, "sealed under the new key's version");
+    let r = chat(&server.base);
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    server.terminate();
+
+    // The old key opens nothing: with it, the credential is skipped and OpenAI unknown.
+    let mut server = Server::start_with(dir.path(), &args, &[("TALLY_MASTER_KEY", old_key.trim())]);
+    let r = chat(&server.base);
+    assert_ne!(r.status(), 200);
+    server.terminate();
 }

@@ -1212,7 +1212,11 @@ async fn a_client_that_leaves_mid_stream_is_recorded_as_cancelled_with_what_was_
             seen.push_str(std::str::from_utf8(&data).unwrap());
         }
     }
-    assert_eq!(a.state.quotas.reserved_calls(a.tenant), 1, "held while streaming");
+    assert_eq!(
+        a.state.quotas.reserved_calls(a.tenant),
+        1,
+        "held while streaming"
+    );
     drop(stream);
 
     let recs = records(&a).await;
