@@ -316,6 +316,34 @@ impl Gateway {
             .min_by_key(|s| rank(*s)))
     }
 
+    /// Takes the gateway's view of the providers (circuits, active checks) into the
+    /// realtime report: a provider whose deployments are all down is down whatever the last
+    /// minutes' records say, and one with failing deployments is at best degraded.
+    pub async fn merge_health(
+        &self,
+        tenant: TenantId,
+        report: &mut tally_ai::analytics::Realtime,
+    ) -> GatewayResult<()> {
+        for s in &mut report.provider_status {
+            match self.provider_status(tenant, &s.provider).await? {
+                Some(health::HealthStatus::Down) => {
+                    s.status = "down";
+                    s.reason = Some(
+                        "every gateway deployment of this provider is failing (circuit open or failed checks)"
+                            .into(),
+                    );
+                }
+                Some(health::HealthStatus::Degraded) if s.status == "healthy" => {
+                    s.status = "degraded";
+                    s.reason =
+                        Some("the gateway sees errors or failed checks on its deployments".into());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every deployment of every tenant with a cheap authenticated request (its
     /// model list): the supervised task's tick.
     pub async fn check_all(&self) -> GatewayResult<usize> {

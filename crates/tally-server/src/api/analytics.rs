@@ -119,23 +119,7 @@ pub async fn realtime(
 ) -> ApiResult<Json<Realtime>> {
     let tenant = read_tenant(&p, t.tenant_id.as_deref())?;
     let mut report = state.analytics.realtime(tenant).await?;
-    // The gateway's view of the same providers (circuits, active checks) takes part: a
-    // provider whose deployments are all down is down whatever the last minutes' records say.
-    for s in &mut report.provider_status {
-        use tally_gateway::health::HealthStatus;
-        match state.gateway.provider_status(tenant, &s.provider).await? {
-            Some(HealthStatus::Down) => {
-                s.status = "down";
-                s.reason = Some("every gateway deployment of this provider is failing (circuit open or failed checks)".into());
-            }
-            Some(HealthStatus::Degraded) if s.status == "healthy" => {
-                s.status = "degraded";
-                s.reason =
-                    Some("the gateway sees errors or failed checks on its deployments".into());
-            }
-            _ => {}
-        }
-    }
+    state.gateway.merge_health(tenant, &mut report).await?;
     Ok(Json(report))
 }
 

@@ -530,6 +530,21 @@ async fn an_open_circuit_stops_calls_and_health_shows_the_deployment_down() {
     assert_eq!(openai["status"], "down");
     assert_eq!(openai["circuit_open"], true);
     assert_eq!(h.body["overall"], "down");
+    // The realtime report's provider status agrees with the gateway's.
+    records(&a).await;
+    let rt = a
+        .call("GET", "/api/v1/ai/performance/realtime", Some(&a.key), None)
+        .await;
+    assert_eq!(rt.status, 200, "{}", rt.body);
+    let s = rt.body["provider_status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["provider"] == "openai")
+        .unwrap_or_else(|| panic!("{}", rt.body))
+        .clone();
+    assert_eq!(s["status"], "down", "{s}");
+    assert!(s["reason"].as_str().unwrap().contains("gateway"), "{s}");
 }
 
 #[tokio::test]
