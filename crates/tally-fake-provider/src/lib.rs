@@ -75,7 +75,7 @@ pub struct Received {
 #[derive(Default)]
 struct Shared {
     script: Mutex<Script>,
-    received: Mutex<Vec<Received>>,
+    received: Mutex<VecDeque<Received>>,
 }
 
 /// A running fake; it stops when the runtime does.
@@ -137,7 +137,7 @@ impl FakeProvider {
 
     /// The requests received so far.
     pub fn received(&self) -> Vec<Received> {
-        lock(&self.shared.received).clone()
+        lock(&self.shared.received).iter().cloned().collect()
     }
 
     pub fn clear_received(&self) {
@@ -182,9 +182,9 @@ async fn begin(
     {
         let mut received = lock(&s.received);
         if received.len() >= MAX_RECEIVED {
-            received.remove(0);
+            received.pop_front();
         }
-        received.push(Received {
+        received.push_back(Received {
             path: path.to_owned(),
             headers: headers.clone(),
             body: body.clone(),

@@ -279,21 +279,16 @@ impl Gateway {
         input: CredentialInput,
     ) -> GatewayResult<ConnectionTest> {
         let (kind, base_url) = self.validate_credential(&input)?;
-        let settings = &self.tenant(tenant).await?.settings;
-        let timeouts = self.options.timeouts_for(&input.name, settings);
-        let http = self.client_for(timeouts.connect);
-        let d = Deployment {
-            base_url: base_url
-                .or_else(|| kind.default_base_url().map(str::to_owned))
-                .unwrap_or_default(),
-            name: input.name,
+        let t = self.tenant(tenant).await?;
+        let d = self.deployment(
+            &t.settings,
+            input.name,
             kind,
-            secret: input.api_key,
-            models: input.models,
-            weight: 1,
-            timeouts,
-            http,
-        };
+            base_url,
+            input.api_key,
+            input.models,
+            1,
+        );
         let check = self.probe(&d).await;
         Ok(self.probe_result(&d, check))
     }

@@ -197,22 +197,9 @@ impl Gateway {
                     continue;
                 }
             };
-            let base_url = c
-                .base_url
-                .clone()
-                .or_else(|| c.kind.default_base_url().map(str::to_owned))
-                .unwrap_or_default();
-            let timeouts = self.options.timeouts_for(&c.name, &settings);
-            deployments.push(Deployment {
-                http: self.client_for(timeouts.connect),
-                name: c.name,
-                kind: c.kind,
-                base_url: base_url.trim_end_matches('/').to_owned(),
-                secret,
-                models: c.models,
-                weight: c.weight.max(1),
-                timeouts,
-            });
+            deployments.push(self.deployment(
+                &settings, c.name, c.kind, c.base_url, secret, c.models, c.weight,
+            ));
         }
         let t = Arc::new(TenantGateway {
             catalog: self.catalog.with_overrides(settings.models.clone()),
@@ -221,6 +208,35 @@ impl Gateway {
         });
         self.tenants.insert(tenant, t.clone());
         Ok(t)
+    }
+
+    /// A deployment as calls use it: the kind's public endpoint when no base URL is given,
+    /// and the timeouts (and the pooled client) of its provider name under `settings`.
+    #[allow(clippy::too_many_arguments)]
+    fn deployment(
+        &self,
+        settings: &GatewaySettings,
+        name: String,
+        kind: ProviderKind,
+        base_url: Option<String>,
+        secret: String,
+        models: Vec<String>,
+        weight: u32,
+    ) -> Deployment {
+        let base_url = base_url
+            .or_else(|| kind.default_base_url().map(str::to_owned))
+            .unwrap_or_default();
+        let timeouts = self.options.timeouts_for(&name, settings);
+        Deployment {
+            http: self.client_for(timeouts.connect),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            name,
+            kind,
+            secret,
+            models,
+            weight: weight.max(1),
+            timeouts,
+        }
     }
 
     /// The pooled client connecting within `connect`: the shared one for the operator's

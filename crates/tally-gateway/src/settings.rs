@@ -93,10 +93,8 @@ impl Options {
             r.validate(&format!("gateway.rate_limits[{i}]"))
                 .map_err(|e| format!("{}: {}", e.field, e.message))?;
         }
-        for (name, t) in &self.timeouts {
-            t.validate(&format!("gateway.timeouts.{name}"))
-                .map_err(|e| format!("{}: {}", e.field, e.message))?;
-        }
+        validate_timeouts(&self.timeouts, "gateway.timeouts")
+            .map_err(|e| format!("{}: {}", e.field, e.message))?;
         Ok(())
     }
 
@@ -121,6 +119,31 @@ impl Options {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.001, 86_400.0))
+}
+
+/// Provider name → timeouts, as the operator's options and a tenant's settings hold them:
+/// at most one entry a credential a tenant may have, each named like a credential.
+fn validate_timeouts(
+    timeouts: &BTreeMap<String, ProviderTimeouts>,
+    at: &str,
+) -> Result<(), FieldError> {
+    if timeouts.len() > crate::credentials::MAX_CREDENTIALS {
+        return Err(FieldError::invalid(
+            at,
+            format!("at most {} providers", crate::credentials::MAX_CREDENTIALS),
+        ));
+    }
+    for (name, t) in timeouts {
+        let at = format!("{at}.{name}");
+        if !crate::credentials::valid_name(name) {
+            return Err(FieldError::invalid(
+                at,
+                "must be named by a provider name: 1 to 64 lower-case letters, digits, '-' or '_'",
+            ));
+        }
+        t.validate(&at)?;
+    }
+    Ok(())
 }
 
 /// One provider's timeouts; each one left out is the operator's.
@@ -325,21 +348,7 @@ impl GatewaySettings {
                 format!("at most {MAX_MODELS} models"),
             ));
         }
-        if self.timeouts.len() > crate::credentials::MAX_CREDENTIALS {
-            return Err(FieldError::invalid(
-                "timeouts",
-                format!("at most {} providers", crate::credentials::MAX_CREDENTIALS),
-            ));
-        }
-        for (name, t) in &self.timeouts {
-            if !crate::credentials::valid_name(name) {
-                return Err(FieldError::invalid(
-                    format!("timeouts.{name}"),
-                    "must be named by a provider name: 1 to 64 lower-case letters, digits, '-' or '_'",
-                ));
-            }
-            t.validate(&format!("timeouts.{name}"))?;
-        }
+        validate_timeouts(&self.timeouts, "timeouts")?;
         for (i, m) in self.models.iter().enumerate() {
             let at = format!("models[{i}]");
             let ok = |s: &str| {

@@ -43,30 +43,62 @@ fn stored_ids(base: &str, key: &str) -> HashSet<String> {
     ids
 }
 
+/// A tenant with a gateway key, a data dir whose server may call loopback, and the fake
+/// provider (on its own runtime) for it to call.
+struct Gateway {
+    _rt: tokio::runtime::Runtime,
+    fake: tally_fake_provider::FakeProvider,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    key: String,
+}
+
+impl Gateway {
+    fn new() -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let fake = rt
+            .block_on(tally_fake_provider::FakeProvider::start(Default::default()))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("loopback.toml");
+        std::fs::write(
+            &config,
+            "[outbound]\nallow = [\"127.0.0.0/8\"]\nallow_public = false\n",
+        )
+        .unwrap();
+        let (_, key) = tenant_and_key(dir.path(), "gw", "gateway,admin");
+        Self {
+            _rt: rt,
+            fake,
+            dir,
+            config,
+            key,
+        }
+    }
+
+    fn args(&self) -> [&str; 2] {
+        ["--config", self.config.to_str().unwrap()]
+    }
+
+    /// Stores the OpenAI credential pointing at the fake.
+    fn connect(&self, base: &str) {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{base}/api/v1/ai/credentials"))
+            .bearer_auth(&self.key)
+            .json(&json!({"name": "openai", "api_key": tally_fake_provider::KEY, "base_url": self.fake.openai_url()}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+}
+
 #[test]
 fn a_kill_9_loses_at_most_the_last_interval_of_gateway_records() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = rt
-        .block_on(tally_fake_provider::FakeProvider::start(Default::default()))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("loopback.toml");
-    std::fs::write(
-        &config,
-        "[outbound]\nallow = [\"127.0.0.0/8\"]\nallow_public = false\n",
-    )
-    .unwrap();
-    let (_, key) = tenant_and_key(dir.path(), "gw", "gateway,admin");
-    let args = ["--config", config.to_str().unwrap()];
+    let g = Gateway::new();
+    let (dir, key, args) = (&g.dir, g.key.clone(), g.args());
     let mut server = Server::start_with(dir.path(), &args, &[]);
     let client = reqwest::blocking::Client::new();
-    let r = client
-        .post(format!("{}/api/v1/ai/credentials", server.base))
-        .bearer_auth(&key)
-        .json(&json!({"name": "openai", "api_key": tally_fake_provider::KEY, "base_url": fake.openai_url()}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    g.connect(&server.base);
     let body = json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
     let mut answered: Vec<(String, Instant)> = Vec::new();
     for cycle in 0..3 {
@@ -132,19 +164,8 @@ fn a_kill_9_loses_at_most_the_last_interval_of_gateway_records() {
 /// old key opens nothing any more.
 #[test]
 fn rotating_the_master_key_reseals_credentials_the_gateway_still_uses() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = rt
-        .block_on(tally_fake_provider::FakeProvider::start(Default::default()))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("loopback.toml");
-    std::fs::write(
-        &config,
-        "[outbound]\nallow = [\"127.0.0.0/8\"]\nallow_public = false\n",
-    )
-    .unwrap();
-    let (_, key) = tenant_and_key(dir.path(), "gw", "gateway,admin");
-    let args = ["--config", config.to_str().unwrap()];
+    let g = Gateway::new();
+    let (dir, key, args) = (&g.dir, g.key.clone(), g.args());
     let client = reqwest::blocking::Client::new();
     let body = json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
     let chat = |base: &str| {
@@ -172,13 +193,7 @@ fn rotating_the_master_key_reseals_credentials_the_gateway_still_uses() {
     };
 
     let mut server = Server::start_with(dir.path(), &args, &[]);
-    let r = client
-        .post(format!("{}/api/v1/ai/credentials", server.base))
-        .bearer_auth(&key)
-        .json(&json!({"name": "openai", "api_key": tally_fake_provider::KEY, "base_url": fake.openai_url()}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    g.connect(&server.base);
     assert_eq!(chat(&server.base).status(), 200);
     let before = versions(&server.base);
     server.terminate();
