@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex};
 
 use tally_core::pricing::Nanos;
 use tally_core::quota::{
-    self, check_unique, crossed, decide, validate_rule, Decision, Projection, QuotaEvent,
+    self, check_unique, crossed, decide, validate_rule, CallScope, Decision, Projection, QuotaEvent,
     QuotaInput, QuotaMetric, QuotaRule, QuotaScope, QuotaStatus, QuotaWindow, WindowUsage,
     MAX_RULES,
 };
 use tally_core::time::SharedClock;
 use tally_core::usage::UsageRecord;
-use tally_core::{FieldError, TenantId};
+use tally_core::{ApiKeyId, FieldError, TenantId};
 use tally_store::{CommitSeq, Stores};
 
 use crate::error::{AiError, AiResult};
@@ -75,9 +75,22 @@ pub struct CallEstimate {
     pub provider: String,
     pub model: String,
     pub user_id: Option<String>,
+    /// The API key the call is made with.
+    pub api_key_id: Option<ApiKeyId>,
     pub cost: Nanos,
     /// Input plus output tokens.
     pub tokens: u64,
+}
+
+impl CallEstimate {
+    fn scope(&self) -> CallScope<'_> {
+        CallScope {
+            provider: &self.provider,
+            model: &self.model,
+            user_id: self.user_id.as_deref(),
+            api_key_id: self.api_key_id,
+        }
+    }
 }
 
 /// How one rule judges a call.
@@ -166,22 +179,14 @@ fn judge(s: &Loaded, reserved: Option<&HashMap<u64, Reserved>>, call: &CallEstim
     let rules: Vec<RuleVerdict> = s
         .rules
         .iter()
-        .filter(|t| {
-            t.rule
-                .scope
-                .matches(&call.provider, &call.model, call.user_id.as_deref())
-        })
+        .filter(|t| t.rule.scope.matches(call.scope()))
         .map(|t| {
             let held: i128 = reserved
                 .into_iter()
                 .flat_map(HashMap::values)
                 .filter(|r| {
                     (t.window.0..t.window.1).contains(&r.at)
-                        && t.rule.scope.matches(
-                            &r.call.provider,
-                            &r.call.model,
-                            r.call.user_id.as_deref(),
-                        )
+                        && t.rule.scope.matches(r.call.scope())
                 })
                 .map(|r| t.rule.metric.amount(r.call.cost, r.call.tokens))
                 .sum();
@@ -437,6 +442,22 @@ impl Quotas {
             .map(|(i, input)| input.and_then(|q| validate_rule(q, &format!("quotas[{i}]"))))
             .collect::<Result<Vec<_>, _>>()?;
         check_unique(&rules)?;
+        if rules.iter().any(|r| r.scope.api_key_id.is_some()) {
+            // A rule may only name one of the tenant's own keys: another tenant's key id is
+            // as unknown here as a made-up one.
+            let keys = self.stores.identity.list_api_keys(tenant).await?;
+            for (i, r) in rules.iter().enumerate() {
+                if let Some(k) = r.scope.api_key_id {
+                    if !keys.iter().any(|key| key.id == k) {
+                        return Err(FieldError::invalid(
+                            format!("quotas[{i}].api_key_id"),
+                            "is not one of this tenant's API keys",
+                        )
+                        .into());
+                    }
+                }
+            }
+        }
         let slot = self.slot(tenant);
         let mut guard = slot.lock().await;
         let stored = self

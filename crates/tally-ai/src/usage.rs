@@ -9,7 +9,7 @@ use tally_core::error::codes;
 use tally_core::pricing::{default_catalog, ModelPrice, Nanos, PriceCatalog, MAX_RECORD_COST};
 use tally_core::time::SharedClock;
 use tally_core::usage::{validate_usage, CostSource, UsageInput, UsageRecord};
-use tally_core::{FieldError, TenantId};
+use tally_core::{ApiKeyId, FieldError, TenantId};
 use tally_store::{Stores, UsageInsert, UsageOutcome};
 
 use crate::error::{AiError, AiResult};
@@ -121,6 +121,7 @@ impl Usage {
             provider: call.provider.clone(),
             model: call.model.clone(),
             user_id: call.user_id.clone(),
+            api_key_id: call.api_key_id,
             cost,
             tokens,
         };
@@ -161,9 +162,13 @@ impl Usage {
         ))
     }
 
+    /// Validates, prices and stores records reported (or made, by the gateway) with
+    /// `api_key` (none for a signed-in account or the demo); the key is recorded on each,
+    /// for the quotas scoped to it.
     pub async fn ingest(
         &self,
         tenant: TenantId,
+        api_key: Option<ApiKeyId>,
         items: Vec<Result<UsageInput, FieldError>>,
     ) -> AiResult<Vec<UsageResult>> {
         let catalog = self.catalog(tenant).await?;
@@ -175,7 +180,8 @@ impl Usage {
             match item.and_then(|input| {
                 validate_usage(input, &catalog, received_at, self.max_future_skew_secs)
             }) {
-                Ok(record) => {
+                Ok(mut record) => {
+                    record.api_key_id = api_key;
                     priced.push(Ok((record.cost, record.cost_source)));
                     valid.push(record);
                 }
@@ -407,6 +413,8 @@ pub struct PreflightCall {
     pub provider: String,
     pub model: String,
     pub user_id: Option<String>,
+    /// The API key the call is made with.
+    pub api_key_id: Option<ApiKeyId>,
     /// The caller's estimate; priced from the tokens when absent.
     pub estimated_cost: Option<Nanos>,
     pub tokens: TokenUsage,

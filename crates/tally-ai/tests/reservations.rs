@@ -45,6 +45,7 @@ fn call(usd: &str) -> CallEstimate {
         provider: "openai".into(),
         model: "gpt-4o".into(),
         user_id: None,
+        api_key_id: None,
         cost: Nanos::parse_usd(usd).unwrap(),
         tokens: 100,
     }

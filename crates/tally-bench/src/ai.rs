@@ -142,6 +142,7 @@ fn record(
         user_id: Some(format!("user-{}", rng.gen_range(0..USERS))),
         conversation_id: Some(format!("conv-{}", i / CALLS_PER_CONVERSATION)),
         job_id: None,
+        api_key_id: None,
         provider: provider.into(),
         model: model.into(),
         tokens,

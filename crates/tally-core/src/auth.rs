@@ -147,6 +147,14 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The API key the caller authenticated with (none for a signed-in account).
+    pub fn api_key_id(&self) -> Option<ApiKeyId> {
+        match &self.credential {
+            Credential::ApiKey { id, .. } => Some(*id),
+            Credential::Account { .. } => None,
+        }
+    }
+
     pub fn can(&self, action: Action) -> bool {
         match &self.credential {
             Credential::Account { role, .. } => match role {

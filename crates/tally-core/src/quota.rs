@@ -1,6 +1,6 @@
 //! Quotas and budgets (seed 000 QuotaStatusDto, seed 003 budget rules): a limit in USD,
 //! tokens or requests per UTC day or calendar month, for a whole tenant or narrowed to a
-//! provider, a model or a user. The rules here are pure: validation, which calls a rule
+//! provider, a model, a user or one API key (a team's or an app's). The rules here are pure: validation, which calls a rule
 //! counts, the status of a usage level, projections and the admission decision.
 
 use chrono::{Datelike, NaiveDate, TimeZone, Utc};
@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::FieldError;
+use crate::ids::ApiKeyId;
 use crate::pricing::Nanos;
 use crate::time::{self, MICROS_PER_DAY};
 use crate::usage::UsageRecord;
@@ -117,7 +118,8 @@ impl QuotaWindow {
 }
 
 /// Which calls a rule counts. Provider and model narrow by what was called; a user rule
-/// counts that user's calls to every model (one or the other, never both).
+/// counts that user's calls to every model, and an API key rule every call made with that
+/// key (each of the three stands alone: never combined with another).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QuotaScope {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,17 +128,48 @@ pub struct QuotaScope {
     pub model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// The API key the calls were made (or reported) with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub api_key_id: Option<ApiKeyId>,
+}
+
+/// What a rule looks at in a call to decide whether it counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallScope<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub user_id: Option<&'a str>,
+    pub api_key_id: Option<ApiKeyId>,
+}
+
+impl<'a> CallScope<'a> {
+    pub fn of(r: &'a UsageRecord) -> Self {
+        Self {
+            provider: &r.provider,
+            model: &r.model,
+            user_id: r.user_id.as_deref(),
+            api_key_id: r.api_key_id,
+        }
+    }
 }
 
 impl QuotaScope {
-    pub fn matches(&self, provider: &str, model: &str, user_id: Option<&str>) -> bool {
-        self.provider.as_deref().is_none_or(|p| p == provider)
-            && self.model.as_deref().is_none_or(|m| m == model)
-            && self.user_id.as_deref().is_none_or(|u| Some(u) == user_id)
+    pub fn matches(&self, call: CallScope<'_>) -> bool {
+        self.provider.as_deref().is_none_or(|p| p == call.provider)
+            && self.model.as_deref().is_none_or(|m| m == call.model)
+            && self
+                .user_id
+                .as_deref()
+                .is_none_or(|u| Some(u) == call.user_id)
+            && self.api_key_id.is_none_or(|k| Some(k) == call.api_key_id)
     }
 
     pub fn is_tenant_wide(&self) -> bool {
-        self.provider.is_none() && self.model.is_none() && self.user_id.is_none()
+        self.provider.is_none()
+            && self.model.is_none()
+            && self.user_id.is_none()
+            && self.api_key_id.is_none()
     }
 }
 
@@ -158,7 +191,7 @@ pub struct QuotaRule {
 impl QuotaRule {
     pub fn counts(&self, r: &UsageRecord) -> bool {
         self.scope
-            .matches(&r.provider, &r.model, r.user_id.as_deref())
+            .matches(CallScope::of(r))
     }
 
     pub fn amount_of(&self, r: &UsageRecord) -> i128 {
@@ -303,6 +336,8 @@ pub struct QuotaInput {
     pub provider: Option<Value>,
     pub model: Option<Value>,
     pub user_id: Option<Value>,
+    /// The id of one of the tenant's API keys.
+    pub api_key_id: Option<Value>,
     pub warn_percent: Option<Value>,
     pub enforce: Option<Value>,
 }
@@ -375,15 +410,30 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
             ))
         }
     };
+    let api_key_id = match text("api_key_id", input.api_key_id, 36)? {
+        None => None,
+        Some(k) => Some(k.parse::<ApiKeyId>().map_err(|_| {
+            FieldError::invalid(f("api_key_id"), "must be an API key id (a UUID)")
+        })?),
+    };
     let scope = QuotaScope {
         provider: text("provider", input.provider, 64)?.map(|p| p.to_ascii_lowercase()),
         model: text("model", input.model, 128)?,
         user_id: text("user_id", input.user_id, 128)?,
+        api_key_id,
     };
     if scope.user_id.is_some() && (scope.provider.is_some() || scope.model.is_some()) {
         return Err(FieldError::invalid(
             f("user_id"),
             "a user quota counts the user's calls to every model; leave provider and model out",
+        ));
+    }
+    if scope.api_key_id.is_some()
+        && (scope.provider.is_some() || scope.model.is_some() || scope.user_id.is_some())
+    {
+        return Err(FieldError::invalid(
+            f("api_key_id"),
+            "an API key quota counts every call made with the key; leave provider, model and user_id out",
         ));
     }
     let warn_percent = match input.warn_percent {
@@ -414,6 +464,9 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
         {
             n.push(' ');
             n.push_str(part);
+        }
+        if let Some(k) = scope.api_key_id {
+            n.push_str(&format!(" key {k}"));
         }
         n
     });
@@ -466,6 +519,36 @@ mod tests {
         let r = rule(json!({"metric": "requests", "window": "month", "limit": 50, "user_id": 7}))
             .unwrap();
         assert_eq!((r.limit, r.scope.user_id.as_deref()), (50, Some("7")));
+    }
+
+    /// A key rule counts the key's calls to every model and no other key's.
+    #[test]
+    fn key_rules_count_every_call_of_their_key_alone() {
+        let (a, b) = (ApiKeyId::generate(), ApiKeyId::generate());
+        let r = rule(json!({"metric": "cost_usd", "window": "day", "limit": "5", "api_key_id": a.to_string()}))
+            .unwrap();
+        assert_eq!(r.scope.api_key_id, Some(a));
+        assert_eq!(r.name, format!("day cost_usd key {a}"));
+        assert!(!r.scope.is_tenant_wide());
+        let call = |model, key| CallScope {
+            provider: "openai",
+            model,
+            user_id: Some("alice"),
+            api_key_id: key,
+        };
+        assert!(r.scope.matches(call("gpt-4o", Some(a))));
+        assert!(r.scope.matches(call("o3", Some(a))));
+        assert!(!r.scope.matches(call("gpt-4o", Some(b))));
+        assert!(!r.scope.matches(call("gpt-4o", None)));
+        // A tenant rule counts calls with and without a key.
+        assert!(QuotaScope::default().matches(call("gpt-4o", Some(b))));
+        let field = |v: Value| rule(v).unwrap_err();
+        let e = field(json!({"metric": "tokens", "window": "day", "limit": 1, "api_key_id": "abc"}));
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("quotas[0].api_key_id", "must be an API key id (a UUID)"));
+        let e = field(json!({"metric": "tokens", "window": "day", "limit": 1, "api_key_id": a.to_string(), "model": "o3"}));
+        assert_eq!(e.field, "quotas[0].api_key_id");
+        let e = field(json!({"metric": "tokens", "window": "day", "limit": 1, "api_key_id": 7}));
+        assert_eq!(e.field, "quotas[0].api_key_id");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{codes, FieldError};
+use crate::ids::ApiKeyId;
 use crate::pricing::{Nanos, PriceCatalog, TokenUsage, MAX_RECORD_COST};
 use crate::sketch::LatencySketch;
 use crate::time::{self, MICROS_PER_SEC};
@@ -149,6 +150,9 @@ pub struct UsageRecord {
     pub user_id: Option<String>,
     pub conversation_id: Option<String>,
     pub job_id: Option<String>,
+    /// The API key the call was made (gateway) or reported (`POST /ai/usage`) with: set by
+    /// the server from the request's authentication, never from the record's body.
+    pub api_key_id: Option<ApiKeyId>,
     /// Lower-case.
     pub provider: String,
     pub model: String,
@@ -280,6 +284,7 @@ pub fn validate_usage(
         user_id: optional_id("user_id", input.user_id)?,
         conversation_id: optional_id("conversation_id", input.conversation_id)?,
         job_id: optional_id("job_id", input.job_id)?,
+        api_key_id: None,
         provider,
         model,
         tokens,

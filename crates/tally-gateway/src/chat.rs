@@ -26,7 +26,7 @@ use tally_core::models::{configure, provider_of, ModelKind, ModelSpec};
 use tally_core::pricing::{Nanos, TokenUsage};
 use tally_core::quota::{Decision, QuotaMetric};
 use tally_core::ratelimit::Quota;
-use tally_core::TenantId;
+use tally_core::{ApiKeyId, TenantId};
 
 use crate::error::{GatewayError, GatewayResult};
 use crate::providers::{self, Target, Tokens, Translator, UpstreamError};
@@ -39,8 +39,9 @@ use crate::{tokens, Deployment, Gateway, TenantGateway};
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub tenant: TenantId,
-    /// The API key's id, for per-key limits and the record (none for a signed-in account).
-    pub api_key: Option<String>,
+    /// The API key's id, for per-key limits and budgets and the record (none for a
+    /// signed-in account).
+    pub api_key: Option<ApiKeyId>,
     /// The end user (`X-Tally-User`), when the request's `user` field does not name one.
     pub user: Option<String>,
     /// `X-Tally-Conversation`.
@@ -426,7 +427,7 @@ impl Gateway {
                 model: prepared.route.spec.model.clone(),
                 user: user.clone(),
                 conversation: caller.conversation.clone(),
-                api_key: caller.api_key.clone(),
+                api_key: caller.api_key,
                 fallback_from: meta.fallback_from.clone(),
                 prompt_estimate: prepared.prompt_tokens,
                 token_limits: prepared.token_limits.clone(),
@@ -1147,6 +1148,7 @@ impl Gateway {
     fn submit(&self, record: &RecordBase, outcome: Outcome, reservation: Option<Reservation>) {
         self.recorder.submit(Record {
             tenant: record.tenant,
+            api_key: record.api_key,
             input: record.input(&outcome),
             reservation,
         });
@@ -1219,7 +1221,7 @@ pub(crate) struct RecordBase {
     model: String,
     user: Option<String>,
     conversation: Option<String>,
-    api_key: Option<String>,
+    api_key: Option<ApiKeyId>,
     fallback_from: Option<String>,
     prompt_estimate: u64,
     token_limits: Vec<(String, Quota)>,
@@ -1240,9 +1242,6 @@ impl RecordBase {
         let mut meta = json!({"source": "gateway"});
         if let Some(d) = &o.deployment {
             meta["deployment"] = json!(d);
-        }
-        if let Some(k) = &self.api_key {
-            meta["api_key_id"] = json!(k);
         }
         if o.cached {
             meta["cached"] = json!(true);
@@ -1399,6 +1398,7 @@ impl Drop for Settle {
         };
         self.recorder.submit(Record {
             tenant: self.record.tenant,
+            api_key: self.record.api_key,
             input: self.record.input(&outcome),
             reservation: self.reservation.take(),
         });
@@ -1653,6 +1653,7 @@ impl Gateway {
                     provider: route.provider.clone(),
                     model: route.spec.model.clone(),
                     user_id: user.map(str::to_owned),
+                    api_key_id: caller.api_key,
                     estimated_cost: None,
                     tokens: TokenUsage {
                         input: prompt,
@@ -1711,7 +1712,7 @@ impl Gateway {
             model: route.spec.model.clone(),
             user,
             conversation: caller.conversation.clone(),
-            api_key: caller.api_key.clone(),
+            api_key: caller.api_key,
             fallback_from: None,
             prompt_estimate: prompt,
             token_limits,

@@ -13,12 +13,14 @@ use std::time::Duration;
 use tally_ai::quota::Reservation;
 use tally_ai::usage::Usage;
 use tally_core::usage::UsageInput;
-use tally_core::TenantId;
+use tally_core::{ApiKeyId, TenantId};
 use tokio::sync::mpsc;
 
 /// One call's record and what it held.
 pub struct Record {
     pub tenant: TenantId,
+    /// The key the call was made with.
+    pub api_key: Option<ApiKeyId>,
     pub input: UsageInput,
     pub reservation: Option<Reservation>,
 }
@@ -100,16 +102,17 @@ async fn run(usage: Arc<Usage>, interval: Duration, mut rx: mpsc::Receiver<Msg>)
 }
 
 async fn write(usage: &Usage, group: Vec<Record>) {
-    let mut by_tenant: HashMap<TenantId, (Vec<UsageInput>, Vec<Reservation>)> = HashMap::new();
+    type Batch = (Vec<UsageInput>, Vec<Reservation>);
+    let mut by_caller: HashMap<(TenantId, Option<ApiKeyId>), Batch> = HashMap::new();
     for r in group {
-        let slot = by_tenant.entry(r.tenant).or_default();
+        let slot = by_caller.entry((r.tenant, r.api_key)).or_default();
         slot.0.push(r.input);
         slot.1.extend(r.reservation);
     }
-    for (tenant, (inputs, reservations)) in by_tenant {
+    for ((tenant, api_key), (inputs, reservations)) in by_caller {
         let n = inputs.len();
         match usage
-            .ingest(tenant, inputs.into_iter().map(Ok).collect())
+            .ingest(tenant, api_key, inputs.into_iter().map(Ok).collect())
             .await
         {
             Ok(results) => {

@@ -656,7 +656,7 @@ async fn store_usage(
     }
     let results = state
         .usage
-        .ingest(tenant, batch)
+        .ingest(tenant, None, batch)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(results

@@ -405,6 +405,10 @@ pub struct UsageRecordView {
     pub user_id: Option<String>,
     pub conversation_id: Option<String>,
     pub job_id: Option<String>,
+    /// The API key the call was made (gateway) or reported with; none when a signed-in
+    /// account reported it.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub api_key_id: Option<tally_core::ApiKeyId>,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cached_tokens: u64,
@@ -515,6 +519,7 @@ pub async fn records(
                     user_id: r.user_id,
                     conversation_id: r.conversation_id,
                     job_id: r.job_id,
+                    api_key_id: r.api_key_id,
                     input_tokens: r.tokens.input,
                     output_tokens: r.tokens.output,
                     cached_tokens: r.tokens.cached_input,

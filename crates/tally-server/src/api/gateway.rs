@@ -17,7 +17,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tally_core::audit::action;
-use tally_core::auth::{Action, Credential, Principal};
+use tally_core::auth::{Action, Principal};
 use tally_gateway::catalog::{ModelView, ProviderView};
 use tally_gateway::chat::{valid_id, CallMeta, Caller, ChatAnswer};
 use tally_gateway::credentials::{ConnectionTest, CredentialInput, CredentialView};
@@ -146,10 +146,7 @@ fn caller(p: &Principal, headers: &HeaderMap) -> Result<Caller, GatewayError> {
     };
     Ok(Caller {
         tenant: p.tenant_id,
-        api_key: match &p.credential {
-            Credential::ApiKey { id, .. } => Some(id.0.to_string()),
-            Credential::Account { .. } => None,
-        },
+        api_key: p.api_key_id(),
         user: header(USER_HEADER)?,
         conversation: header(CONVERSATION_HEADER)?,
     })

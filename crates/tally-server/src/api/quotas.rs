@@ -243,6 +243,10 @@ pub struct QuotaRuleBody {
     /// A user rule counts that user's calls to every model.
     #[schema(schema_with = crate::api::schemas::id_input_or_null)]
     pub user_id: Option<Value>,
+    /// An API key rule counts every call made with (or reported by) one of the tenant's
+    /// keys: a team's or an app's budget. Stands alone: no provider, model or user_id.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub api_key_id: Option<String>,
     /// 1–99, default 80.
     #[schema(minimum = 1, maximum = 99)]
     pub warn_percent: Option<u8>,
@@ -328,6 +332,9 @@ pub struct QuotaTestBody {
         pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
     )]
     pub user_id: Option<String>,
+    /// Test the call as made with this API key (its key-scoped quotas count).
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub api_key_id: Option<String>,
     /// Exact decimal USD, e.g. "0.25"; priced from the tokens when absent.
     #[schema(schema_with = crate::api::schemas::usd_amount_or_null)]
     pub estimated_cost_usd: Option<Value>,
@@ -403,6 +410,14 @@ pub async fn test(
     let provider = text("provider", body.provider)?.to_ascii_lowercase();
     let model = text("model", body.model)?;
     let user_id = body.user_id.map(|u| text("user_id", Some(u))).transpose()?;
+    let api_key_id = body
+        .api_key_id
+        .map(|k| {
+            k.trim()
+                .parse::<tally_core::ApiKeyId>()
+                .map_err(|_| FieldError::invalid("api_key_id", "must be an API key id (a UUID)"))
+        })
+        .transpose()?;
     for (field, n) in [
         ("input_tokens", body.input_tokens),
         ("output_tokens", body.output_tokens),
@@ -415,6 +430,7 @@ pub async fn test(
         provider,
         model,
         user_id,
+        api_key_id,
         estimated_cost: body
             .estimated_cost_usd
             .map(|v| reported_cost("estimated_cost_usd", &v))

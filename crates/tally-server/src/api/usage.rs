@@ -172,7 +172,10 @@ pub async fn ingest(
         }
         Err(_) => (vec![parse_usage(raw.get())], true),
     };
-    let results = state.usage.ingest(p.tenant_id, items).await?;
+    let results = state
+        .usage
+        .ingest(p.tenant_id, p.api_key_id(), items)
+        .await?;
     if single {
         if let Some(UsageResult::Rejected(e)) = results.first() {
             return Err(e.clone().into());

@@ -837,6 +837,114 @@ async fn a_tenant_cannot_use_or_see_another_tenants_credentials_or_budget() {
     assert_eq!(v1(&a, &other, chat("gpt-4o")).await.status, 200);
 }
 
+/// A team's key with its own budget: its calls are held against it (and the tenant's),
+/// another key of the tenant is not, usage the key reports counts too, and a rule may
+/// name only one of the tenant's own keys.
+#[tokio::test]
+async fn a_budget_scoped_to_one_api_key_holds_that_key_alone() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let key = |name: &'static str, tenant| {
+        let a = &a;
+        async move {
+            a.state
+                .access
+                .create_api_key(tenant, name, [Scope::Gateway, Scope::Ingest].into())
+                .await
+                .unwrap()
+        }
+    };
+    let (team, team_key) = key("team", a.tenant).await;
+    let (app_key_row, app_key) = key("app", a.tenant).await;
+    let (other_tenant, _) = a.other_tenant().await;
+    let (foreign, _) = key("foreign", other_tenant).await;
+    let configure = |id: String| {
+        let a = &a;
+        async move {
+            a.post(
+                "/api/v1/ai/quotas/config",
+                json!({"quotas": [{"name": "team", "metric": "cost_usd", "window": "day",
+                                   "limit": "0.005", "api_key_id": id}]}),
+            )
+            .await
+        }
+    };
+    for bad in [foreign.id.to_string(), tally_core::ApiKeyId::generate().to_string()] {
+        let r = configure(bad).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.field(), "quotas[0].api_key_id");
+    }
+    let r = configure("not-a-key".into()).await;
+    assert_eq!((r.status.as_u16(), r.field()), (400, "quotas[0].api_key_id"));
+    let r = configure(team.id.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["quotas"][0]["scope"], json!({"api_key_id": team.id}));
+
+    // 1,000 output tokens of gpt-4o hold about $0.01: past the team's $0.005, not the app's.
+    let big = json!({"model": "gpt-4o", "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "Say hello"}]});
+    f.clear_received();
+    let r = v1(&a, &team_key, big.clone()).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.body["error"]["tally_code"], "O3_BUDGET_EXCEEDED");
+    let d = &r.body["error"]["details"];
+    assert_eq!(d["rule"], "team");
+    assert!(d["estimated_cost"].as_f64().unwrap() > 0.005, "{d}");
+    assert!(d["daily_budget_remaining"].as_f64().unwrap() <= 0.005, "{d}");
+    assert!(f.received().is_empty(), "refused before any provider call");
+    assert_eq!(v1(&a, &app_key, big).await.status, 200);
+    // A small call of the team fits.
+    assert_eq!(v1(&a, &team_key, chat("gpt-4o")).await.status, 200);
+
+    // The team's key reports a call it made elsewhere: $0.0075 of gpt-4o.
+    let r = a
+        .call(
+            "POST",
+            "/api/v1/ai/usage",
+            Some(&team_key),
+            Some(&json!({"provider": "openai", "model": "gpt-4o", "input_tokens": 1000,
+                         "output_tokens": 500})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let recs = records(&a).await;
+    let by_key = |id: tally_core::ApiKeyId| {
+        recs.iter()
+            .filter(|r| r["api_key_id"] == json!(id))
+            .map(|r| r["total_cost"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (team_costs, app_costs) = (by_key(team.id), by_key(app_key_row.id));
+    assert_eq!(team_costs.len(), 2, "{recs:?}");
+    assert_eq!(app_costs.len(), 1, "{recs:?}");
+    let s = a.get("/api/v1/ai/quotas").await;
+    let q = &s.body["quotas"][0];
+    let team_spent: f64 = team_costs.iter().sum();
+    assert!((q["used"].as_f64().unwrap() - team_spent).abs() < 1e-6, "{q} {team_spent}");
+    assert_eq!(q["status"], "exceeded");
+    // Now even the small call is over the team's budget; the app's key still goes through.
+    let r = v1(&a, &team_key, chat("gpt-4o")).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(v1(&a, &app_key, chat("gpt-4o")).await.status, 200);
+    // The pre-call check answers the same for the key.
+    let r = a
+        .post(
+            "/api/v1/ai/quotas/test",
+            json!({"provider": "openai", "model": "gpt-4o", "input_tokens": 10,
+                   "api_key_id": team.id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["decision"], "block");
+    let r = a
+        .post(
+            "/api/v1/ai/quotas/test",
+            json!({"provider": "openai", "model": "gpt-4o", "input_tokens": 10}),
+        )
+        .await;
+    assert_eq!(r.body["decision"], "allow", "{}", r.body);
+}
+
 #[tokio::test]
 async fn models_providers_quota_status_and_connection_tests() {
     let f = fake().await;

@@ -25,6 +25,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "api_keys",
     "gateway_settings",
     "llm_conversations",
+    "llm_key_daily",
     "llm_usage",
     "llm_usage_rollup",
     "llm_user_daily",

@@ -10,7 +10,7 @@ use super::{conversion_error, SqliteStore};
 use crate::{CommitSeq, QuotaStore, StoreResult};
 
 const RULE_COLUMNS: &str =
-    "id, name, metric, window_kind, limit_value, provider, model, user_id, warn_percent, enforce";
+    "id, name, metric, window_kind, limit_value, provider, model, user_id, warn_percent, enforce, api_key_id";
 
 fn metric_from(col: usize, s: &str) -> rusqlite::Result<QuotaMetric> {
     QuotaMetric::parse(s).ok_or_else(|| conversion_error(col, format!("unknown quota metric {s}")))
@@ -34,6 +34,12 @@ fn rule_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QuotaRule> {
             provider: any(r.get(5)?),
             model: any(r.get(6)?),
             user_id: any(r.get(7)?),
+            api_key_id: match any(r.get(10)?) {
+                None => None,
+                Some(k) => Some(k.parse().map_err(|_| {
+                    conversion_error(10, format!("api key id {k} is not a UUID"))
+                })?),
+            },
         },
         warn_percent: r.get::<_, i64>(8)?.clamp(1, 100) as u8,
         enforce: r.get(9)?,
@@ -64,19 +70,21 @@ fn replace_tx(
             r.scope.provider.clone().unwrap_or_default(),
             r.scope.model.clone().unwrap_or_default(),
             r.scope.user_id.clone().unwrap_or_default(),
+            r.scope.api_key_id.map(|k| k.to_string()).unwrap_or_default(),
         )
     };
     let mut find = conn.prepare_cached(
         "SELECT id FROM quota_rules WHERE tenant_id = ?1 AND metric = ?2 AND window_kind = ?3
-             AND provider = ?4 AND model = ?5 AND user_id = ?6",
+             AND provider = ?4 AND model = ?5 AND user_id = ?6 AND api_key_id = ?7",
     )?;
     let mut kept = Vec::with_capacity(rules.len());
     for r in &rules {
-        let (metric, window, provider, model, user) = scope_key(r);
+        let (metric, window, provider, model, user, key) = scope_key(r);
         let id: Option<i64> = find
-            .query_row(params![t, metric, window, provider, model, user], |row| {
-                row.get(0)
-            })
+            .query_row(
+                params![t, metric, window, provider, model, user, key],
+                |row| row.get(0),
+            )
             .optional()?;
         kept.push(id);
     }
@@ -97,8 +105,8 @@ fn replace_tx(
     )?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO quota_rules (tenant_id, name, metric, window_kind, limit_value, provider, model, user_id,
-             warn_percent, enforce, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             warn_percent, enforce, updated_at, api_key_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     for (r, id) in rules.iter().zip(kept) {
         match id {
@@ -114,7 +122,7 @@ fn replace_tx(
                 ])?;
             }
             None => {
-                let (metric, window, provider, model, user) = scope_key(r);
+                let (metric, window, provider, model, user, key) = scope_key(r);
                 insert.execute(params![
                     t,
                     r.name,
@@ -126,7 +134,8 @@ fn replace_tx(
                     user,
                     r.warn_percent,
                     r.enforce,
-                    at
+                    at,
+                    key
                 ])?;
             }
         }
@@ -222,6 +231,11 @@ impl QuotaStore for SqliteStore {
                  FROM llm_user_daily
                  WHERE tenant_id = ?1 AND day >= ?2 AND day < ?3 AND user_id = ?4"
             ))?;
+            let mut by_key = tx.prepare_cached(&format!(
+                "SELECT coalesce(sum(calls), 0), coalesce(sum(input_tokens + output_tokens), 0), {money}
+                 FROM llm_key_daily
+                 WHERE tenant_id = ?1 AND api_key_id = ?2 AND day >= ?3 AND day < ?4"
+            ))?;
             let usage = |r: &rusqlite::Row<'_>| -> rusqlite::Result<WindowUsage> {
                 Ok(WindowUsage {
                     calls: r.get::<_, i64>(0)?.max(0) as u64,
@@ -232,15 +246,19 @@ impl QuotaStore for SqliteStore {
             let t = tenant.0.as_bytes();
             let mut out = Vec::with_capacity(scopes.len());
             for (scope, from, to) in scopes {
-                out.push(match &scope.user_id {
-                    Some(user) => {
+                out.push(match (&scope.user_id, scope.api_key_id) {
+                    (Some(user), _) => {
                         by_user.query_row(params![t, day_of(from), day_of(to), user], usage)?
                     }
-                    None => by_model
+                    (None, Some(key)) => by_key.query_row(
+                        params![t, key.to_string(), day_of(from), day_of(to)],
+                        usage,
+                    )?,
+                    (None, None) => by_model
                         .query_row(params![t, from, to, scope.provider, scope.model], usage)?,
                 });
             }
-            drop((by_model, by_user));
+            drop((by_model, by_user, by_key));
             tx.finish()?;
             Ok((commit, out))
         })

@@ -457,6 +457,62 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     "#,
+    // 13: budgets scoped to one API key. Each record names the key it was made or
+    // reported with (the gateway kept it in the metadata until now: it moves to the
+    // column), usage is summed per key and day, and a quota rule may name a key (the
+    // rules table is rebuilt: its UNIQUE constraint takes the new column).
+    r#"
+    ALTER TABLE llm_usage ADD COLUMN api_key_id TEXT;
+    UPDATE llm_usage SET api_key_id = json_extract(metadata, '$.api_key_id'),
+                         metadata = json_remove(metadata, '$.api_key_id')
+        WHERE json_valid(metadata) AND json_type(metadata, '$.api_key_id') = 'text';
+
+    CREATE TABLE llm_key_daily (
+        tenant_id BLOB NOT NULL,
+        day INTEGER NOT NULL,
+        api_key_id TEXT NOT NULL,
+        calls INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        latency_sum_ms REAL NOT NULL,
+        first_ts INTEGER NOT NULL,
+        last_ts INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, api_key_id, day)
+    ) WITHOUT ROWID;
+    INSERT INTO llm_key_daily
+    SELECT tenant_id, ts / 86400000000 - (ts < 0 AND ts % 86400000000 != 0), api_key_id,
+           count(*), sum(status != 'success'), sum(input_tokens), sum(output_tokens),
+           CASE WHEN sum(cost_nanos / 1000000000) >= 9223372035 THEN 9223372036854775807
+                ELSE sum(cost_nanos / 1000000000) * 1000000000 + sum(cost_nanos % 1000000000) END,
+           coalesce(sum(latency_ms), 0.0), min(ts), max(ts)
+    FROM llm_usage WHERE api_key_id IS NOT NULL GROUP BY 1, 2, 3;
+
+    CREATE TABLE quota_rules_13 (
+        id INTEGER PRIMARY KEY,
+        tenant_id BLOB NOT NULL,
+        name TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        window_kind TEXT NOT NULL,
+        limit_value INTEGER NOT NULL,
+        -- '' when the rule is not narrowed by that dimension (so UNIQUE applies).
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        api_key_id TEXT NOT NULL,
+        warn_percent INTEGER NOT NULL,
+        enforce INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (tenant_id, metric, window_kind, provider, model, user_id, api_key_id)
+    );
+    INSERT INTO quota_rules_13
+    SELECT id, tenant_id, name, metric, window_kind, limit_value, provider, model, user_id, '',
+           warn_percent, enforce, updated_at
+    FROM quota_rules;
+    DROP TABLE quota_rules;
+    ALTER TABLE quota_rules_13 RENAME TO quota_rules;
+    "#,
 ];
 
 /// The user index's own database (`user_index.rs`): derived data, rebuilt from `events`
@@ -613,6 +669,72 @@ mod tests {
                 ("o3".into(), 649, 1, 11)
             ]
         );
+    }
+
+    /// Gateway records stored before migration 13 named their key in the metadata: the key
+    /// moves to its column and is summed per day; quota rules keep their ids and history.
+    #[test]
+    fn api_keys_move_from_the_metadata_to_their_column_and_daily_sums() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        apply(&mut conn, &MIGRATIONS[..12]).unwrap();
+        let day = 86_400_000_000i64;
+        let key = "0190c5a4-7d2e-7b3c-9a1d-5e6f7a8b9c0d";
+        for (ts, cost, status, meta) in [
+            (20_000 * day + 5, 5, "success", format!(r#"{{"source":"gateway","api_key_id":"{key}"}}"#)),
+            (20_000 * day + 9, 7, "error", format!(r#"{{"api_key_id":"{key}"}}"#)),
+            (20_001 * day, 11, "success", format!(r#"{{"api_key_id":"{key}"}}"#)),
+            (20_000 * day, 13, "success", r#"{"api_key_id":42}"#.to_owned()),
+            (20_000 * day, 17, "success", "{}".to_owned()),
+        ] {
+            conn.execute(
+                "INSERT INTO llm_usage (tenant_id, provider, model, input_tokens, output_tokens,
+                     cached_tokens, reasoning_tokens, latency_ms, status, cost_nanos, cost_source, ts, received_at, metadata)
+                 VALUES (x'01', 'openai', 'gpt-4o', 10, 1, 0, 0, 100.0, ?1, ?2, 'reported', ?3, 0, ?4)",
+                rusqlite::params![status, cost, ts, meta],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO quota_rules (id, tenant_id, name, metric, window_kind, limit_value, provider, model,
+                 user_id, warn_percent, enforce, updated_at)
+             VALUES (4, x'01', 'daily', 'cost_usd', 'day', 10, '', '', '', 80, 1, 0)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let records: Vec<(Option<String>, String)> = conn
+            .prepare("SELECT api_key_id, metadata FROM llm_usage ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            records,
+            vec![
+                (Some(key.into()), r#"{"source":"gateway"}"#.into()),
+                (Some(key.into()), "{}".into()),
+                (Some(key.into()), "{}".into()),
+                // Not a key id: left where it was.
+                (None, r#"{"api_key_id":42}"#.into()),
+                (None, "{}".into()),
+            ]
+        );
+        let daily: Vec<(i64, i64, i64, i64)> = conn
+            .prepare("SELECT day, calls, errors, cost_nanos FROM llm_key_daily ORDER BY day")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(daily, vec![(20_000, 2, 1, 12), (20_001, 1, 0, 11)]);
+        let rule: (i64, String, String) = conn
+            .query_row("SELECT id, name, api_key_id FROM quota_rules", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(rule, (4, "daily".into(), String::new()));
     }
 
     /// Events stored before migration 6 keep their ids, tenants and every column.

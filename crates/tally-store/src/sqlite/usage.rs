@@ -35,6 +35,8 @@ type ConversationKey = (TenantId, String);
 type DayTotals = HashMap<(i64, String, String), UsageTotals>;
 /// One tenant's per-user calls and cost by (month, user, model).
 type MonthTotals = HashMap<(i64, String, String), (u64, Nanos)>;
+/// One tenant's per-API-key totals by (day, key id).
+type KeyTotals = HashMap<(i64, String), UsageTotals>;
 /// One tenant's conversation totals, with the conversation's user.
 type ConversationTotals = HashMap<String, (Option<String>, UsageTotals)>;
 
@@ -56,6 +58,7 @@ pub(crate) struct UsageTopic {
     rollups: HashMap<RollupKey, Pending<UsageRollup>>,
     days: HashMap<UserKey, Pending<UsageTotals>>,
     months: HashMap<UserKey, Pending<(u64, Nanos)>>,
+    keys: HashMap<(TenantId, i64, String), Pending<UsageTotals>>,
     conversations: HashMap<ConversationKey, Pending<(Option<String>, UsageTotals)>>,
     /// Per tenant, an upper bound on any stored cost total (`bound`); across transactions.
     tenant_cost: HashMap<TenantId, Nanos>,
@@ -68,6 +71,7 @@ pub(crate) struct UsageTopic {
 struct UsageDelta {
     rollups: HashMap<(Granularity, i64, String, String), UsageRollup>,
     days: DayTotals,
+    keys: KeyTotals,
     conversations: ConversationTotals,
 }
 
@@ -103,6 +107,10 @@ mod label {
 
     pub(super) fn user(table: &str, period: impl Display, user: &str, model: &str) -> String {
         format!("{table}{period}\0{user}\0{model}")
+    }
+
+    pub(super) fn key(day: impl Display, key: &str) -> String {
+        format!("k{day}\0{key}")
     }
 
     pub(super) fn conversation(conv: &str) -> String {
@@ -212,6 +220,14 @@ impl UsageTopic {
             entry.delta.0 += calls;
             entry.delta.1 += cost;
         }
+        for ((day, key), d) in delta.keys {
+            let label = (!safe).then(|| label::key(day, &key));
+            let entry = self.keys.entry((tenant, day, key)).or_default();
+            if entry.stored.is_none() {
+                entry.stored = label.and_then(stored);
+            }
+            entry.delta.merge(&d);
+        }
         for (conv, (user, c)) in delta.conversations {
             let label = (!safe).then(|| label::conversation(&conv));
             let entry = self
@@ -306,6 +322,15 @@ impl UsageTopic {
                     &[&t, model, month, user])?;
             }
         }
+        for ((day, key), d) in &delta.keys {
+            check(
+                label::key(day, key),
+                known(self.keys.get(&(tenant, *day, key.clone())), |d| d.cost),
+                d.cost,
+                "SELECT cost_nanos FROM llm_key_daily WHERE tenant_id = ?1 AND api_key_id = ?2 AND day = ?3",
+                &[&t, key, day],
+            )?;
+        }
         for (conv, (_, c)) in &delta.conversations {
             let key = (tenant, conv.clone());
             check(
@@ -323,6 +348,7 @@ impl UsageTopic {
         self.rollups.clear();
         self.days.clear();
         self.months.clear();
+        self.keys.clear();
         self.conversations.clear();
     }
 }
@@ -349,6 +375,13 @@ impl Topic for UsageTopic {
         for (tenant, days) in by_tenant {
             let months = months.remove(&tenant).unwrap_or_default();
             fold_users(conn, tenant, days, months)?;
+        }
+        let mut keys: HashMap<TenantId, KeyTotals> = HashMap::new();
+        for ((tenant, day, key), p) in self.keys.drain() {
+            keys.entry(tenant).or_default().insert((day, key), p.delta);
+        }
+        for (tenant, keys) in keys {
+            fold_keys(conn, tenant, keys)?;
         }
         let mut conversations: HashMap<TenantId, ConversationTotals> = HashMap::new();
         for ((tenant, conv), p) in self.conversations.drain() {
@@ -405,8 +438,8 @@ fn insert_tx(
     let mut insert = conn.prepare_cached(
         "INSERT OR IGNORE INTO llm_usage (tenant_id, client_id, dedup_ts, user_id, conversation_id, job_id,
              provider, model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, latency_ms, ttft_ms,
-             status, error_type, quality_score, cost_nanos, cost_source, ts, received_at, metadata)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+             status, error_type, quality_score, cost_nanos, cost_source, ts, received_at, metadata, api_key_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
     )?;
     let mut find = conn.prepare_cached(
         "SELECT id FROM llm_usage WHERE tenant_id = ?1 AND dedup_ts = ?2 AND client_id = ?3",
@@ -416,8 +449,10 @@ fn insert_tx(
     let mut rollups: HashMap<(Granularity, i64, String, String), UsageRollup> = HashMap::new();
     // Per user and day over all models (model "") and per model.
     let mut users: HashMap<(i64, String, String), UsageTotals> = HashMap::new();
+    let mut keys = KeyTotals::new();
     let mut conversations: HashMap<String, (Option<String>, UsageTotals)> = HashMap::new();
     for r in records {
+        let key = r.api_key_id.map(|k| k.to_string());
         let dedup_ts = if r.client_id.is_some() && r.timestamp_provided {
             r.timestamp
         } else {
@@ -446,6 +481,7 @@ fn insert_tx(
             r.timestamp,
             r.received_at,
             r.metadata,
+            key,
         ])?;
         if inserted == 1 {
             out.push(UsageOutcome::Inserted {
@@ -474,6 +510,9 @@ fn insert_tx(
                     .or_default()
                     .add(r);
             }
+            if let Some(key) = key {
+                keys.entry((day_of(r.timestamp), key)).or_default().add(r);
+            }
             if let Some(conv) = &r.conversation_id {
                 conversations
                     .entry(conv.clone())
@@ -498,6 +537,7 @@ fn insert_tx(
         UsageDelta {
             rollups,
             days: users,
+            keys,
             conversations,
         },
     )?;
@@ -595,6 +635,18 @@ fn fold_users(
     Ok(())
 }
 
+fn fold_keys(conn: &Connection, tenant: TenantId, keys: KeyTotals) -> StoreResult<()> {
+    let mut upsert = conn.prepare_cached(&format!(
+        "INSERT INTO llm_key_daily (tenant_id, day, api_key_id, {TOTALS_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (tenant_id, api_key_id, day) DO UPDATE SET {TOTALS_UPSERT}"
+    ))?;
+    for ((day, key), t) in keys {
+        upsert_totals(&mut upsert, tenant, &day, &key, &t, None)?;
+    }
+    Ok(())
+}
+
 /// Runs a totals upsert whose parameters are the tenant, two key columns, then
 /// `TOTALS_COLUMNS`, then `extra` if given.
 fn upsert_totals(
@@ -670,7 +722,7 @@ fn totals_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UsageTo
 
 const RECORD_COLUMNS: &str = "id, client_id, user_id, conversation_id, job_id, provider, model, input_tokens,
     output_tokens, cached_tokens, reasoning_tokens, latency_ms, ttft_ms, status, error_type, quality_score,
-    cost_nanos, cost_source, ts, dedup_ts, received_at, metadata";
+    cost_nanos, cost_source, ts, dedup_ts, received_at, metadata, api_key_id";
 
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredUsage> {
     let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
@@ -685,6 +737,13 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredUsage> {
             user_id: r.get(2)?,
             conversation_id: r.get(3)?,
             job_id: r.get(4)?,
+            api_key_id: r
+                .get::<_, Option<String>>(22)?
+                .map(|k| {
+                    k.parse()
+                        .map_err(|_| conversion_error(22, format!("api key id {k} is not a UUID")))
+                })
+                .transpose()?,
             provider: r.get(5)?,
             model: r.get(6)?,
             tokens: tally_core::pricing::TokenUsage {

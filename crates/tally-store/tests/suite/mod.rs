@@ -193,6 +193,7 @@ macro_rules! store_test_suite {
             usage_folds_per_user_day_and_per_conversation_in_the_same_commit,
             usage_records_list_with_filters_search_and_a_capped_count,
             quota_rules_replace_declaratively_and_events_are_recorded_once,
+            usage_is_summed_per_api_key_for_key_scoped_quotas,
             user_ranking_spans_months_and_sums_only_the_period_days,
             deletions_in_the_same_commit_as_new_events_leave_exact_counts,
             writes_for_a_deleted_tenant_are_refused,
@@ -1480,6 +1481,115 @@ pub async fn writes_for_a_deleted_tenant_are_refused(backend: Open) {
             .map(|_| ()),
     );
     assert!(f.stores.identity.get_tenant(t).await.unwrap().is_none());
+}
+
+/// Each record keeps the key it was made with; a key-scoped quota's window sums that
+/// key's calls of the tenant (over every model, across days of the window), and a rule
+/// naming a key is stored and read back with it, beside an otherwise identical rule for
+/// another key.
+pub async fn usage_is_summed_per_api_key_for_key_scoped_quotas(backend: Open) {
+    use tally_core::quota::{QuotaMetric, QuotaRule, QuotaScope, QuotaWindow};
+    use tally_core::ApiKeyId;
+    let f = open(backend);
+    let (t, other) = (tenant(&f.stores, None).await, tenant(&f.stores, None).await);
+    let (a, b) = (ApiKeyId::generate(), ApiKeyId::generate());
+    let with = |key: Option<ApiKeyId>, i: u32, model: &str, ts: &str| {
+        let mut r = call(i, "u1", "c1", model, ts);
+        r.api_key_id = key;
+        r
+    };
+    let day = 1_718_841_600_000_000; // 2024-06-20T00:00:00Z
+    f.stores
+        .usage
+        .insert_usage(
+            t,
+            vec![
+                with(Some(a), 1, "gpt-4o", "2024-06-20T10:00:00Z"),
+                with(Some(a), 2, "gpt-4o-mini", "2024-06-20T11:00:00Z"),
+                with(Some(a), 3, "gpt-4o", "2024-06-21T09:00:00Z"),
+                with(Some(b), 4, "gpt-4o", "2024-06-20T12:00:00Z"),
+                with(None, 5, "gpt-4o", "2024-06-20T13:00:00Z"),
+            ]
+            .into(),
+        )
+        .await
+        .unwrap();
+    // The other tenant's calls with key a (an impossible id clash) stay its own.
+    f.stores
+        .usage
+        .insert_usage(
+            other,
+            vec![with(Some(a), 6, "gpt-4o", "2024-06-20T10:00:00Z")].into(),
+        )
+        .await
+        .unwrap();
+    let key = |k: ApiKeyId| QuotaScope {
+        api_key_id: Some(k),
+        ..Default::default()
+    };
+    let (_, usage) = f
+        .stores
+        .quotas
+        .quota_usage(
+            t,
+            vec![
+                (key(a), day, day + time::MICROS_PER_DAY),
+                (key(a), day, day + 2 * time::MICROS_PER_DAY),
+                (key(b), day, day + time::MICROS_PER_DAY),
+                (QuotaScope::default(), day, day + time::MICROS_PER_DAY),
+            ],
+        )
+        .await
+        .unwrap();
+    let calls: Vec<u64> = usage.iter().map(|u| u.calls).collect();
+    assert_eq!(calls, vec![2, 3, 1, 4]);
+    // gpt-4o on 2024-06-20 ($5/$15 per million), 1,000 in / 500 out: $0.0125; gpt-4o-mini
+    // had no price before its release in July: $0.
+    assert_eq!(usage[0].cost, tally_core::pricing::Nanos(12_500_000));
+    assert_eq!(usage[0].tokens, 3000);
+    let (_, listed) = f
+        .stores
+        .usage
+        .list_usage(t, Default::default(), 0, 10, 100)
+        .await
+        .unwrap();
+    let keys: Vec<Option<ApiKeyId>> = {
+        let mut r: Vec<_> = listed.iter().map(|s| s.record.api_key_id).collect();
+        r.sort();
+        r
+    };
+    let mut expected = vec![None, Some(a), Some(a), Some(a), Some(b)];
+    expected.sort();
+    assert_eq!(keys, expected);
+
+    let rule = |k: ApiKeyId| QuotaRule {
+        id: 0,
+        name: format!("key {k}"),
+        metric: QuotaMetric::CostUsd,
+        window: QuotaWindow::Day,
+        limit: 10,
+        scope: key(k),
+        warn_percent: 80,
+        enforce: true,
+    };
+    let stored = f
+        .stores
+        .quotas
+        .replace_quota_rules(t, vec![rule(a), rule(b)], 1)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    let read = f.stores.quotas.quota_rules(t).await.unwrap();
+    let scopes: Vec<Option<ApiKeyId>> = read.iter().map(|r| r.scope.api_key_id).collect();
+    assert_eq!(scopes, vec![Some(a), Some(b)]);
+    // Replacing keeps each key's rule (and id).
+    let again = f
+        .stores
+        .quotas
+        .replace_quota_rules(t, vec![rule(b)], 2)
+        .await
+        .unwrap();
+    assert_eq!(again[0].id, stored[1].id);
 }
 
 /// The commit contract the quota tracker relies on: each insert says which commit holds
