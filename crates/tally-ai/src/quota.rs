@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use tally_core::pricing::Nanos;
 use tally_core::quota::{
-    self, check_unique, crossed, decide, validate_rule, CallScope, Decision, Projection, QuotaEvent,
-    QuotaInput, QuotaMetric, QuotaRule, QuotaScope, QuotaStatus, QuotaWindow, WindowUsage,
-    MAX_RULES,
+    self, check_unique, crossed, decide, validate_rule, CallScope, Decision, Projection,
+    QuotaEvent, QuotaInput, QuotaMetric, QuotaRule, QuotaScope, QuotaStatus, QuotaWindow,
+    WindowUsage, MAX_RULES,
 };
 use tally_core::time::SharedClock;
 use tally_core::usage::UsageRecord;
@@ -185,8 +185,7 @@ fn judge(s: &Loaded, reserved: Option<&HashMap<u64, Reserved>>, call: &CallEstim
                 .into_iter()
                 .flat_map(HashMap::values)
                 .filter(|r| {
-                    (t.window.0..t.window.1).contains(&r.at)
-                        && t.rule.scope.matches(r.call.scope())
+                    (t.window.0..t.window.1).contains(&r.at) && t.rule.scope.matches(r.call.scope())
                 })
                 .map(|r| t.rule.metric.amount(r.call.cost, r.call.tokens))
                 .sum();
@@ -385,7 +384,7 @@ impl Quotas {
                 if commit <= s.loaded_at {
                     return events;
                 }
-                for r in records {
+                for r in records.iter().filter(|r| r.status.was_called()) {
                     if (s.today_window.0..s.today_window.1).contains(&r.timestamp) {
                         s.today.calls += 1;
                         s.today.tokens += r.tokens.input + r.tokens.output;

@@ -95,7 +95,10 @@ impl RecordFilters {
         let status = text_filter("status", self.status.as_deref())?
             .map(|s| {
                 CallStatus::parse(&s).ok_or_else(|| {
-                    FieldError::invalid("status", "must be success, error, timeout or cancelled")
+                    FieldError::invalid(
+                        "status",
+                        "must be success, error, timeout, cancelled or refused",
+                    )
                 })
             })
             .transpose()?;

@@ -189,9 +189,10 @@ pub struct QuotaRule {
 }
 
 impl QuotaRule {
+    /// Whether the rule counts `r`: a call it narrows to, that was made (a refused call
+    /// used nothing).
     pub fn counts(&self, r: &UsageRecord) -> bool {
-        self.scope
-            .matches(CallScope::of(r))
+        r.status.was_called() && self.scope.matches(CallScope::of(r))
     }
 
     pub fn amount_of(&self, r: &UsageRecord) -> i128 {
@@ -410,12 +411,13 @@ pub fn validate_rule(input: QuotaInput, prefix: &str) -> Result<QuotaRule, Field
             ))
         }
     };
-    let api_key_id = match text("api_key_id", input.api_key_id, 36)? {
-        None => None,
-        Some(k) => Some(k.parse::<ApiKeyId>().map_err(|_| {
-            FieldError::invalid(f("api_key_id"), "must be an API key id (a UUID)")
-        })?),
-    };
+    let api_key_id =
+        match text("api_key_id", input.api_key_id, 36)? {
+            None => None,
+            Some(k) => Some(k.parse::<ApiKeyId>().map_err(|_| {
+                FieldError::invalid(f("api_key_id"), "must be an API key id (a UUID)")
+            })?),
+        };
     let scope = QuotaScope {
         provider: text("provider", input.provider, 64)?.map(|p| p.to_ascii_lowercase()),
         model: text("model", input.model, 128)?,
@@ -543,9 +545,15 @@ mod tests {
         // A tenant rule counts calls with and without a key.
         assert!(QuotaScope::default().matches(call("gpt-4o", Some(b))));
         let field = |v: Value| rule(v).unwrap_err();
-        let e = field(json!({"metric": "tokens", "window": "day", "limit": 1, "api_key_id": "abc"}));
-        assert_eq!((e.field.as_str(), e.message.as_str()), ("quotas[0].api_key_id", "must be an API key id (a UUID)"));
-        let e = field(json!({"metric": "tokens", "window": "day", "limit": 1, "api_key_id": a.to_string(), "model": "o3"}));
+        let e =
+            field(json!({"metric": "tokens", "window": "day", "limit": 1, "api_key_id": "abc"}));
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("quotas[0].api_key_id", "must be an API key id (a UUID)")
+        );
+        let e = field(
+            json!({"metric": "tokens", "window": "day", "limit": 1, "api_key_id": a.to_string(), "model": "o3"}),
+        );
         assert_eq!(e.field, "quotas[0].api_key_id");
         let e = field(json!({"metric": "tokens", "window": "day", "limit": 1, "api_key_id": 7}));
         assert_eq!(e.field, "quotas[0].api_key_id");

@@ -78,14 +78,19 @@ pub enum CallStatus {
     Error,
     Timeout,
     Cancelled,
+    /// Refused before any provider call (a budget, a rate limit, the model's rules): kept
+    /// as a record to list and filter, never counted in usage sums, reports or quotas,
+    /// since no call was made.
+    Refused,
 }
 
 impl CallStatus {
-    pub const ALL: [CallStatus; 4] = [
+    pub const ALL: [CallStatus; 5] = [
         CallStatus::Success,
         CallStatus::Error,
         CallStatus::Timeout,
         CallStatus::Cancelled,
+        CallStatus::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,7 +99,14 @@ impl CallStatus {
             CallStatus::Error => "error",
             CallStatus::Timeout => "timeout",
             CallStatus::Cancelled => "cancelled",
+            CallStatus::Refused => "refused",
         }
+    }
+
+    /// Whether a provider was called (every status but `refused`): only those count in
+    /// usage sums and quotas.
+    pub fn was_called(self) -> bool {
+        self != CallStatus::Refused
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -224,7 +236,7 @@ pub fn validate_usage(
         Some(Value::String(s)) => CallStatus::parse(&s).ok_or_else(|| {
             FieldError::invalid(
                 "status",
-                "must be one of success, error, timeout, cancelled",
+                "must be one of success, error, timeout, cancelled, refused",
             )
         })?,
         Some(_) => return Err(FieldError::invalid("status", "must be a string")),

@@ -216,13 +216,23 @@ impl Gateway {
             .map(str::to_owned)
             .or(caller.user.clone());
         let prompt = tokens::count_embedding_input(&route.provider, &route.spec.model, &input);
-        let (rate_headers, token_limits) =
-            self.rate_limit_for(&t, &caller, &route.spec.model, prompt)?;
+        let request_id = format!("emb-{}", uuid::Uuid::new_v4().simple());
+        let refused = |e: GatewayError| {
+            let record =
+                self.record_base(&caller, &route, &request_id, user.clone(), 0, Vec::new());
+            self.submit_refused(&record, &e);
+            e
+        };
+        let (rate_headers, token_limits) = self
+            .rate_limit_for(&t, &caller, &route.spec.model, prompt)
+            .map_err(refused)?;
         let (preflight, reservation) = self
             .reserve_for(&caller, &route, user.as_deref(), prompt, 0)
             .await?;
         let Some(reservation) = reservation else {
-            return Err(self.budget_error_for(&route, &preflight, &t, &model));
+            return Err(refused(
+                self.budget_error_for(&route, &preflight, &t, &model),
+            ));
         };
         let mut send_body = body.clone();
         send_body.insert("model".into(), json!(route.model));
@@ -248,7 +258,6 @@ impl Gateway {
             ));
         }
         let started = Instant::now();
-        let request_id = format!("emb-{}", uuid::Uuid::new_v4().simple());
         let record = self.record_base(&caller, &route, &request_id, user, prompt, token_limits);
         let (d, resp) = match self.send_for(caller.tenant, &route, &build).await {
             Ok(x) => x,

@@ -400,12 +400,33 @@ impl Gateway {
                 .await;
             let prepared = match step {
                 Ok(p) => p,
-                Err(Step::Refuse(e)) => return Err(e),
-                Err(Step::Next(e, cheaper)) => {
+                Err(Step::Refuse(r)) => {
+                    self.submit_refusal(
+                        &caller,
+                        &request_id,
+                        user.as_deref(),
+                        &requested,
+                        &r,
+                        attempt,
+                        true,
+                    );
+                    return Err(r.error);
+                }
+                Err(Step::Next(r, cheaper)) => {
                     if let Some(c) = cheaper {
                         chain.push_front(c);
                     }
-                    first_error.get_or_insert(e);
+                    let last = chain.is_empty();
+                    self.submit_refusal(
+                        &caller,
+                        &request_id,
+                        user.as_deref(),
+                        &requested,
+                        &r,
+                        attempt,
+                        last,
+                    );
+                    first_error.get_or_insert(r.error);
                     continue;
                 }
             };
@@ -504,9 +525,26 @@ struct Prepared {
 
 enum Step {
     /// Refuse the call now (a client error on the model first asked for).
-    Refuse(GatewayError),
+    Refuse(Refusal),
     /// Try the next model of the chain (with a cheaper sibling to try first, maybe).
-    Next(GatewayError, Option<String>),
+    Next(Refusal, Option<String>),
+}
+
+/// Why a candidate model was not sent.
+struct Refusal {
+    error: GatewayError,
+    /// The provider and model when the candidate was routed, so the refusal is recorded
+    /// (a model that routes nowhere has no record to make).
+    routed: Option<(String, String)>,
+}
+
+impl Refusal {
+    fn unrouted(error: GatewayError) -> Self {
+        Self {
+            error,
+            routed: None,
+        }
+    }
 }
 
 impl Gateway {
@@ -519,15 +557,23 @@ impl Gateway {
         user: Option<&str>,
         primary: bool,
     ) -> Result<Prepared, Step> {
-        let client_error = |e: GatewayError| {
+        let skip = |r: Refusal| {
             if primary {
-                Step::Refuse(e)
+                Step::Refuse(r)
             } else {
-                tracing::info!(model = %candidate, error = %e.message, "fallback model skipped");
-                Step::Next(e, None)
+                tracing::info!(model = %candidate, error = %r.error.message, "fallback model skipped");
+                Step::Next(r, None)
             }
         };
-        let route = self.route(t, candidate).map_err(client_error)?;
+        let route = self
+            .route(t, candidate)
+            .map_err(|e| skip(Refusal::unrouted(e)))?;
+        let routed = Some((route.provider.clone(), route.spec.model.clone()));
+        let refusal = |error: GatewayError| Refusal {
+            error,
+            routed: routed.clone(),
+        };
+        let client_error = |e: GatewayError| skip(refusal(e));
         if route.spec.kind == ModelKind::Embedding {
             return Err(client_error(GatewayError::invalid(
                 "model",
@@ -546,7 +592,7 @@ impl Gateway {
                 }
                 configure(&route.spec, &mut body).map_err(|e| client_error(e.into()))?
             }
-            Err(v) => return Err(Step::Refuse(v.into())),
+            Err(v) => return Err(Step::Refuse(refusal(v.into()))),
         };
         let n = body.get("n").and_then(Value::as_u64).unwrap_or(1);
         if n > 1
@@ -594,15 +640,16 @@ impl Gateway {
             .rate_limit(t, caller, &route.spec.model, prompt_tokens, primary)
             .map_err(|e| {
                 if primary {
-                    Step::Refuse(e)
+                    Step::Refuse(refusal(e))
                 } else {
-                    Step::Next(e, None)
+                    Step::Next(refusal(e), None)
                 }
             })?;
         let (preflight, reservation) = self
             .reserve_for(caller, &route, user, prompt_tokens, max_output)
             .await
-            .map_err(Step::Refuse)?;
+            // The quota state could not be read: not a refusal of the call.
+            .map_err(|e| Step::Refuse(Refusal::unrouted(e)))?;
         if reservation.is_none() {
             let cheaper = if t.settings.cheaper_on_budget {
                 preflight
@@ -614,7 +661,7 @@ impl Gateway {
                 None
             };
             let e = budget_error(&route, &preflight, &t.settings.fallbacks, candidate, &body);
-            return Err(Step::Next(e, cheaper));
+            return Err(Step::Next(refusal(e), cheaper));
         }
         let budget_remaining = remaining_budget(&preflight.verdict.rules);
         Ok(Prepared {
@@ -1145,6 +1192,41 @@ impl Gateway {
         charge(&self.limiter, record, t);
     }
 
+    /// Records a candidate the gateway refused before any provider call (its budget, a
+    /// rate limit, the model's rules): listed with status `refused`, never summed.
+    #[allow(clippy::too_many_arguments)]
+    fn submit_refusal(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        user: Option<&str>,
+        requested: &str,
+        r: &Refusal,
+        attempt: usize,
+        last: bool,
+    ) {
+        let Some((provider, model)) = &r.routed else {
+            return;
+        };
+        let record = RecordBase {
+            tenant: caller.tenant,
+            request_id: request_id.to_owned(),
+            provider: provider.clone(),
+            model: model.clone(),
+            user: user.map(str::to_owned),
+            conversation: caller.conversation.clone(),
+            api_key: caller.api_key,
+            fallback_from: (attempt > 1).then(|| requested.to_owned()),
+            prompt_estimate: 0,
+            token_limits: Vec::new(),
+        };
+        self.submit_refused(&record.attempt(attempt, last), &r.error);
+    }
+
+    pub(crate) fn submit_refused(&self, record: &RecordBase, error: &GatewayError) {
+        self.submit(record, Outcome::refused(error), None);
+    }
+
     fn submit(&self, record: &RecordBase, outcome: Outcome, reservation: Option<Reservation>) {
         self.recorder.submit(Record {
             tenant: record.tenant,
@@ -1326,6 +1408,20 @@ impl Outcome {
             message: None,
             deployment: None,
             cached: true,
+            estimated_tokens: false,
+        }
+    }
+
+    fn refused(e: &GatewayError) -> Self {
+        Self {
+            tokens: Tokens::default(),
+            latency: Duration::ZERO,
+            first_token: None,
+            status: "refused",
+            error_type: Some(e.code.to_owned()),
+            message: Some(e.message.clone()),
+            deployment: None,
+            cached: false,
             estimated_tokens: false,
         }
     }

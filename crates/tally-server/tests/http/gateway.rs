@@ -599,6 +599,23 @@ async fn fifty_concurrent_calls_at_a_budget_for_ten_spend_at_most_the_budget() {
     let recs = records(&a).await;
     let spent: f64 = recs.iter().map(|r| r["total_cost"].as_f64().unwrap()).sum();
     assert!(spent <= 0.1005, "spent {spent}");
+    // The forty refusals are listed, at no cost, and counted nowhere: ten calls were made.
+    let refusals: Vec<&Value> = recs.iter().filter(|r| r["status"] == "refused").collect();
+    assert_eq!(refusals.len(), 40, "{recs:?}");
+    assert!(refusals
+        .iter()
+        .all(|r| r["error_type"] == "O3_BUDGET_EXCEEDED"
+            && r["total_cost"] == 0.0
+            && r["model_name"] == "gpt-4o"
+            && r["input_tokens"] == 0));
+    let stats = a
+        .get(&format!("/api/v1/ai/stats/{}?period=last_24h", a.tenant.0))
+        .await;
+    assert_eq!(stats.body["total_messages"], 10, "{}", stats.body);
+    let filtered = a
+        .get("/api/v1/ai/usage/records?status=refused&page_size=100")
+        .await;
+    assert_eq!(filtered.body["count"], 40, "{}", filtered.body);
     // On OpenAI's path the same refusal is a 429 insufficient_quota with the fields.
     let r = a
         .call("POST", "/v1/chat/completions", Some(&a.key), Some(&body))
@@ -643,6 +660,12 @@ async fn a_refused_budget_on_the_openai_path_is_429_insufficient_quota() {
     assert_eq!(r.status, 403);
     assert_eq!(r.code(), "REASONING_QUOTA_EXCEEDED");
     assert!(f.received().is_empty());
+    // Both refusals are recorded; the quota still counts the one call made.
+    let recs = records(&a).await;
+    let refused = recs.iter().filter(|r| r["status"] == "refused").count();
+    assert_eq!((recs.len(), refused), (3, 2), "{recs:?}");
+    let q = a.get("/api/v1/ai/quotas").await;
+    assert_eq!(q.body["quotas"][0]["used"], 1.0, "{}", q.body);
 }
 
 #[tokio::test]
@@ -678,6 +701,13 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_headers() {
     assert_eq!(r.headers["x-ratelimit-remaining-requests"], "0");
     // Another key has its own allowance.
     assert_eq!(v1(&a, &a.key, chat("gpt-4o")).await.status, 200);
+    // The throttled call is recorded as refused, with the limit that refused it.
+    let recs = records(&a).await;
+    let refused: Vec<&Value> = recs.iter().filter(|r| r["status"] == "refused").collect();
+    assert_eq!(refused.len(), 1, "{recs:?}");
+    assert_eq!(refused[0]["error_type"], "RATE_LIMITED", "{recs:?}");
+    let why = refused[0]["metadata"]["error"].as_str().unwrap();
+    assert!(why.contains("2 requests per minute for this key"), "{why}");
 }
 
 #[tokio::test]
@@ -869,13 +899,19 @@ async fn a_budget_scoped_to_one_api_key_holds_that_key_alone() {
             .await
         }
     };
-    for bad in [foreign.id.to_string(), tally_core::ApiKeyId::generate().to_string()] {
+    for bad in [
+        foreign.id.to_string(),
+        tally_core::ApiKeyId::generate().to_string(),
+    ] {
         let r = configure(bad).await;
         assert_eq!(r.status, 400, "{}", r.body);
         assert_eq!(r.field(), "quotas[0].api_key_id");
     }
     let r = configure("not-a-key".into()).await;
-    assert_eq!((r.status.as_u16(), r.field()), (400, "quotas[0].api_key_id"));
+    assert_eq!(
+        (r.status.as_u16(), r.field()),
+        (400, "quotas[0].api_key_id")
+    );
     let r = configure(team.id.to_string()).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["quotas"][0]["scope"], json!({"api_key_id": team.id}));
@@ -890,7 +926,10 @@ async fn a_budget_scoped_to_one_api_key_holds_that_key_alone() {
     let d = &r.body["error"]["details"];
     assert_eq!(d["rule"], "team");
     assert!(d["estimated_cost"].as_f64().unwrap() > 0.005, "{d}");
-    assert!(d["daily_budget_remaining"].as_f64().unwrap() <= 0.005, "{d}");
+    assert!(
+        d["daily_budget_remaining"].as_f64().unwrap() <= 0.005,
+        "{d}"
+    );
     assert!(f.received().is_empty(), "refused before any provider call");
     assert_eq!(v1(&a, &app_key, big).await.status, 200);
     // A small call of the team fits.
@@ -902,25 +941,35 @@ async fn a_budget_scoped_to_one_api_key_holds_that_key_alone() {
             "POST",
             "/api/v1/ai/usage",
             Some(&team_key),
-            Some(&json!({"provider": "openai", "model": "gpt-4o", "input_tokens": 1000,
-                         "output_tokens": 500})),
+            Some(
+                &json!({"provider": "openai", "model": "gpt-4o", "input_tokens": 1000,
+                         "output_tokens": 500}),
+            ),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let recs = records(&a).await;
-    let by_key = |id: tally_core::ApiKeyId| {
+    let by_key = |id: tally_core::ApiKeyId, status: &str| {
         recs.iter()
-            .filter(|r| r["api_key_id"] == json!(id))
+            .filter(|r| r["api_key_id"] == json!(id) && r["status"] == status)
             .map(|r| r["total_cost"].as_f64().unwrap())
             .collect::<Vec<_>>()
     };
-    let (team_costs, app_costs) = (by_key(team.id), by_key(app_key_row.id));
+    let (team_costs, app_costs) = (
+        by_key(team.id, "success"),
+        by_key(app_key_row.id, "success"),
+    );
     assert_eq!(team_costs.len(), 2, "{recs:?}");
     assert_eq!(app_costs.len(), 1, "{recs:?}");
+    // The refusal is listed, at no cost, under the key.
+    assert_eq!(by_key(team.id, "refused"), vec![0.0], "{recs:?}");
     let s = a.get("/api/v1/ai/quotas").await;
     let q = &s.body["quotas"][0];
     let team_spent: f64 = team_costs.iter().sum();
-    assert!((q["used"].as_f64().unwrap() - team_spent).abs() < 1e-6, "{q} {team_spent}");
+    assert!(
+        (q["used"].as_f64().unwrap() - team_spent).abs() < 1e-6,
+        "{q} {team_spent}"
+    );
     assert_eq!(q["status"], "exceeded");
     // Now even the small call is over the team's budget; the app's key still goes through.
     let r = v1(&a, &team_key, chat("gpt-4o")).await;

@@ -154,12 +154,23 @@ async fn money_adds_up_exactly_past_sixty_four_bits_and_absurd_costs_are_refused
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
     assert_eq!(r.field(), "cost_usd");
     // 10,000 calls of $1,000,000 = $10,000,000,000, past i64 nano-dollars ($9.22e9),
-    // spread over ten models so that no stored row passes 64 bits.
+    // spread over ten models, users and reporting keys so that no stored row passes 64 bits.
     let records: Vec<Value> = (0..10_000)
         .map(|i| json!({"id": format!("r{i}"), "provider": "openai", "model": format!("m{}", i % 10),
                         "user_id": format!("u{}", i % 10), "cost_usd": "1000000", "timestamp": ago(60)}))
         .collect();
-    ingest(&t, records).await;
+    for chunk in records.chunks(1000) {
+        let key = t.key_with(&[tally_core::auth::Scope::Ingest]).await;
+        let r = t
+            .call(
+                "POST",
+                "/api/v1/ai/usage",
+                Some(&key),
+                Some(&json!({ "records": chunk })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
     let r = t
         .get(&format!("/api/v1/ai/stats/{}?period=last_24h", t.tenant))
         .await;

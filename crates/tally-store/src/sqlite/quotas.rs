@@ -36,9 +36,11 @@ fn rule_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QuotaRule> {
             user_id: any(r.get(7)?),
             api_key_id: match any(r.get(10)?) {
                 None => None,
-                Some(k) => Some(k.parse().map_err(|_| {
-                    conversion_error(10, format!("api key id {k} is not a UUID"))
-                })?),
+                Some(k) => {
+                    Some(k.parse().map_err(|_| {
+                        conversion_error(10, format!("api key id {k} is not a UUID"))
+                    })?)
+                }
             },
         },
         warn_percent: r.get::<_, i64>(8)?.clamp(1, 100) as u8,
@@ -70,7 +72,10 @@ fn replace_tx(
             r.scope.provider.clone().unwrap_or_default(),
             r.scope.model.clone().unwrap_or_default(),
             r.scope.user_id.clone().unwrap_or_default(),
-            r.scope.api_key_id.map(|k| k.to_string()).unwrap_or_default(),
+            r.scope
+                .api_key_id
+                .map(|k| k.to_string())
+                .unwrap_or_default(),
         )
     };
     let mut find = conn.prepare_cached(

@@ -681,10 +681,30 @@ mod tests {
         let day = 86_400_000_000i64;
         let key = "0190c5a4-7d2e-7b3c-9a1d-5e6f7a8b9c0d";
         for (ts, cost, status, meta) in [
-            (20_000 * day + 5, 5, "success", format!(r#"{{"source":"gateway","api_key_id":"{key}"}}"#)),
-            (20_000 * day + 9, 7, "error", format!(r#"{{"api_key_id":"{key}"}}"#)),
-            (20_001 * day, 11, "success", format!(r#"{{"api_key_id":"{key}"}}"#)),
-            (20_000 * day, 13, "success", r#"{"api_key_id":42}"#.to_owned()),
+            (
+                20_000 * day + 5,
+                5,
+                "success",
+                format!(r#"{{"source":"gateway","api_key_id":"{key}"}}"#),
+            ),
+            (
+                20_000 * day + 9,
+                7,
+                "error",
+                format!(r#"{{"api_key_id":"{key}"}}"#),
+            ),
+            (
+                20_001 * day,
+                11,
+                "success",
+                format!(r#"{{"api_key_id":"{key}"}}"#),
+            ),
+            (
+                20_000 * day,
+                13,
+                "success",
+                r#"{"api_key_id":42}"#.to_owned(),
+            ),
             (20_000 * day, 17, "success", "{}".to_owned()),
         ] {
             conn.execute(

@@ -487,6 +487,10 @@ fn insert_tx(
             out.push(UsageOutcome::Inserted {
                 id: conn.last_insert_rowid(),
             });
+            if !r.status.was_called() {
+                // A refused call is listed, never summed: it used nothing.
+                continue;
+            }
             for g in Granularity::ALL {
                 let bucket = g.bucket(r.timestamp);
                 rollups
@@ -1144,7 +1148,8 @@ impl UsageStore for SqliteStore {
                         coalesce(sum(output_tokens), 0), 0, coalesce(sum(latency_ms), 0.0),
                         coalesce(min(ts), 0), coalesce(max(ts), 0), {}
                  FROM llm_usage INDEXED BY llm_usage_by_conversation
-                 WHERE tenant_id = ?1 AND conversation_id = ?2 AND ts >= ?3 AND ts < ?4",
+                 WHERE tenant_id = ?1 AND conversation_id = ?2 AND ts >= ?3 AND ts < ?4
+                   AND status != 'refused'",
                 money_sum_sql("cost_nanos")
             ))?;
             if limit == 0 {

@@ -1682,6 +1682,22 @@ pub async fn a_cost_total_past_sixty_four_bits_is_refused_for_its_caller_alone(b
     assert_eq!((rollups[0].calls, rollups[0].cost), (1, half));
     // Nothing pending was lost for the other tenant either.
     assert_eq!(f.stores.usage.usage_count(other).await.unwrap(), 1);
+
+    // Two models (two rollup rows that each fit) made with one key: the key's day is the
+    // total past 64 bits, and the second call is refused.
+    let third = tenant(&f.stores, None).await;
+    let key = tally_core::ApiKeyId::generate();
+    let keyed = |model: &str| {
+        let mut r = usage(None, "2024-06-20T14:00:00Z");
+        r.model = model.into();
+        r.cost = half;
+        r.api_key_id = Some(key);
+        vec![r].into()
+    };
+    u.insert_usage(third, keyed("gpt-4o")).await.unwrap();
+    let second = u.insert_usage(third, keyed("o3")).await;
+    assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
+    assert_eq!(f.stores.usage.usage_count(third).await.unwrap(), 1);
 }
 
 /// A tenant deleted in the transaction that also holds its new usage leaves no rollup,
