@@ -56,6 +56,16 @@ impl RateLimiter {
         map.insert(key.to_owned(), ratelimit::charge(tat, quota, now, n));
     }
 
+    /// Takes `n` units back from `key`: a call charged with an upper bound of what it used.
+    pub fn refund(&self, key: &str, quota: Quota, n: u64) {
+        let now = self.now();
+        let shard = &self.shards[shard_of(key)];
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tat) = ratelimit::refund(map.get(key).copied(), quota, now, n) {
+            map.insert(key.to_owned(), tat);
+        }
+    }
+
     /// When `key` could take one more unit under `quota` and how many it has left now:
     /// `(remaining, reset)`, for `x-ratelimit-*` headers.
     pub fn remaining(&self, key: &str, quota: Quota) -> (u64, Duration) {

@@ -54,6 +54,16 @@ pub fn charge(tat: Option<i64>, quota: Quota, now: i64, n: u64) -> i64 {
         .min(limit)
 }
 
+/// Takes `n` units back from the key's state (a call charged more than it used): never
+/// below a full burst.
+pub fn refund(tat: Option<i64>, quota: Quota, now: i64, n: u64) -> Option<i64> {
+    let n = i64::try_from(n).unwrap_or(i64::MAX / 2);
+    tat.map(|t| {
+        t.saturating_sub(quota.interval().saturating_mul(n))
+            .max(now)
+    })
+}
+
 /// Whether a key's state has drained back to a full burst by `now` (it can be forgotten).
 pub fn is_idle(tat: i64, now: i64) -> bool {
     tat <= now
@@ -99,5 +109,19 @@ mod tests {
         assert!(check_n(Some(tat), q, 0, 5000).is_err());
         let charged = charge(Some(tat), q, 0, 400);
         assert!(check_n(Some(charged), q, 0, 1).is_err());
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_was_charged_and_no_more() {
+        let q = Quota::per_minute(1000);
+        // 900 units held as an upper bound, 300 used: 600 come back, 700 fit again.
+        let tat = check_n(None, q, 0, 900).unwrap();
+        assert!(check_n(Some(tat), q, 0, 700).is_err());
+        let back = refund(Some(tat), q, 0, 600);
+        assert!(check_n(back, q, 0, 700).is_ok());
+        assert!(check_n(back, q, 0, 701).is_err());
+        // Never more than a full burst, and nothing for a key never charged.
+        assert_eq!(refund(Some(tat), q, 0, 5000), Some(0));
+        assert_eq!(refund(None, q, 0, 10), None);
     }
 }

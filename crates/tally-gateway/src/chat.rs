@@ -450,7 +450,7 @@ impl Gateway {
                 conversation: caller.conversation.clone(),
                 api_key: caller.api_key,
                 fallback_from: meta.fallback_from.clone(),
-                prompt_estimate: prepared.prompt_tokens,
+                prompt_estimate: prepared.prompt.held,
                 token_limits: prepared.token_limits.clone(),
             };
             if !stream {
@@ -512,9 +512,9 @@ impl Gateway {
 /// A candidate model ready to send: routed, configured, counted, limited and held.
 struct Prepared {
     route: Route,
-    body: Map<String, Value>,
+    body: Arc<Map<String, Value>>,
     conversions: Vec<String>,
-    prompt_tokens: u64,
+    prompt: Prompt,
     estimate: Nanos,
     budget_remaining: Option<Nanos>,
     reservation: Option<Reservation>,
@@ -543,6 +543,64 @@ impl Refusal {
         Self {
             error,
             routed: None,
+        }
+    }
+}
+
+/// A prompt's tokens as the checks before the call took them: counted with the model's
+/// tokenizer (`exact`), or the bound of its bytes (`tokens::bound_chat`), which only an
+/// answer that passes far from every limit keeps (a count at most the bound passes too).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prompt {
+    /// The tokens charged to the rate limits and held against the budgets.
+    pub(crate) held: u64,
+    pub(crate) exact: bool,
+}
+
+impl Prompt {
+    pub(crate) fn counted(n: u64) -> Self {
+        Self {
+            held: n,
+            exact: true,
+        }
+    }
+
+    fn count_with(&mut self, count: &dyn Fn() -> u64) {
+        if !self.exact {
+            self.held = count();
+            self.exact = true;
+        }
+    }
+}
+
+/// Whether a call admitted on its prompt's bound stays far from every enforced budget:
+/// under half of each, with what others hold. Holding the bound there cannot change
+/// another call's answer before this one settles; closer, the prompt is counted.
+fn far_from_limits(preflight: &Preflight, admitted: bool) -> bool {
+    admitted
+        && preflight
+            .verdict
+            .rules
+            .iter()
+            .filter(|r| r.tracked.rule.enforce)
+            .all(|r| {
+                let after = r.tracked.used + r.tracked.reserved + r.amount;
+                after.saturating_mul(2) <= i128::from(r.tracked.rule.limit)
+            })
+}
+
+/// What a token check of `n` took from a limit (`ratelimit::check_n` takes 1 to a burst).
+fn taken(n: u64, q: Quota) -> u64 {
+    n.clamp(1, u64::from(q.burst.max(1)))
+}
+
+/// Gives each token limit the call was checked on back what a check of `from` tokens took
+/// beyond one of `to`.
+fn refund_tokens(limiter: &RateLimiter, keys: &[(String, Quota)], from: u64, to: u64) {
+    for (key, q) in keys {
+        let back = taken(from, *q).saturating_sub(taken(to, *q));
+        if back > 0 {
+            limiter.refund(key, *q, back);
         }
     }
 }
@@ -606,7 +664,13 @@ impl Gateway {
                 format!("{} answers one choice per call", route.provider),
             )));
         }
-        let prompt_tokens = tokens::count_chat(&route.provider, &route.spec.model, &body);
+        // The byte bound first: counting (a quarter of the gateway's CPU) happens only when
+        // a check is close enough for the count to change its answer.
+        let mut prompt = Prompt {
+            held: tokens::bound_chat(&route.provider, &route.spec.model, &body),
+            exact: false,
+        };
+        let count = || tokens::count_chat(&route.provider, &route.spec.model, &body);
         let max_output = body
             .get("max_completion_tokens")
             .or_else(|| body.get("max_tokens"))
@@ -619,6 +683,10 @@ impl Gateway {
             .saturating_mul(n);
         if route.spec.context_window > 0 {
             let window = u64::from(route.spec.context_window);
+            if prompt.held > window {
+                prompt.count_with(&count);
+            }
+            let prompt_tokens = prompt.held;
             if prompt_tokens > window {
                 return Err(client_error(
                     GatewayError::new(
@@ -637,7 +705,7 @@ impl Gateway {
             }
         }
         let (rate_headers, token_limits) = self
-            .rate_limit(t, caller, &route.spec.model, prompt_tokens, primary)
+            .rate_limit(t, caller, &route.spec.model, &mut prompt, &count, primary)
             .map_err(|e| {
                 if primary {
                     Step::Refuse(refusal(e))
@@ -645,11 +713,23 @@ impl Gateway {
                     Step::Next(refusal(e), None)
                 }
             })?;
-        let (preflight, reservation) = self
-            .reserve_for(caller, &route, user, prompt_tokens, max_output)
+        // The quota state could not be read: not a refusal of the call.
+        let unread = |e| Step::Refuse(Refusal::unrouted(e));
+        let (mut preflight, mut reservation) = self
+            .reserve_for(caller, &route, user, prompt.held, max_output)
             .await
-            // The quota state could not be read: not a refusal of the call.
-            .map_err(|e| Step::Refuse(Refusal::unrouted(e)))?;
+            .map_err(unread)?;
+        if !prompt.exact && !far_from_limits(&preflight, reservation.is_some()) {
+            // Close to a budget: hold the counted prompt instead of the bound.
+            drop(reservation);
+            let bound = prompt.held;
+            prompt.count_with(&count);
+            refund_tokens(&self.limiter, &token_limits, bound, prompt.held);
+            (preflight, reservation) = self
+                .reserve_for(caller, &route, user, prompt.held, max_output)
+                .await
+                .map_err(unread)?;
+        }
         if reservation.is_none() {
             let cheaper = if t.settings.cheaper_on_budget {
                 preflight
@@ -666,9 +746,9 @@ impl Gateway {
         let budget_remaining = remaining_budget(&preflight.verdict.rules);
         Ok(Prepared {
             route,
-            body,
+            body: Arc::new(body),
             conversions,
-            prompt_tokens,
+            prompt,
             estimate: preflight.cost,
             budget_remaining,
             reservation,
@@ -685,7 +765,8 @@ impl Gateway {
         t: &TenantGateway,
         caller: &Caller,
         model: &str,
-        prompt_tokens: u64,
+        prompt: &mut Prompt,
+        count: &dyn Fn() -> u64,
         primary: bool,
     ) -> GatewayResult<(Vec<(String, String)>, Vec<(String, Quota)>)> {
         let tenant = caller.tenant.0;
@@ -731,7 +812,16 @@ impl Gateway {
             if let Some(tpm) = r.tokens_per_minute {
                 let key = format!("{base}:tpm:{i}");
                 let q = Quota::per_minute(tpm);
-                if let Err(wait) = self.limiter.check_n(&key, q, prompt_tokens) {
+                let mut checked = self.limiter.check_n(&key, q, prompt.held);
+                if checked.is_err() && !prompt.exact {
+                    // Refused on the bound: count, give the earlier limits back the
+                    // difference, and ask again.
+                    let bound = prompt.held;
+                    prompt.count_with(count);
+                    refund_tokens(&self.limiter, &token_keys, bound, prompt.held);
+                    checked = self.limiter.check_n(&key, q, prompt.held);
+                }
+                if let Err(wait) = checked {
                     return Err(rate_limited(scope, "tokens", tpm, wait));
                 }
                 let (left, reset) = self.limiter.remaining(&key, q);
@@ -1177,6 +1267,10 @@ impl Gateway {
         meta.cost = self
             .price_for(record.tenant, &record.provider, &record.model, tokens)
             .await;
+        // What the budget has left once this call is counted at its cost, not its hold.
+        meta.budget_remaining = meta
+            .budget_remaining
+            .map(|r| Nanos((r.0 + p.estimate.0 - meta.cost.0).max(0)));
         self.charge_tokens(&record, tokens);
         self.cache_put(record.tenant, t, &p, &body);
         self.submit(
@@ -1249,7 +1343,7 @@ impl Gateway {
         h.update(p.route.model.as_bytes());
         h.update([0]);
         // serde_json's maps are ordered: the same request serialises the same way.
-        h.update(serde_json::to_vec(&p.body).unwrap_or_default());
+        h.update(serde_json::to_vec(&*p.body).unwrap_or_default());
         Some(h.finalize().into())
     }
 
@@ -1286,10 +1380,13 @@ impl Tokens {
 
 fn charge(limiter: &RateLimiter, record: &RecordBase, t: Tokens) {
     let actual = t.prompt + t.completion;
-    let extra = actual.saturating_sub(record.prompt_estimate);
-    if extra > 0 {
-        for (key, q) in &record.token_limits {
-            limiter.charge(key, *q, extra);
+    for (key, q) in &record.token_limits {
+        let taken = taken(record.prompt_estimate, *q);
+        if actual > taken {
+            limiter.charge(key, *q, actual - taken);
+        } else {
+            // Checked on the prompt's bound: what it took beyond the use comes back.
+            limiter.refund(key, *q, taken - actual);
         }
     }
 }
@@ -1454,8 +1551,23 @@ struct Settle {
     usage: Option<Tokens>,
     /// The answer's text and tool-call arguments, for counting when no usage came.
     streamed: String,
-    prompt_tokens: u64,
+    prompt: Prompt,
+    /// The request, to count its prompt when the provider reports no usage and only the
+    /// bound was taken.
+    body: Arc<Map<String, Value>>,
     outcome: Option<(&'static str, Option<String>, Option<String>)>,
+}
+
+impl Settle {
+    /// The prompt's tokens when the provider reported none: counted now if the checks
+    /// took the bound.
+    fn prompt_tokens(&self) -> u64 {
+        if self.prompt.exact {
+            self.prompt.held
+        } else {
+            tokens::count_chat(&self.record.provider, &self.record.model, &self.body)
+        }
+    }
 }
 
 impl Drop for Settle {
@@ -1469,7 +1581,7 @@ impl Drop for Settle {
             Some(u) => (u, false),
             None => (
                 Tokens {
-                    prompt: self.prompt_tokens,
+                    prompt: self.prompt_tokens(),
                     completion: tokens::count_answer(
                         &self.record.provider,
                         &self.record.model,
@@ -1569,7 +1681,7 @@ impl StreamState {
         self.ended = true;
         if self.include_usage {
             let usage = self.settle.usage.unwrap_or(Tokens {
-                prompt: self.settle.prompt_tokens,
+                prompt: self.settle.prompt_tokens(),
                 completion: tokens::count_answer(
                     &self.settle.record.provider,
                     &self.settle.record.model,
@@ -1636,7 +1748,8 @@ impl Gateway {
                 first_token: None,
                 usage: None,
                 streamed: String::new(),
-                prompt_tokens: p.prompt_tokens,
+                prompt: p.prompt,
+                body: p.body.clone(),
                 outcome: None,
             },
             include_usage,
@@ -1773,7 +1886,8 @@ impl Gateway {
         model: &str,
         prompt: u64,
     ) -> GatewayResult<(Vec<(String, String)>, Vec<(String, Quota)>)> {
-        self.rate_limit(t, caller, model, prompt, true)
+        let mut counted = Prompt::counted(prompt);
+        self.rate_limit(t, caller, model, &mut counted, &|| prompt, true)
     }
 
     pub(crate) fn budget_error_for(

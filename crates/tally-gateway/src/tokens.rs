@@ -107,6 +107,51 @@ pub fn count_chat(provider: &str, model: &str, body: &Map<String, Value>) -> u64
     scaled(n, scale)
 }
 
+/// An upper bound of [`count_chat`] without tokenizing: the bytes of the same texts. Every
+/// token of OpenAI's encodings stands for at least one byte, so a text never has more
+/// tokens than bytes (and the other providers' counts are scaled the same way). Checks
+/// that pass with the bound pass with the count, so the gateway counts only when a check
+/// is close (`chat::Gateway::prepare`).
+pub fn bound_chat(provider: &str, model: &str, body: &Map<String, Value>) -> u64 {
+    let (_, scale) = counter(provider, model);
+    let len = |s: &str| s.len() as u64;
+    let mut n: u64 = REPLY_PRIMING;
+    for m in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        n += PER_MESSAGE;
+        match m.get("content") {
+            Some(Value::String(s)) => n += len(s),
+            Some(Value::Array(parts)) => {
+                for p in parts {
+                    match p.get("type").and_then(Value::as_str) {
+                        Some("image_url") => n += IMAGE_TOKENS,
+                        _ => {
+                            if let Some(s) = p.get("text").and_then(Value::as_str) {
+                                n += len(s);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(calls) = m.get("tool_calls") {
+            n += len(&calls.to_string());
+        }
+        if let Some(name) = m.get("name").and_then(Value::as_str) {
+            n += 1 + len(name);
+        }
+    }
+    if let Some(tools) = body.get("tools") {
+        n += len(&tools.to_string());
+    }
+    scaled(n, scale)
+}
+
 /// Input tokens of an embeddings request (`input`: a string or an array of strings).
 pub fn count_embedding_input(provider: &str, model: &str, input: &Value) -> u64 {
     match input {
@@ -145,6 +190,49 @@ mod tests {
             count_text("anthropic", "claude-sonnet-4", "Hello, world!"),
             5
         );
+    }
+
+    /// The bound is never below the count, for every provider's counting, on prose, code,
+    /// tables, non-Latin scripts, tools and names.
+    #[test]
+    fn the_byte_bound_is_never_below_the_count() {
+        let texts = [
+            include_str!("../../../README.md"),
+            include_str!("../../../ARCHITECTURE.md"),
+            include_str!("../../../docs/seed-coverage.md"),
+            "Les données sont stockées à Zürich — 東京とパリのユーザー 👩‍💻 1234567890 \t\n\n",
+            "a",
+            "",
+        ];
+        for text in texts {
+            for (provider, model) in [
+                ("openai", "gpt-4o"),
+                ("openai", "gpt-4"),
+                ("anthropic", "claude-sonnet-4"),
+                ("google", "gemini-2.5-pro"),
+            ] {
+                let body = serde_json::json!({
+                    "messages": [
+                        {"role": "system", "content": "Be brief."},
+                        {"role": "user", "name": "ana", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]},
+                        {"role": "assistant", "content": text, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"q\":1}"}}]},
+                    ],
+                    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+                });
+                let body = body.as_object().unwrap();
+                let (count, bound) = (
+                    count_chat(provider, model, body),
+                    bound_chat(provider, model, body),
+                );
+                assert!(count <= bound, "{provider}/{model}: {count} > {bound}");
+            }
+        }
+        // A long English prompt: about four bytes a token, so the bound is about 4× the count.
+        let body = serde_json::json!({"messages": [{"role": "user", "content": texts[0]}]});
+        let body = body.as_object().unwrap();
+        let ratio = bound_chat("openai", "gpt-4o", body) as f64
+            / count_chat("openai", "gpt-4o", body) as f64;
+        assert!((2.5..6.0).contains(&ratio), "{ratio}");
     }
 
     #[test]

@@ -710,6 +710,81 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_headers() {
     assert!(why.contains("2 requests per minute for this key"), "{why}");
 }
 
+/// Checks take the prompt's byte bound and count only when the bound is close to a limit:
+/// a prompt whose bound passes the context window is counted and served, a token limit
+/// refusing the bound is asked again with the count, and what the bound took beyond the
+/// use comes back to the limit and the budget once the answer is in.
+#[tokio::test]
+async fn prompts_are_counted_only_when_their_bound_is_close_to_a_limit() {
+    let f = fake().await;
+    let a = gateway_app(&f).await;
+    let r = a
+        .call(
+            "PUT",
+            "/api/v1/ai/gateway/settings",
+            Some(&a.key),
+            Some(&json!({"rate_limits": [{"scope": "key", "tokens_per_minute": 2000}]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = a
+        .post(
+            "/api/v1/ai/quotas/config",
+            json!({"quotas": [{"name": "daily", "metric": "cost_usd", "window": "day", "limit": "10"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let key = a.key_with(&[Scope::Gateway]).await;
+    // 1,800 bytes of text: a bound of 1,806 tokens, about 300 counted, 450 by the fake.
+    let prompt = "hello world ".repeat(150);
+    let call = |p: String| json!({"model": "gpt-4o", "max_tokens": 20, "messages": [{"role": "user", "content": p}]});
+    let first = v1(&a, &key, call(prompt.clone())).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    // The budget left is the limit less this call's cost, not less its held bound.
+    let header = |r: &Resp, h: &str| r.headers[h].to_str().unwrap().parse::<f64>().unwrap();
+    let (cost, left) = (
+        header(&first, "x-tally-cost-usd"),
+        header(&first, "x-tally-budget-remaining-usd"),
+    );
+    assert!(
+        cost > 0.0 && (cost + left - 10.0).abs() < 1e-6,
+        "{cost} + {left}"
+    );
+    // 1,806 of the 2,000 were taken on the bound, and all but the use (the fake's 450
+    // prompt tokens + its 5 answer words) came back. The next bound (1,806) fails on what is
+    // left; the count passes.
+    let used = first.body["usage"]["total_tokens"].as_u64().unwrap();
+    assert_eq!(used, 455);
+    let body = call(prompt.clone());
+    let counted = tally_gateway::tokens::count_chat("openai", "gpt-4o", body.as_object().unwrap());
+    assert!(counted < 400, "{counted}");
+    let second = v1(&a, &key, body).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    let left = header(&second, "x-ratelimit-remaining-tokens") as u64;
+    let expected = 2000 - used - counted;
+    assert!(
+        (expected..=expected + 2).contains(&left),
+        "{left} left, {expected} expected"
+    );
+    // A prompt whose bound is past gpt-4o's window of 128,000 tokens is counted before it
+    // is refused, and served: " hello" is one token in six bytes.
+    let r = a
+        .call(
+            "PUT",
+            "/api/v1/ai/gateway/settings",
+            Some(&a.key),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = v1(&a, &key, call(" hello".repeat(25_000))).await;
+    assert_eq!(
+        r.status, 200,
+        "150,000 bytes but about 25,000 tokens: {}",
+        r.body
+    );
+}
+
 #[tokio::test]
 async fn the_cache_answers_identical_requests_for_free_within_its_tenant() {
     let f = fake().await;
