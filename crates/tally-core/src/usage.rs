@@ -241,6 +241,12 @@ pub fn validate_usage(
         })?,
         Some(_) => return Err(FieldError::invalid("status", "must be a string")),
     };
+    if status == CallStatus::Refused && (tokens.input > 0 || tokens.output > 0) {
+        return Err(FieldError::invalid(
+            "status",
+            "a refused call was never sent: its input_tokens and output_tokens must be 0",
+        ));
+    }
     let error_type = optional_text("error_type", input.error_type, MAX_ID_LEN)?;
     let quality_score = match number("quality_score", input.quality_score)? {
         Some(q) if !(0.0..=10.0).contains(&q) => {
@@ -290,6 +296,12 @@ pub fn validate_usage(
             }
         }
     };
+    if status == CallStatus::Refused && cost > Nanos::ZERO {
+        return Err(FieldError::invalid(
+            "cost_usd",
+            "a refused call was never sent: it costs 0",
+        ));
+    }
 
     Ok(UsageRecord {
         client_id: optional_id("id", input.id)?,
@@ -456,6 +468,23 @@ mod tests {
         };
         assert_eq!(at("2025-06-09T23:59:59Z"), Nanos(10_000_000_000));
         assert_eq!(at("2025-06-10T00:00:00Z"), Nanos(2_000_000_000));
+    }
+
+    /// A refused call used nothing: reported with tokens or a cost, it is refused itself.
+    #[test]
+    fn a_refused_call_reports_no_usage() {
+        let r = check(
+            json!({"provider": "openai", "model": "gpt-4o", "status": "refused",
+                             "error_type": "RATE_LIMITED"}),
+        )
+        .unwrap();
+        assert_eq!((r.status, r.cost), (CallStatus::Refused, Nanos::ZERO));
+        let e = check(json!({"provider": "openai", "model": "gpt-4o", "status": "refused", "input_tokens": 5}))
+            .unwrap_err();
+        assert_eq!(e.field, "status");
+        let e = check(json!({"provider": "openai", "model": "gpt-4o", "status": "refused", "cost_usd": "0.01"}))
+            .unwrap_err();
+        assert_eq!(e.field, "cost_usd");
     }
 
     #[test]

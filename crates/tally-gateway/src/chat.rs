@@ -57,7 +57,9 @@ pub struct CallMeta {
     pub deployment: Option<String>,
     /// The held estimate (streams) or the actual cost (complete answers).
     pub cost: Nanos,
-    /// The tightest cost budget's remaining amount after this call's hold.
+    /// The tightest cost budget's remaining amount once this call is counted: at its
+    /// cost for complete answers (nothing for cached ones), at its hold for streams.
+    /// Negative when the budget is overdrawn (a rule that only warns); shown as 0.
     pub budget_remaining: Option<Nanos>,
     pub cached: bool,
     /// When a fallback answered: the model first asked for.
@@ -462,6 +464,17 @@ impl Gateway {
                         .get("usage")
                         .and_then(Tokens::from_openai)
                         .unwrap_or_default();
+                    // No provider was called: the token limits and the budget get back
+                    // what the checks took.
+                    refund_tokens(
+                        &self.limiter,
+                        &record.token_limits,
+                        record.prompt_estimate,
+                        0,
+                    );
+                    meta.budget_remaining = meta
+                        .budget_remaining
+                        .map(|r| Nanos(r.0 + prepared.estimate.0));
                     self.submit(&record, Outcome::cached(tokens), prepared.reservation);
                     let mut body = (*hit).clone();
                     body["id"] = json!(request_id);
@@ -492,6 +505,7 @@ impl Gateway {
                 Err(failure) => {
                     let latency = started.elapsed();
                     let last = chain.is_empty() || !failure.provider_side;
+                    self.give_back_bound(&record, &prepared);
                     self.submit(
                         &record.attempt(attempt, last),
                         Outcome::failed(&failure, latency),
@@ -574,8 +588,11 @@ impl Prompt {
 }
 
 /// Whether a call admitted on its prompt's bound stays far from every enforced budget:
-/// under half of each, with what others hold. Holding the bound there cannot change
-/// another call's answer before this one settles; closer, the prompt is counted.
+/// under half of each, with what others hold; closer, the prompt is counted. The bounds
+/// held in flight thus never pass half a budget; while they are held, a call that alone
+/// needs more than what is left beside them is refused where exact holds could have let
+/// it through (a single call of over half a small budget, at the moment others are in
+/// flight). Never the other way: nothing is admitted that exact holds would refuse.
 fn far_from_limits(preflight: &Preflight, admitted: bool) -> bool {
     admitted
         && preflight
@@ -878,10 +895,9 @@ pub(crate) fn remaining_budget(rules: &[RuleVerdict]) -> Option<Nanos> {
         .iter()
         .filter(|r| r.tracked.rule.metric == QuotaMetric::CostUsd)
         .map(|r| {
-            Nanos(
-                (i128::from(r.tracked.rule.limit) - r.tracked.used - r.tracked.reserved - r.amount)
-                    .max(0),
-            )
+            // Unclamped: a complete answer adds back its hold less its cost before the
+            // header (clamped at 0) is written.
+            Nanos(i128::from(r.tracked.rule.limit) - r.tracked.used - r.tracked.reserved - r.amount)
         })
         .min()
 }
@@ -1225,6 +1241,7 @@ impl Gateway {
                     timeout: true,
                 };
                 let e = failure.error.clone();
+                self.give_back_bound(&record, &p);
                 self.submit(
                     &record,
                     Outcome::failed(&failure, started.elapsed()),
@@ -1257,6 +1274,7 @@ impl Gateway {
                     timeout: false,
                 };
                 let e = failure.error.clone();
+                self.give_back_bound(&record, &p);
                 self.submit(&record, Outcome::failed(&failure, latency), p.reservation);
                 return Err(e);
             }
@@ -1270,7 +1288,7 @@ impl Gateway {
         // What the budget has left once this call is counted at its cost, not its hold.
         meta.budget_remaining = meta
             .budget_remaining
-            .map(|r| Nanos((r.0 + p.estimate.0 - meta.cost.0).max(0)));
+            .map(|r| Nanos(r.0 + p.estimate.0 - meta.cost.0));
         self.charge_tokens(&record, tokens);
         self.cache_put(record.tenant, t, &p, &body);
         self.submit(
@@ -1279,6 +1297,15 @@ impl Gateway {
             p.reservation,
         );
         Ok(ChatAnswer::Complete { body, meta })
+    }
+
+    /// A call that failed without usage keeps its prompt on the token limits, counted: the
+    /// limits checked on the bound get the difference back.
+    fn give_back_bound(&self, record: &RecordBase, p: &Prepared) {
+        if !p.prompt.exact {
+            let counted = tokens::count_chat(&record.provider, &record.model, &p.body);
+            refund_tokens(&self.limiter, &record.token_limits, p.prompt.held, counted);
+        }
     }
 
     /// Charges the token rate limits with what the call used beyond its prompt estimate.
@@ -1318,7 +1345,12 @@ impl Gateway {
     }
 
     pub(crate) fn submit_refused(&self, record: &RecordBase, error: &GatewayError) {
-        self.submit(record, Outcome::refused(error), None);
+        self.recorder.offer(Record {
+            tenant: record.tenant,
+            api_key: record.api_key,
+            input: record.input(&Outcome::refused(error)),
+            reservation: None,
+        });
     }
 
     fn submit(&self, record: &RecordBase, outcome: Outcome, reservation: Option<Reservation>) {

@@ -66,6 +66,21 @@ impl Recorder {
         }
     }
 
+    /// Queues a record that may be lost under load (a refused call: nothing held, nothing
+    /// spent). When the queue is full it is dropped instead of waiting, so a client
+    /// hammering past its limits cannot grow the queue without bound.
+    pub fn offer(&self, record: Record) {
+        match self.tx.try_send(Msg::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!("record of a refused call dropped: the recorder's queue is full");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("gateway usage record dropped: the recorder has stopped");
+            }
+        }
+    }
+
     /// Waits until every record submitted before the call is written (shutdown, tests).
     pub async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();

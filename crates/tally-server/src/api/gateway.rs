@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tally_core::audit::action;
 use tally_core::auth::{Action, Principal};
+use tally_core::pricing::Nanos;
 use tally_gateway::catalog::{ModelView, ProviderView};
 use tally_gateway::chat::{valid_id, CallMeta, Caller, ChatAnswer};
 use tally_gateway::credentials::{ConnectionTest, CredentialInput, CredentialView};
@@ -174,7 +175,7 @@ fn meta_headers(resp: &mut Response, meta: &CallMeta) {
     if let Some(b) = meta.budget_remaining {
         put(
             "x-tally-budget-remaining-usd",
-            format!("{:.6}", b.usd_rounded(6)),
+            format!("{:.6}", Nanos(b.0.max(0)).usd_rounded(6)),
         );
     }
     put(

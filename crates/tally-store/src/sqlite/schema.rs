@@ -459,13 +459,19 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 13: budgets scoped to one API key. Each record names the key it was made or
     // reported with (the gateway kept it in the metadata until now: it moves to the
-    // column), usage is summed per key and day, and a quota rule may name a key (the
-    // rules table is rebuilt: its UNIQUE constraint takes the new column).
+    // column, for the gateway's own records naming one of their tenant's keys; what a
+    // client wrote in its metadata stays there), usage is summed per key and day, and a
+    // quota rule may name a key (the rules table is rebuilt: its UNIQUE constraint takes
+    // the new column).
     r#"
     ALTER TABLE llm_usage ADD COLUMN api_key_id TEXT;
     UPDATE llm_usage SET api_key_id = json_extract(metadata, '$.api_key_id'),
                          metadata = json_remove(metadata, '$.api_key_id')
-        WHERE json_valid(metadata) AND json_type(metadata, '$.api_key_id') = 'text';
+        WHERE json_valid(metadata)
+          AND json_extract(metadata, '$.source') = 'gateway'
+          AND json_type(metadata, '$.api_key_id') = 'text'
+          AND EXISTS (SELECT 1 FROM api_keys k WHERE k.tenant_id = llm_usage.tenant_id
+                        AND lower(hex(k.id)) = replace(lower(json_extract(llm_usage.metadata, '$.api_key_id')), '-', ''));
 
     CREATE TABLE llm_key_daily (
         tenant_id BLOB NOT NULL,
@@ -680,32 +686,33 @@ mod tests {
         apply(&mut conn, &MIGRATIONS[..12]).unwrap();
         let day = 86_400_000_000i64;
         let key = "0190c5a4-7d2e-7b3c-9a1d-5e6f7a8b9c0d";
+        let other = "0190c5a4-7d2e-7b3c-9a1d-000000000000";
+        conn.execute_batch(
+            "INSERT INTO tenants (id, name, created_at) VALUES (x'01', 'a', 0), (x'02', 'b', 0);
+             INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, scopes, created_at)
+             VALUES (x'0190c5a47d2e7b3c9a1d5e6f7a8b9c0d', x'01', 'k', 'p1', 'h', 'gateway', 0),
+                    (x'0190c5a47d2e7b3c9a1d000000000000', x'02', 'k', 'p2', 'h', 'gateway', 0);",
+        )
+        .unwrap();
+        let gw = |k: &str| format!(r#"{{"source":"gateway","api_key_id":"{k}"}}"#);
         for (ts, cost, status, meta) in [
-            (
-                20_000 * day + 5,
-                5,
-                "success",
-                format!(r#"{{"source":"gateway","api_key_id":"{key}"}}"#),
-            ),
-            (
-                20_000 * day + 9,
-                7,
-                "error",
-                format!(r#"{{"api_key_id":"{key}"}}"#),
-            ),
-            (
-                20_001 * day,
-                11,
-                "success",
-                format!(r#"{{"api_key_id":"{key}"}}"#),
-            ),
+            (20_000 * day + 5, 5, "success", gw(key)),
+            (20_000 * day + 9, 7, "error", gw(key)),
+            (20_001 * day, 11, "success", gw(key)),
+            // Not a key id, a client's own metadata, another tenant's key: left alone.
             (
                 20_000 * day,
                 13,
                 "success",
-                r#"{"api_key_id":42}"#.to_owned(),
+                r#"{"source":"gateway","api_key_id":42}"#.to_owned(),
             ),
-            (20_000 * day, 17, "success", "{}".to_owned()),
+            (
+                20_000 * day,
+                17,
+                "success",
+                format!(r#"{{"api_key_id":"{key}"}}"#),
+            ),
+            (20_000 * day, 19, "success", gw(other)),
         ] {
             conn.execute(
                 "INSERT INTO llm_usage (tenant_id, provider, model, input_tokens, output_tokens,
@@ -734,11 +741,11 @@ mod tests {
             records,
             vec![
                 (Some(key.into()), r#"{"source":"gateway"}"#.into()),
-                (Some(key.into()), "{}".into()),
-                (Some(key.into()), "{}".into()),
-                // Not a key id: left where it was.
-                (None, r#"{"api_key_id":42}"#.into()),
-                (None, "{}".into()),
+                (Some(key.into()), r#"{"source":"gateway"}"#.into()),
+                (Some(key.into()), r#"{"source":"gateway"}"#.into()),
+                (None, r#"{"source":"gateway","api_key_id":42}"#.into()),
+                (None, format!(r#"{{"api_key_id":"{key}"}}"#)),
+                (None, gw(other)),
             ]
         );
         let daily: Vec<(i64, i64, i64, i64)> = conn

@@ -1692,6 +1692,8 @@ pub async fn a_cost_total_past_sixty_four_bits_is_refused_for_its_caller_alone(b
         r.model = model.into();
         r.cost = half;
         r.api_key_id = Some(key);
+        // The key's row alone is shared (no conversation sums the two).
+        r.conversation_id = None;
         vec![r].into()
     };
     u.insert_usage(third, keyed("gpt-4o")).await.unwrap();
