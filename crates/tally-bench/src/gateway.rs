@@ -102,11 +102,52 @@ fn print_overhead(label: &str, through: &Stats, direct: &Stats) {
     );
 }
 
-pub async fn gateway(rate: u64, seconds: u64, latency_ms: u64) -> anyhow::Result<()> {
+/// Runs `taskset` with `args`: the CPU affinity of a process or of a command to start.
+fn taskset(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("taskset")
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("taskset (util-linux) is needed to pin cores: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "taskset {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// `shared`: the server, the load generator and the fake provider share every core. Else
+/// (the default with two cores or more) the server gets the last core to itself and this
+/// process (load generator and fake provider) the others, as a gateway deployed apart from
+/// its clients and providers would: the overhead measured is then the server's, not the
+/// scheduler's choice among three busy processes.
+pub async fn gateway(rate: u64, seconds: u64, latency_ms: u64, shared: bool) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let pinned = !shared && cores >= 2;
     println!(
         "== LLM gateway overhead at {rate} req/s for {seconds}s, provider latency {latency_ms} ms, \
          recording + budgets + rate limits on (budget: p99 overhead < 1 ms, RSS < 100 MB)"
     );
+    if pinned {
+        let last = cores - 1;
+        // Every thread of this process, the runtime's included; threads made later inherit.
+        taskset(&[
+            "-a",
+            "-p",
+            "-c",
+            &format!("0-{}", last - 1),
+            &std::process::id().to_string(),
+        ])?;
+        println!(
+            "  cores: server on core {last}, load generator and fake provider on 0-{} \
+             (--shared-cores to share them all)",
+            last - 1
+        );
+    } else {
+        println!(
+            "  cores: all {cores} shared by the server, the load generator and the fake provider"
+        );
+    }
     let fake = tally_fake_provider::FakeProvider::start(tally_fake_provider::Script {
         latency_ms,
         answer_words: 500,
@@ -123,6 +164,15 @@ pub async fn gateway(rate: u64, seconds: u64, latency_ms: u64) -> anyhow::Result
         dir.path(),
         &["--config", config.to_str().unwrap_or_default()],
     )?;
+    if pinned {
+        taskset(&[
+            "-a",
+            "-p",
+            "-c",
+            &(cores - 1).to_string(),
+            &server.pid().to_string(),
+        ])?;
+    }
     let base = server.base.clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
@@ -184,19 +234,29 @@ pub async fn gateway(rate: u64, seconds: u64, latency_ms: u64) -> anyhow::Result
             .bytes()
             .await?;
     }
-    let pick = |i: u64| bodies[(i as usize) % bodies.len()].clone();
+    // Serialised once: the load generator's own work stays off the measurement.
+    let encoded: Vec<&'static [u8]> = bodies
+        .iter()
+        .map(|b| &*Box::leak(serde_json::to_vec(b).unwrap_or_default().into_boxed_slice()))
+        .collect();
+    let pick = |i: u64| encoded[(i as usize) % encoded.len()];
     let (direct, direct_errors) = open_loop(&client, rate, seconds, |i| {
         client
             .post(&direct_url)
             .bearer_auth(tally_fake_provider::KEY)
-            .json(&pick(i))
+            .header("content-type", "application/json")
+            .body(pick(i))
     })
     .await?;
     let pid = server.pid();
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
     let (through, through_errors) = open_loop(&client, rate, seconds, |i| {
-        client.post(&through_url).bearer_auth(&key).json(&pick(i))
+        client
+            .post(&through_url)
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(pick(i))
     })
     .await?;
     let wall = started.elapsed().as_secs_f64();

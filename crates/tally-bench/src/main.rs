@@ -89,6 +89,10 @@ enum Bench {
         /// The fake provider's latency before its first byte.
         #[arg(long, default_value_t = 50)]
         latency_ms: u64,
+        /// Share every core between the server, the load generator and the fake provider
+        /// (by default the server has a core to itself).
+        #[arg(long)]
+        shared_cores: bool,
     },
     /// Everything above with defaults.
     All,
@@ -123,7 +127,8 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 seconds,
                 latency_ms,
-            } => gateway::gateway(rate, seconds, latency_ms).await,
+                shared_cores,
+            } => gateway::gateway(rate, seconds, latency_ms, shared_cores).await,
             Bench::All => {
                 load::ingest(20, 8, 100).await?;
                 load::track(1000, 20).await?;
@@ -131,7 +136,7 @@ fn main() -> anyhow::Result<()> {
                 ai::ingest(20, 8, 100).await?;
                 ai::reads(10_000_000, 2000).await?;
                 login::login_flood(200, 10, 1000).await?;
-                gateway::gateway(1000, 20, 50).await
+                gateway::gateway(1000, 20, 50, false).await
             }
         }
     })
