@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use rand::Rng;
 use serde_json::{json, Map, Value};
@@ -1649,7 +1649,9 @@ struct StreamState {
     upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     decoder: SseDecoder,
     translator: Translator,
-    out: VecDeque<Bytes>,
+    /// The events to send next, written out: one upstream read becomes one write to the
+    /// client, not one per event.
+    out: BytesMut,
     settle: Settle,
     include_usage: bool,
     deadline: tokio::time::Instant,
@@ -1657,20 +1659,29 @@ struct StreamState {
     id: String,
     created: i64,
     model: String,
-    rename_model: bool,
 }
 
-fn sse(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
+/// Appends `json` as one server-sent event.
+fn push_sse(out: &mut BytesMut, json: &[u8]) {
+    out.put_slice(b"data: ");
+    out.put_slice(json);
+    out.put_slice(b"\n\n");
+}
+
+fn push_sse_value(out: &mut BytesMut, v: &Value) {
+    out.put_slice(b"data: ");
+    // Writing into memory cannot fail.
+    let _ = serde_json::to_writer((&mut *out).writer(), v);
+    out.put_slice(b"\n\n");
 }
 
 impl StreamState {
     fn on_event(&mut self, data: &str) {
         let t = self.translator.event(data);
-        for mut c in t.chunks {
-            if self.settle.first_token.is_none() {
-                self.settle.first_token = Some(self.settle.started.elapsed());
-            }
+        if self.settle.first_token.is_none() && (!t.chunks.is_empty() || !t.raw.is_empty()) {
+            self.settle.first_token = Some(self.settle.started.elapsed());
+        }
+        for c in &t.chunks {
             if let Some(choices) = c.get("choices").and_then(Value::as_array) {
                 for ch in choices {
                     if let Some(s) = ch.pointer("/delta/content").and_then(Value::as_str) {
@@ -1689,11 +1700,12 @@ impl StreamState {
                     }
                 }
             }
-            if self.rename_model {
-                c["model"] = json!(self.model);
-            }
-            self.out.push_back(sse(&c));
+            push_sse_value(&mut self.out, c);
         }
+        for json in &t.raw {
+            push_sse(&mut self.out, json);
+        }
+        self.settle.streamed.push_str(&t.text);
         if let Some(u) = t.usage {
             self.settle.usage = Some(u);
         }
@@ -1721,16 +1733,19 @@ impl StreamState {
                 ),
                 ..Tokens::default()
             });
-            self.out.push_back(sse(&json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage.to_openai(),
-            })));
+            push_sse_value(
+                &mut self.out,
+                &json!({
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": usage.to_openai(),
+                }),
+            );
         }
-        self.out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+        self.out.put_slice(b"data: [DONE]\n\n");
         self.settle.outcome = Some(("success", None, None));
     }
 
@@ -1739,9 +1754,12 @@ impl StreamState {
             return;
         }
         self.ended = true;
-        self.out.push_back(sse(&json!({"error": {
-            "message": e.message, "type": e.kind, "param": e.param, "code": e.code,
-        }})));
+        push_sse_value(
+            &mut self.out,
+            &json!({"error": {
+                "message": e.message, "type": e.kind, "param": e.param, "code": e.code,
+            }}),
+        );
         let status = if e.kind == "timeout" {
             "timeout"
         } else {
@@ -1769,7 +1787,7 @@ impl Gateway {
             upstream: Box::pin(response.bytes_stream()),
             decoder: SseDecoder::default(),
             translator: Translator::new(d.kind, &model, &id, created),
-            out: VecDeque::new(),
+            out: BytesMut::new(),
             settle: Settle {
                 recorder: self.recorder.clone(),
                 limiter: self.limiter.clone(),
@@ -1789,13 +1807,12 @@ impl Gateway {
             ended: false,
             id,
             created,
-            rename_model: true,
             model,
         };
         Box::pin(futures_util::stream::unfold(state, |mut s| async move {
             loop {
-                if let Some(b) = s.out.pop_front() {
-                    return Some((Ok(b), s));
+                if !s.out.is_empty() {
+                    return Some((Ok(s.out.split().freeze()), s));
                 }
                 if s.ended {
                     return None;

@@ -177,6 +177,10 @@ pub enum Translator {
 pub struct Translated {
     /// OpenAI `chat.completion.chunk` objects to send on (usage chunks excluded).
     pub chunks: Vec<Value>,
+    /// Chunks already written as JSON (OpenAI's own, passed on), sent after `chunks`.
+    pub raw: Vec<Vec<u8>>,
+    /// The text and tool-call arguments of the `raw` chunks.
+    pub text: String,
     /// Usage the provider reported, when this event carried it.
     pub usage: Option<Tokens>,
     /// The provider reported an error inside the stream.
@@ -189,7 +193,7 @@ impl Translator {
     pub fn new(kind: ProviderKind, model: &str, id: &str, created: i64) -> Self {
         match kind {
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
-                Self::Openai(openai::StreamState)
+                Self::Openai(openai::StreamState::new(model))
             }
             ProviderKind::Anthropic => {
                 Self::Anthropic(anthropic::StreamState::new(model, id, created))

@@ -2,6 +2,11 @@
 //! request goes as the client sent it (configured for its model), with the usage asked
 //! for on streams.
 
+use std::borrow::Cow;
+
+use serde::de::{MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tally_core::credential::ProviderKind;
 
@@ -63,22 +68,156 @@ pub fn response(v: Value) -> Result<(Value, Tokens), String> {
     Ok((v, tokens))
 }
 
+/// An OpenAI stream's chunks, passed on with the model named as the client knows it and
+/// the usage taken out (the gateway sends its own usage chunk, when the client asked).
+///
+/// A chunk is read at its top level only: the other members are copied as the provider
+/// wrote them, and only the choices' deltas are read, for the text to count when no usage
+/// comes. A chunk this cannot read (a server's own shape) takes the general path: parsed
+/// whole, renamed, written again.
 #[derive(Debug, Default)]
-pub struct StreamState;
+pub struct StreamState {
+    model: String,
+}
+
+/// A JSON object's members in their order, each value as the provider wrote it.
+struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Members<'a> {
+            type Value = RawObject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::with_capacity(8);
+                while let Some(Key(k)) = map.next_key()? {
+                    members.push((k, map.next_value::<&RawValue>()?));
+                }
+                Ok(RawObject(members))
+            }
+        }
+        d.deserialize_map(Members(std::marker::PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// What a chunk's choices say that the gateway reads: the text and tool-call arguments.
+#[derive(Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow, default)]
+    delta: Option<DeltaView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaView<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallView<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallView<'a> {
+    #[serde(borrow, default)]
+    function: Option<FunctionView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionView<'a> {
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
 
 impl StreamState {
+    /// Chunks are passed on naming `model`.
+    pub fn new(model: &str) -> Self {
+        Self {
+            model: model.to_owned(),
+        }
+    }
+
     pub fn event(&mut self, data: &str) -> Translated {
         let mut out = Translated::default();
         if data.trim() == "[DONE]" {
             out.done = true;
             return out;
         }
+        if self.pass_on(data, &mut out).is_none() {
+            self.general(data, &mut out);
+        }
+        out
+    }
+
+    /// The fast path: `None` when the chunk is not one it reads (nothing was written).
+    fn pass_on(&self, data: &str, out: &mut Translated) -> Option<()> {
+        let RawObject(members) = serde_json::from_str(data).ok()?;
+        let mut choices = None;
+        for (k, v) in &members {
+            match k.as_ref() {
+                // Errors and usage are rare: the general path has them.
+                "error" => return None,
+                "usage" if v.get() != "null" => return None,
+                "choices" => choices = Some(*v),
+                _ => {}
+            }
+        }
+        let choices: Vec<ChoiceView<'_>> = serde_json::from_str(choices?.get()).ok()?;
+        if choices.is_empty() {
+            return Some(());
+        }
+        let mut text = String::new();
+        for delta in choices.iter().filter_map(|c| c.delta.as_ref()) {
+            if let Some(c) = &delta.content {
+                text.push_str(c);
+            }
+            for call in delta.tool_calls.iter().flatten() {
+                if let Some(a) = call.function.as_ref().and_then(|f| f.arguments.as_ref()) {
+                    text.push_str(a);
+                }
+            }
+        }
+        let mut json = Vec::with_capacity(data.len() + self.model.len() + 8);
+        json.push(b'{');
+        let mut named = false;
+        for (k, v) in &members {
+            if k == "usage" {
+                continue;
+            }
+            if json.len() > 1 {
+                json.push(b',');
+            }
+            push_json_str(&mut json, k);
+            json.push(b':');
+            if k == "model" {
+                push_json_str(&mut json, &self.model);
+                named = true;
+            } else {
+                json.extend_from_slice(v.get().as_bytes());
+            }
+        }
+        if !named {
+            json.extend_from_slice(b",\"model\":");
+            push_json_str(&mut json, &self.model);
+        }
+        json.push(b'}');
+        out.raw.push(json);
+        out.text.push_str(&text);
+        Some(())
+    }
+
+    /// Any other chunk: parsed whole, the usage taken out, the model renamed.
+    fn general(&self, data: &str, out: &mut Translated) {
         let Ok(mut v) = serde_json::from_str::<Value>(data) else {
-            return out;
+            return;
         };
         if v.get("error").is_some() {
             out.error = Some(upstream_error(500, data.as_bytes()));
-            return out;
+            return;
         }
         if let Some(obj) = v.as_object_mut() {
             if let Some(u) = obj.remove("usage").filter(|u| !u.is_null()) {
@@ -89,10 +228,16 @@ impl StreamState {
             .and_then(Value::as_array)
             .is_some_and(|c| !c.is_empty())
         {
+            v["model"] = Value::String(self.model.clone());
             out.chunks.push(v);
         }
-        out
     }
+}
+
+/// `s` as a JSON string.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
 }
 
 #[cfg(test)]
@@ -116,13 +261,53 @@ mod tests {
 
     #[test]
     fn usage_chunks_are_kept_apart() {
-        let mut s = StreamState;
+        let mut s = StreamState::new("gpt-4o");
         let t = s.event(r#"{"id":"1","choices":[{"index":0,"delta":{"content":"hi"}}]}"#);
-        assert_eq!(t.chunks.len(), 1);
+        assert_eq!((t.raw.len(), t.text.as_str()), (1, "hi"));
         let t =
             s.event(r#"{"id":"1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#);
-        assert!(t.chunks.is_empty());
+        assert!(t.chunks.is_empty() && t.raw.is_empty());
         assert_eq!(t.usage.map(|u| (u.prompt, u.completion)), Some((3, 1)));
+        // Usage in a chunk with content: the content goes on, the usage does not.
+        let t = s.event(
+            r#"{"id":"1","choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+        );
+        assert_eq!(t.usage.map(|u| u.completion), Some(2));
+        assert_eq!(t.chunks.len(), 1);
+        assert!(t.chunks[0].get("usage").is_none());
+        assert_eq!(t.chunks[0]["model"], "gpt-4o");
         assert!(s.event("[DONE]").done);
+    }
+
+    /// A chunk is passed on as the provider wrote it but for the model's name (and an
+    /// empty usage), its text read for counting, escapes and tool calls included.
+    #[test]
+    fn chunks_pass_on_with_the_clients_model_name() {
+        let mut s = StreamState::new("my/gpt-4o");
+        let data = r#"{"id":"c1","object":"chat.completion.chunk","created":7,"model":"gpt-4o-2024-08-06","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"a \"quoted\" \u00e9 line\n"},"logprobs":null,"finish_reason":null}],"usage":null}"#;
+        let t = s.event(data);
+        assert!(t.chunks.is_empty() && t.error.is_none() && t.usage.is_none());
+        let out = std::str::from_utf8(&t.raw[0]).unwrap();
+        assert_eq!(
+            out,
+            r#"{"id":"c1","object":"chat.completion.chunk","created":7,"model":"my/gpt-4o","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"a \"quoted\" \u00e9 line\n"},"logprobs":null,"finish_reason":null}]}"#
+        );
+        assert_eq!(t.text, "a \"quoted\" é line\n");
+        let t = s.event(
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]}}]}"#,
+        );
+        assert_eq!(t.text, r#"{"city":"#);
+        let v: Value = serde_json::from_slice(&t.raw[0]).unwrap();
+        assert_eq!(v["model"], "my/gpt-4o", "a chunk without a model gets one");
+        // A shape the fast path does not read still goes on, renamed.
+        let t = s.event(r#"{"id":"c1","choices":[{"index":0,"delta":{"content":[{"type":"text","text":"hi"}]}}]}"#);
+        assert_eq!((t.raw.len(), t.chunks.len()), (0, 1));
+        assert_eq!(t.chunks[0]["model"], "my/gpt-4o");
+        // An error inside the stream is one.
+        let t = s.event(r#"{"error":{"message":"overloaded","type":"server_error"}}"#);
+        assert_eq!(t.error.map(|e| e.message), Some("overloaded".into()));
+        // Not JSON: nothing.
+        let t = s.event("{not json");
+        assert!(t.raw.is_empty() && t.chunks.is_empty() && t.error.is_none());
     }
 }
