@@ -244,7 +244,8 @@ impl Gateway {
             (
                 endpoint(target.base_url, "embeddings"),
                 headers,
-                Value::Object(send_body.clone()),
+                // A tree of JSON values always serialises.
+                serde_json::to_vec(&send_body).unwrap_or_default(),
             )
         };
         if route

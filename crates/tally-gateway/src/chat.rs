@@ -71,7 +71,7 @@ pub struct CallMeta {
 }
 
 /// A provider request: URL, headers, JSON body.
-pub type UpstreamRequest = (String, Vec<(&'static str, String)>, Value);
+pub type UpstreamRequest = (String, Vec<(&'static str, String)>, Vec<u8>);
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
 
@@ -1098,7 +1098,11 @@ impl Gateway {
                     timeout: false,
                 });
             }
-            let mut req = d.http.post(&url).json(&body);
+            let mut req = d
+                .http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
             for (h, v) in headers {
                 req = req.header(h, v);
             }

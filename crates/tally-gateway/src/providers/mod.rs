@@ -137,16 +137,20 @@ fn normalise_kind(kind: &str, status: u16) -> String {
 }
 
 /// The request to send upstream for an OpenAI-format chat `body` (already configured for
-/// its model), as `(url, headers, body)`.
+/// its model), as `(url, headers, JSON body)`.
 pub fn chat_request(
     t: &Target<'_>,
     body: &Map<String, Value>,
     stream: bool,
-) -> (String, Vec<(&'static str, String)>, Value) {
+) -> (String, Vec<(&'static str, String)>, Vec<u8>) {
+    let written = |(url, headers, v): (String, Vec<(&'static str, String)>, Value)| {
+        // A tree of JSON values always serialises.
+        (url, headers, serde_json::to_vec(&v).unwrap_or_default())
+    };
     match t.kind {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => openai::request(t, body, stream),
-        ProviderKind::Anthropic => anthropic::request(t, body, stream),
-        ProviderKind::Google => google::request(t, body, stream),
+        ProviderKind::Anthropic => written(anthropic::request(t, body, stream)),
+        ProviderKind::Google => written(google::request(t, body, stream)),
     }
 }
 

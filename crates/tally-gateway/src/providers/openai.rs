@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 
 use serde::de::{MapAccess, Visitor};
-use serde::Deserialize;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tally_core::credential::ProviderKind;
@@ -20,41 +21,70 @@ pub fn endpoint(base_url: &str, path: &str) -> String {
     }
 }
 
+/// The request for `body` as JSON: the client's members written straight from its parsed
+/// tree (no copy of it is made), with the gateway's changes laid over them.
 pub fn request(
     t: &Target<'_>,
     body: &Map<String, Value>,
     stream: bool,
-) -> (String, Vec<(&'static str, String)>, Value) {
-    let mut b = body.clone();
-    b.insert("model".into(), Value::String(t.model.to_owned()));
+) -> (String, Vec<(&'static str, String)>, Vec<u8>) {
+    let mut set: Vec<(&str, Value)> = vec![("model", Value::String(t.model.to_owned()))];
+    let mut drop: Vec<&str> = Vec::new();
     if stream {
-        b.insert("stream".into(), Value::Bool(true));
+        set.push(("stream", Value::Bool(true)));
         // Usage is always asked for: the gateway records it. The client gets the usage
         // chunk only if it asked.
-        b.insert(
-            "stream_options".into(),
-            serde_json::json!({"include_usage": true}),
-        );
+        set.push(("stream_options", serde_json::json!({"include_usage": true})));
     } else {
-        b.remove("stream");
-        b.remove("stream_options");
+        drop.extend(["stream", "stream_options"]);
     }
     let mut headers = vec![("authorization", format!("Bearer {}", t.secret))];
     if t.kind == ProviderKind::OpenaiCompatible {
         // Servers that predate max_completion_tokens take max_tokens.
-        if !b.contains_key("max_tokens") {
-            if let Some(v) = b.remove("max_completion_tokens") {
-                b.insert("max_tokens".into(), v);
+        if !body.contains_key("max_tokens") {
+            if let Some(v) = body.get("max_completion_tokens") {
+                drop.push("max_completion_tokens");
+                set.push(("max_tokens", v.clone()));
             }
         }
         // Azure-style deployments read the key from `api-key`.
         headers.push(("api-key", t.secret.to_owned()));
     }
+    let overlay = Overlay {
+        base: body,
+        set: &set,
+        drop: &drop,
+    };
     (
         endpoint(t.base_url, "chat/completions"),
         headers,
-        Value::Object(b),
+        // A tree of JSON values always serialises.
+        serde_json::to_vec(&overlay).unwrap_or_default(),
     )
+}
+
+/// `base` with the members of `set` replacing or added to its own and those of `drop`
+/// left out, as one JSON object.
+struct Overlay<'a> {
+    base: &'a Map<String, Value>,
+    set: &'a [(&'a str, Value)],
+    drop: &'a [&'a str],
+}
+
+impl Serialize for Overlay<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in self.base {
+            let k = k.as_str();
+            if !self.drop.contains(&k) && !self.set.iter().any(|(n, _)| *n == k) {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        for (k, v) in self.set {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 pub fn response(v: Value) -> Result<(Value, Tokens), String> {
@@ -257,6 +287,47 @@ mod tests {
             ),
             "https://x/openai/deployments/d/chat/completions?api-version=2024-10-21"
         );
+    }
+
+    /// The request goes as the client wrote it, with the gateway's changes only.
+    #[test]
+    fn requests_keep_the_clients_members_with_the_gateways_changes() {
+        let body: Map<String, Value> = serde_json::from_str(
+            r#"{"model":"openai/gpt-4o","messages":[{"role":"user","content":"hi \"x\""}],"max_completion_tokens":50,"stream":true,"stream_options":{"include_usage":false},"tools":[{"type":"function","function":{"name":"f","parameters":{}}}]}"#,
+        )
+        .unwrap();
+        let t = |kind| Target {
+            kind,
+            base_url: "http://h/v1",
+            secret: "sk-1",
+            model: "gpt-4o",
+        };
+        let (url, headers, bytes) = request(&t(ProviderKind::Openai), &body, false);
+        assert_eq!(url, "http://h/v1/chat/completions");
+        assert_eq!(headers, [("authorization", "Bearer sk-1".to_owned())]);
+        let mut want = body.clone();
+        want.insert("model".into(), "gpt-4o".into());
+        want.remove("stream");
+        want.remove("stream_options");
+        assert_eq!(
+            serde_json::from_slice::<Map<String, Value>>(&bytes).unwrap(),
+            want
+        );
+        let (_, headers, bytes) = request(&t(ProviderKind::OpenaiCompatible), &body, true);
+        assert_eq!(headers[1], ("api-key", "sk-1".to_owned()));
+        let sent: Map<String, Value> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(sent["max_tokens"], 50);
+        assert!(!sent.contains_key("max_completion_tokens"));
+        assert_eq!(sent["stream"], true);
+        assert_eq!(
+            sent["stream_options"],
+            serde_json::json!({"include_usage": true})
+        );
+        assert_eq!(
+            (sent["messages"].clone(), sent["tools"].clone()),
+            (body["messages"].clone(), body["tools"].clone())
+        );
+        assert_eq!(sent.len(), body.len(), "nothing else is added or lost");
     }
 
     #[test]
