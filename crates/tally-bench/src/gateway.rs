@@ -116,14 +116,19 @@ fn taskset(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `shared`: the server, the load generator and the fake provider share every core. Else
-/// (the default with two cores or more) the server gets the last core to itself and this
+/// By default the server, the load generator and the fake provider share every core.
+/// `pin_server` (with two cores or more) gives the server the last core to itself and this
 /// process (load generator and fake provider) the others, as a gateway deployed apart from
-/// its clients and providers would: the overhead measured is then the server's, not the
-/// scheduler's choice among three busy processes.
-pub async fn gateway(rate: u64, seconds: u64, latency_ms: u64, shared: bool) -> anyhow::Result<()> {
+/// its clients and providers would be: the overhead measured is then the server's, not the
+/// scheduler's choice among three busy processes, on one core only.
+pub async fn gateway(
+    rate: u64,
+    seconds: u64,
+    latency_ms: u64,
+    pin_server: bool,
+) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let pinned = !shared && cores >= 2;
+    let pinned = pin_server && cores >= 2;
     println!(
         "== LLM gateway overhead at {rate} req/s for {seconds}s, provider latency {latency_ms} ms, \
          recording + budgets + rate limits on (budget: p99 overhead < 1 ms, RSS < 100 MB)"
@@ -140,12 +145,13 @@ pub async fn gateway(rate: u64, seconds: u64, latency_ms: u64, shared: bool) -> 
         ])?;
         println!(
             "  cores: server on core {last}, load generator and fake provider on 0-{} \
-             (--shared-cores to share them all)",
+             (--pin-server)",
             last - 1
         );
     } else {
         println!(
-            "  cores: all {cores} shared by the server, the load generator and the fake provider"
+            "  cores: all {cores} shared by the server, the load generator and the fake provider \
+             (--pin-server gives the server one to itself)"
         );
     }
     let fake = tally_fake_provider::FakeProvider::start(tally_fake_provider::Script {

@@ -89,10 +89,10 @@ enum Bench {
         /// The fake provider's latency before its first byte.
         #[arg(long, default_value_t = 50)]
         latency_ms: u64,
-        /// Share every core between the server, the load generator and the fake provider
-        /// (by default the server has a core to itself).
+        /// Give the server the last core to itself, the load generator and the fake
+        /// provider the others (by default all three share every core).
         #[arg(long)]
-        shared_cores: bool,
+        pin_server: bool,
     },
     /// Everything above with defaults.
     All,
@@ -127,8 +127,8 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 seconds,
                 latency_ms,
-                shared_cores,
-            } => gateway::gateway(rate, seconds, latency_ms, shared_cores).await,
+                pin_server,
+            } => gateway::gateway(rate, seconds, latency_ms, pin_server).await,
             Bench::All => {
                 load::ingest(20, 8, 100).await?;
                 load::track(1000, 20).await?;
