@@ -1686,24 +1686,6 @@ impl StreamState {
             self.settle.first_token = Some(self.settle.started.elapsed());
         }
         for c in &t.chunks {
-            if let Some(choices) = c.get("choices").and_then(Value::as_array) {
-                for ch in choices {
-                    if let Some(s) = ch.pointer("/delta/content").and_then(Value::as_str) {
-                        self.settle.streamed.push_str(s);
-                    }
-                    for call in ch
-                        .pointer("/delta/tool_calls")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
-                        if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str)
-                        {
-                            self.settle.streamed.push_str(a);
-                        }
-                    }
-                }
-            }
             push_sse_value(&mut self.out, c);
         }
         for json in &t.raw {

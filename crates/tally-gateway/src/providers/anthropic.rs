@@ -276,8 +276,7 @@ impl StreamState {
                 if let Some(u) = v.pointer("/message/usage") {
                     self.usage = tokens(u);
                 }
-                out.chunks
-                    .push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+                out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
             }
             Some("content_block_start") => {
                 let block = v.get("content_block");
@@ -285,7 +284,7 @@ impl StreamState {
                     let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
                     let call = self.tools.len();
                     self.tools.push((index, call));
-                    out.chunks.push(self.chunk(
+                    out.push(self.chunk(
                         json!({"tool_calls": [{
                             "index": call,
                             "id": block.and_then(|b| b.get("id")).cloned().unwrap_or(Value::Null),
@@ -301,7 +300,7 @@ impl StreamState {
                 match d.and_then(|d| d.get("type")).and_then(Value::as_str) {
                     Some("text_delta") => {
                         let text = d.and_then(|d| d.get("text")).cloned().unwrap_or(json!(""));
-                        out.chunks.push(self.chunk(json!({"content": text}), None));
+                        out.push(self.chunk(json!({"content": text}), None));
                     }
                     Some("input_json_delta") => {
                         let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -310,7 +309,7 @@ impl StreamState {
                                 .and_then(|d| d.get("partial_json"))
                                 .cloned()
                                 .unwrap_or(json!(""));
-                            out.chunks.push(self.chunk(
+                            out.push(self.chunk(
                                 json!({"tool_calls": [{"index": call, "function": {"arguments": part}}]}),
                                 None,
                             ));
@@ -324,8 +323,7 @@ impl StreamState {
                     self.usage.completion = n;
                 }
                 if let Some(reason) = v.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    out.chunks
-                        .push(self.chunk(json!({}), Some(finish_reason(reason))));
+                    out.push(self.chunk(json!({}), Some(finish_reason(reason))));
                 }
             }
             Some("message_stop") => {

@@ -340,7 +340,7 @@ impl StreamState {
                 delta.insert("tool_calls".into(), Value::Array(calls));
             }
             if !delta.is_empty() {
-                out.chunks.push(chunk(
+                out.push(chunk(
                     &self.id,
                     self.created,
                     &self.model,
@@ -354,7 +354,7 @@ impl StreamState {
                 } else {
                     finish_reason(r)
                 };
-                out.chunks.push(chunk(
+                out.push(chunk(
                     &self.id,
                     self.created,
                     &self.model,

@@ -183,7 +183,8 @@ pub struct Translated {
     pub chunks: Vec<Value>,
     /// Chunks already written as JSON (OpenAI's own, passed on), sent after `chunks`.
     pub raw: Vec<Vec<u8>>,
-    /// The text and tool-call arguments of the `raw` chunks.
+    /// The text and tool-call arguments of all these chunks, for counting when no usage
+    /// comes.
     pub text: String,
     /// Usage the provider reported, when this event carried it.
     pub usage: Option<Tokens>,
@@ -191,6 +192,33 @@ pub struct Translated {
     pub error: Option<UpstreamError>,
     /// The provider said the stream is over.
     pub done: bool,
+}
+
+impl Translated {
+    /// Adds a chunk to send, its text and tool-call arguments to `text`.
+    pub fn push(&mut self, chunk: Value) {
+        for choice in chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(s) = choice.pointer("/delta/content").and_then(Value::as_str) {
+                self.text.push_str(s);
+            }
+            for call in choice
+                .pointer("/delta/tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                    self.text.push_str(a);
+                }
+            }
+        }
+        self.chunks.push(chunk);
+    }
 }
 
 impl Translator {

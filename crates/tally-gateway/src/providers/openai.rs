@@ -200,14 +200,13 @@ impl StreamState {
         if choices.is_empty() {
             return Some(());
         }
-        let mut text = String::new();
         for delta in choices.iter().filter_map(|c| c.delta.as_ref()) {
             if let Some(c) = &delta.content {
-                text.push_str(c);
+                out.text.push_str(c);
             }
             for call in delta.tool_calls.iter().flatten() {
                 if let Some(a) = call.function.as_ref().and_then(|f| f.arguments.as_ref()) {
-                    text.push_str(a);
+                    out.text.push_str(a);
                 }
             }
         }
@@ -236,7 +235,6 @@ impl StreamState {
         }
         json.push(b'}');
         out.raw.push(json);
-        out.text.push_str(&text);
         Some(())
     }
 
@@ -259,7 +257,7 @@ impl StreamState {
             .is_some_and(|c| !c.is_empty())
         {
             v["model"] = Value::String(self.model.clone());
-            out.chunks.push(v);
+            out.push(v);
         }
     }
 }
