@@ -93,6 +93,7 @@ impl Drop for Checkpointer {
 /// The background loop: a pass every `INTERVAL`, back to back (`CATCH_UP_GAP`) while a
 /// long log waits for the writer's catch-up, so the tail it leaves the writer is short.
 fn run(conn: &Connection, stop: &(Mutex<bool>, Condvar), log: &LogLength) {
+    super::lower_priority(super::BACKGROUND_NICE);
     let (stopped, wake) = stop;
     let mut pause = INTERVAL;
     loop {

@@ -324,7 +324,7 @@ impl UserIndex {
     }
 
     fn run(&self, conn: Connection) {
-        super::background_priority();
+        super::lower_priority(super::BACKGROUND_NICE);
         loop {
             let (batch, stop) = {
                 let mut g = self.generations();

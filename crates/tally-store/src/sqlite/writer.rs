@@ -208,6 +208,7 @@ fn run(
     log: Arc<LogLength>,
     final_checkpoint: bool,
 ) {
+    super::lower_priority(super::WRITER_NICE);
     let mut batch: Vec<(usize, JobFn)> = Vec::new();
     loop {
         let Some(first) = rx.blocking_recv() else {
