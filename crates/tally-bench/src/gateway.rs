@@ -2,7 +2,9 @@
 //! and rate limits on; RSS < 100 MB): the fake provider answering at a fixed latency is
 //! driven at a fixed rate directly and through tally in the same run, with the same
 //! realistic requests (prompts of 500–4,000 tokens, answers of 100–500 tokens), and the
-//! difference of the latency percentiles is the overhead. Streams are measured by their
+//! difference of the latency percentiles is the overhead. The two paths take turns a second
+//! at a time (`SLICE`), so a slow stretch of the host falls on both alike; `--sequential`
+//! runs one after the other instead. Streams are measured by their
 //! time to first token, direct and through tally.
 
 use std::time::{Duration, Instant};
@@ -11,7 +13,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::load::{bench_tenant, open_loop, print_memory, print_stats, stats, Stats};
+use crate::load::{
+    bench_tenant, open_loop, open_loop_split, print_memory, print_stats, stats, Stats,
+};
 use crate::server::Server;
 
 /// Real text to cut prompts from: this repository's own documentation (prose, tables,
@@ -78,6 +82,9 @@ fn requests(n: usize, stream: bool) -> anyhow::Result<(Vec<Value>, Vec<usize>)> 
     Ok((bodies, counts))
 }
 
+/// How long each path has the load to itself before the other takes its turn.
+const SLICE: Duration = Duration::from_secs(1);
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // utime and stime are fields 14 and 15, after the parenthesised command name.
@@ -126,6 +133,7 @@ pub async fn gateway(
     seconds: u64,
     latency_ms: u64,
     pin_server: bool,
+    sequential: bool,
 ) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let pinned = pin_server && cores >= 2;
@@ -246,26 +254,50 @@ pub async fn gateway(
         .map(|b| &*Box::leak(serde_json::to_vec(b).unwrap_or_default().into_boxed_slice()))
         .collect();
     let pick = |i: u64| encoded[(i as usize) % encoded.len()];
-    let (direct, direct_errors) = open_loop(&client, rate, seconds, |i| {
+    let direct_call = |i: u64| {
         client
             .post(&direct_url)
             .bearer_auth(tally_fake_provider::KEY)
             .header("content-type", "application/json")
             .body(pick(i))
-    })
-    .await?;
-    let pid = server.pid();
-    let cpu_before = cpu_seconds(pid);
-    let started = Instant::now();
-    let (through, through_errors) = open_loop(&client, rate, seconds, |i| {
+    };
+    let through_call = |i: u64| {
         client
             .post(&through_url)
             .bearer_auth(&key)
             .header("content-type", "application/json")
             .body(pick(i))
-    })
-    .await?;
-    let wall = started.elapsed().as_secs_f64();
+    };
+    let pid = server.pid();
+    let (direct, direct_errors, through, through_errors, cpu_before, started);
+    if sequential {
+        println!("  order: the direct calls first, then the calls through tally (--sequential)");
+        (direct, direct_errors) = open_loop(&client, rate, seconds, direct_call).await?;
+        cpu_before = cpu_seconds(pid);
+        started = Instant::now();
+        (through, through_errors) = open_loop(&client, rate, seconds, through_call).await?;
+    } else {
+        println!(
+            "  order: direct and through tally take turns, {} ms each, at {rate} req/s",
+            SLICE.as_millis()
+        );
+        cpu_before = cpu_seconds(pid);
+        started = Instant::now();
+        let per_slice = (rate * SLICE.as_millis() as u64 / 1000).max(1);
+        let mut parts = open_loop_split(&client, rate, 2 * seconds, 2, |i| {
+            if (i / per_slice).is_multiple_of(2) {
+                (0, direct_call(i))
+            } else {
+                (1, through_call(i))
+            }
+        })
+        .await?
+        .into_iter();
+        (through, through_errors) = parts.next_back().unwrap_or_default();
+        (direct, direct_errors) = parts.next_back().unwrap_or_default();
+    }
+    // The server's share of the wall time: its turns only, when the paths take turns.
+    let wall = started.elapsed().as_secs_f64() / if sequential { 1.0 } else { 2.0 };
     let cpu = cpu_seconds(pid) - cpu_before;
     let (d, t) = (stats(direct), stats(through));
     print_stats("direct to the provider", &d);
@@ -273,53 +305,65 @@ pub async fn gateway(
     print_overhead("overhead (through − direct)", &t, &d);
     let calls = (rate * seconds) as f64;
     println!(
-        "  server CPU                         {:.1} µs per call ({:.0} % of a core over {wall:.1} s)",
+        "  server CPU                         {:.1} µs per call ({:.0} % of a core over {wall:.1} s of calls)",
         cpu / calls * 1e6,
         cpu / wall * 100.0
     );
     println!("  errors: direct {direct_errors}, through {through_errors}");
 
-    // Streams: time to the first content byte.
+    // Streams: time to the first content byte, the two paths taking turns as above.
     let (streams, _) = requests(128, true)?;
+    let streams: Vec<&'static [u8]> = streams
+        .iter()
+        .map(|b| &*Box::leak(serde_json::to_vec(b).unwrap_or_default().into_boxed_slice()))
+        .collect();
     let stream_rate = (rate / 5).max(1);
-    let ttft = |url: String, auth: String| {
-        let client = client.clone();
-        let streams = streams.clone();
-        async move {
-            let mut lat = Vec::new();
-            let interval = Duration::from_nanos(1_000_000_000 / stream_rate);
-            let mut handles = Vec::new();
-            let start = Instant::now();
-            for i in 0..(stream_rate * seconds.min(10)) {
-                tokio::time::sleep_until((start + interval * i as u32).into()).await;
-                let req = client
-                    .post(&url)
-                    .bearer_auth(&auth)
-                    .json(&streams[i as usize % streams.len()]);
-                handles.push(tokio::spawn(async move {
-                    let sent = Instant::now();
-                    let mut resp = req.send().await?;
-                    let mut first = None;
-                    while let Some(chunk) = resp.chunk().await? {
-                        if first.is_none()
-                            && String::from_utf8_lossy(&chunk).contains("\"content\":\"word")
-                        {
-                            first = Some(sent.elapsed().as_micros() as u64);
-                        }
-                    }
-                    anyhow::Ok(first)
-                }));
-            }
-            for h in handles {
-                if let Some(l) = h.await?? {
-                    lat.push(l);
-                }
-            }
-            anyhow::Ok(lat)
+    let stream_calls = stream_rate * seconds.min(10);
+    let per_slice = (stream_rate * SLICE.as_millis() as u64 / 1000).max(1);
+    let through_turn = |i: u64| {
+        if sequential {
+            i >= stream_calls
+        } else {
+            !(i / per_slice).is_multiple_of(2)
         }
     };
-    let direct_ttft = ttft(direct_url.clone(), tally_fake_provider::KEY.to_owned()).await?;
-    let through_ttft = ttft(through_url.clone(), key.clone()).await?;
+    let interval = Duration::from_nanos(1_000_000_000 / stream_rate);
+    let mut handles = Vec::new();
+    let start = Instant::now();
+    for i in 0..2 * stream_calls {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        let through = through_turn(i);
+        let (url, auth) = if through {
+            (&through_url, key.as_str())
+        } else {
+            (&direct_url, tally_fake_provider::KEY)
+        };
+        let req = client
+            .post(url)
+            .bearer_auth(auth)
+            .header("content-type", "application/json")
+            .body(streams[i as usize % streams.len()]);
+        handles.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let mut resp = req.send().await?;
+            let mut first = None;
+            while let Some(chunk) = resp.chunk().await? {
+                if first.is_none() && String::from_utf8_lossy(&chunk).contains("\"content\":\"word")
+                {
+                    first = Some(sent.elapsed().as_micros() as u64);
+                }
+            }
+            anyhow::Ok((through, first))
+        }));
+    }
+    let (mut direct_ttft, mut through_ttft) = (Vec::new(), Vec::new());
+    for h in handles {
+        match h.await?? {
+            (true, Some(l)) => through_ttft.push(l),
+            (false, Some(l)) => direct_ttft.push(l),
+            (_, None) => {}
+        }
+    }
     let (d, t) = (stats(direct_ttft), stats(through_ttft));
     println!("  streams at {stream_rate} req/s, time to first token:");
     print_stats("direct to the provider", &d);
@@ -337,7 +381,7 @@ pub async fn gateway(
     println!(
         "  usage records stored: {} (calls made through tally: {})",
         v["total_messages"],
-        50 + rate * seconds + stream_rate * seconds.min(10)
+        50 + rate * seconds + stream_calls
     );
     server.stop();
     drop(dir);

@@ -254,6 +254,21 @@ pub async fn open_loop(
     seconds: u64,
     make: impl Fn(u64) -> reqwest::RequestBuilder,
 ) -> anyhow::Result<(Vec<u64>, u64)> {
+    let mut parts = open_loop_split(client, rate, seconds, 1, |i| (0, make(i))).await?;
+    Ok(parts.pop().unwrap_or_default())
+}
+
+/// An open loop at `rate` requests a second whose requests belong to `parts` parts: `make`
+/// says which part request `i` is in (below `parts`) along with the request. Returns each
+/// part's latencies (µs, from the moment the request was due) and error count.
+pub async fn open_loop_split(
+    client: &reqwest::Client,
+    rate: u64,
+    seconds: u64,
+    parts: usize,
+    make: impl Fn(u64) -> (usize, reqwest::RequestBuilder),
+) -> anyhow::Result<Vec<(Vec<u64>, u64)>> {
+    let parts = parts.max(1);
     let total = rate * seconds;
     let interval = Duration::from_nanos(1_000_000_000 / rate);
     let start = Instant::now() + Duration::from_millis(50);
@@ -262,22 +277,28 @@ pub async fn open_loop(
     for i in 0..total {
         let scheduled = start + interval * i as u32;
         tokio::time::sleep_until(scheduled.into()).await;
-        let req = make(i);
+        let (part, req) = make(i);
         handles.push(tokio::spawn(async move {
             let resp = req.send().await?;
             let ok = resp.status().is_success();
             resp.bytes().await?;
-            anyhow::Ok((scheduled.elapsed().as_micros() as u64, ok))
+            anyhow::Ok((
+                part.min(parts - 1),
+                scheduled.elapsed().as_micros() as u64,
+                ok,
+            ))
         }));
     }
-    let mut lat = Vec::with_capacity(handles.len());
-    let mut errors = 0;
+    let mut out: Vec<(Vec<u64>, u64)> = (0..parts)
+        .map(|_| (Vec::with_capacity(handles.len() / parts + 1), 0))
+        .collect();
     for h in handles {
-        let (l, ok) = h.await??;
-        lat.push(l);
-        errors += u64::from(!ok);
+        let (part, l, ok) = h.await??;
+        let part = &mut out[part];
+        part.0.push(l);
+        part.1 += u64::from(!ok);
     }
-    Ok((lat, errors))
+    Ok(out)
 }
 
 pub async fn track(rate: u64, seconds: u64) -> anyhow::Result<()> {

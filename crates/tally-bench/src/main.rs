@@ -93,6 +93,10 @@ enum Bench {
         /// provider the others (by default all three share every core).
         #[arg(long)]
         pin_server: bool,
+        /// Run the direct calls first and the calls through tally after, as the figures
+        /// before 2026-12-03's fifth session were taken (by default they take turns).
+        #[arg(long)]
+        sequential: bool,
     },
     /// Everything above with defaults.
     All,
@@ -128,7 +132,8 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 latency_ms,
                 pin_server,
-            } => gateway::gateway(rate, seconds, latency_ms, pin_server).await,
+                sequential,
+            } => gateway::gateway(rate, seconds, latency_ms, pin_server, sequential).await,
             Bench::All => {
                 load::ingest(20, 8, 100).await?;
                 load::track(1000, 20).await?;
@@ -136,7 +141,7 @@ fn main() -> anyhow::Result<()> {
                 ai::ingest(20, 8, 100).await?;
                 ai::reads(10_000_000, 2000).await?;
                 login::login_flood(200, 10, 1000).await?;
-                gateway::gateway(1000, 20, 50, false).await
+                gateway::gateway(1000, 20, 50, false, false).await
             }
         }
     })
