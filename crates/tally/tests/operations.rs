@@ -275,6 +275,37 @@ fn slow_headers_idle_sockets_and_slow_bodies_are_cut_off() {
 }
 
 #[test]
+fn a_head_with_too_many_headers_is_431_with_the_envelope() {
+    use std::io::Write;
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    let head = |n: usize| {
+        let mut h = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for i in 0..n {
+            h.push_str(&format!("x-extra-{i}: {i}\r\n"));
+        }
+        h.push_str("\r\n");
+        h
+    };
+    // Up to 100 headers pass.
+    let mut s = connect(&server.base);
+    s.write_all(head(90).as_bytes()).unwrap();
+    let (sent, _) = until_closed(s);
+    assert!(sent.starts_with("HTTP/1.1 200"), "{sent}");
+    // A few too many: the router's 431 with the envelope and the limits.
+    let mut s = connect(&server.base);
+    s.write_all(head(110).as_bytes()).unwrap();
+    let (sent, _) = until_closed(s);
+    assert!(sent.starts_with("HTTP/1.1 431"), "{sent}");
+    assert!(sent.contains(r#""code":"HEADERS_TOO_LARGE""#), "{sent}");
+    // Far too many: hyper refuses the head itself, still with a 431.
+    let mut s = connect(&server.base);
+    s.write_all(head(500).as_bytes()).unwrap();
+    let (sent, _) = until_closed(s);
+    assert!(sent.starts_with("HTTP/1.1 431"), "{sent}");
+}
+
+#[test]
 fn sigterm_finishes_within_the_deadline_with_slow_clients_attached() {
     use std::io::Write;
     let root = tempfile::tempdir().unwrap();
