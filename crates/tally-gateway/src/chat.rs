@@ -1084,23 +1084,27 @@ impl Gateway {
                 model: &route.model,
             };
             let (url, headers, body) = build(&target);
-            if let Err(e) = crate::net::check_url(&self.policy, &url) {
-                let now = self.clock.now_micros();
-                self.health.record(tenant, &d.name, false, 0.0, now);
-                return Err(Failure {
-                    error: GatewayError::new(
-                        502,
-                        "OUTBOUND_REFUSED",
-                        "api_error",
-                        format!("the provider '{}' may not be called: {e}", d.name),
-                    ),
-                    provider_side: true,
-                    timeout: false,
-                });
-            }
+            let url = match crate::net::check_url(&self.policy, &url) {
+                Ok(url) => url,
+                Err(e) => {
+                    let now = self.clock.now_micros();
+                    self.health.record(tenant, &d.name, false, 0.0, now);
+                    return Err(Failure {
+                        error: GatewayError::new(
+                            502,
+                            "OUTBOUND_REFUSED",
+                            "api_error",
+                            format!("the provider '{}' may not be called: {e}", d.name),
+                        ),
+                        provider_side: true,
+                        timeout: false,
+                    });
+                }
+            };
+            // The URL as checked, parsed once.
             let mut req = d
                 .http
-                .post(&url)
+                .post(url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
             for (h, v) in headers {
