@@ -197,21 +197,14 @@ pub struct Translated {
 impl Translated {
     /// Adds a chunk to send, its text and tool-call arguments to `text`.
     pub fn push(&mut self, chunk: Value) {
-        for choice in chunk
-            .get("choices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        fn items(v: Option<&Value>) -> impl Iterator<Item = &Value> {
+            v.and_then(Value::as_array).into_iter().flatten()
+        }
+        for choice in items(chunk.get("choices")) {
             if let Some(s) = choice.pointer("/delta/content").and_then(Value::as_str) {
                 self.text.push_str(s);
             }
-            for call in choice
-                .pointer("/delta/tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for call in items(choice.pointer("/delta/tool_calls")) {
                 if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str) {
                     self.text.push_str(a);
                 }
