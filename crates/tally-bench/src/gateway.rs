@@ -13,9 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::load::{
-    bench_tenant, open_loop, open_loop_split, print_memory, print_stats, stats, Stats,
-};
+use crate::load::{bench_tenant, open_loop_split, print_memory, print_stats, stats, Stats};
 use crate::server::Server;
 
 /// Real text to cut prompts from: this repository's own documentation (prose, tables,
@@ -84,6 +82,26 @@ fn requests(n: usize, stream: bool) -> anyhow::Result<(Vec<Value>, Vec<usize>)> 
 
 /// How long each path has the load to itself before the other takes its turn.
 const SLICE: Duration = Duration::from_secs(1);
+
+/// Whether call `i` of a run of both paths at `rate` a second, `calls` each, goes through
+/// tally: by turns of `SLICE`, or with `sequential` the first half direct and the rest
+/// through tally.
+fn through_turn(i: u64, rate: u64, calls: u64, sequential: bool) -> bool {
+    if sequential {
+        return i >= calls;
+    }
+    let per_slice = (rate * SLICE.as_millis() as u64 / 1000).max(1);
+    !(i / per_slice).is_multiple_of(2)
+}
+
+/// `bodies` as JSON, written once and kept for the run, so the load generator's own work
+/// stays off both sides of the comparison.
+fn encode_once(bodies: &[Value]) -> Vec<&'static [u8]> {
+    bodies
+        .iter()
+        .map(|b| &*Box::leak(serde_json::to_vec(b).unwrap_or_default().into_boxed_slice()))
+        .collect()
+}
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -248,11 +266,7 @@ pub async fn gateway(
             .bytes()
             .await?;
     }
-    // Serialised once: the load generator's own work stays off the measurement.
-    let encoded: Vec<&'static [u8]> = bodies
-        .iter()
-        .map(|b| &*Box::leak(serde_json::to_vec(b).unwrap_or_default().into_boxed_slice()))
-        .collect();
+    let encoded = encode_once(&bodies);
     let pick = |i: u64| encoded[(i as usize) % encoded.len()];
     let direct_call = |i: u64| {
         client
@@ -269,35 +283,29 @@ pub async fn gateway(
             .body(pick(i))
     };
     let pid = server.pid();
-    let (direct, direct_errors, through, through_errors, cpu_before, started);
     if sequential {
         println!("  order: the direct calls first, then the calls through tally (--sequential)");
-        (direct, direct_errors) = open_loop(&client, rate, seconds, direct_call).await?;
-        cpu_before = cpu_seconds(pid);
-        started = Instant::now();
-        (through, through_errors) = open_loop(&client, rate, seconds, through_call).await?;
     } else {
         println!(
             "  order: direct and through tally take turns, {} ms each, at {rate} req/s",
             SLICE.as_millis()
         );
-        cpu_before = cpu_seconds(pid);
-        started = Instant::now();
-        let per_slice = (rate * SLICE.as_millis() as u64 / 1000).max(1);
-        let mut parts = open_loop_split(&client, rate, 2 * seconds, 2, |i| {
-            if (i / per_slice).is_multiple_of(2) {
-                (0, direct_call(i))
-            } else {
-                (1, through_call(i))
-            }
-        })
-        .await?
-        .into_iter();
-        (through, through_errors) = parts.next_back().unwrap_or_default();
-        (direct, direct_errors) = parts.next_back().unwrap_or_default();
     }
-    // The server's share of the wall time: its turns only, when the paths take turns.
-    let wall = started.elapsed().as_secs_f64() / if sequential { 1.0 } else { 2.0 };
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let mut parts = open_loop_split(&client, rate, 2 * seconds, 2, |i| {
+        if through_turn(i, rate, rate * seconds, sequential) {
+            (1, through_call(i))
+        } else {
+            (0, direct_call(i))
+        }
+    })
+    .await?
+    .into_iter();
+    let (through, through_errors) = parts.next_back().unwrap_or_default();
+    let (direct, direct_errors) = parts.next_back().unwrap_or_default();
+    // The server's share of the wall time: its half of the calls.
+    let wall = started.elapsed().as_secs_f64() / 2.0;
     let cpu = cpu_seconds(pid) - cpu_before;
     let (d, t) = (stats(direct), stats(through));
     print_stats("direct to the provider", &d);
@@ -313,26 +321,15 @@ pub async fn gateway(
 
     // Streams: time to the first content byte, the two paths taking turns as above.
     let (streams, _) = requests(128, true)?;
-    let streams: Vec<&'static [u8]> = streams
-        .iter()
-        .map(|b| &*Box::leak(serde_json::to_vec(b).unwrap_or_default().into_boxed_slice()))
-        .collect();
+    let streams = encode_once(&streams);
     let stream_rate = (rate / 5).max(1);
     let stream_calls = stream_rate * seconds.min(10);
-    let per_slice = (stream_rate * SLICE.as_millis() as u64 / 1000).max(1);
-    let through_turn = |i: u64| {
-        if sequential {
-            i >= stream_calls
-        } else {
-            !(i / per_slice).is_multiple_of(2)
-        }
-    };
     let interval = Duration::from_nanos(1_000_000_000 / stream_rate);
     let mut handles = Vec::new();
     let start = Instant::now();
     for i in 0..2 * stream_calls {
         tokio::time::sleep_until((start + interval * i as u32).into()).await;
-        let through = through_turn(i);
+        let through = through_turn(i, stream_rate, stream_calls, sequential);
         let (url, auth) = if through {
             (&through_url, key.as_str())
         } else {
