@@ -141,11 +141,11 @@ fn taskset(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// By default the server, the load generator and the fake provider share every core.
-/// `pin_server` (with two cores or more) gives the server the last core to itself and this
-/// process (load generator and fake provider) the others, as a gateway deployed apart from
-/// its clients and providers would be: the overhead measured is then the server's, not the
-/// scheduler's choice among three busy processes, on one core only.
+/// `pin_server` (the default; with two cores or more) gives the server the last core to
+/// itself and this process (load generator and fake provider) the others, as a gateway
+/// deployed apart from its clients and providers would be: the overhead measured is then
+/// the server's, not the scheduler's choice among three busy processes. Without it
+/// (`--shared-cores`) the three share every core.
 pub async fn gateway(
     rate: u64,
     seconds: u64,
@@ -171,13 +171,13 @@ pub async fn gateway(
         ])?;
         println!(
             "  cores: server on core {last}, load generator and fake provider on 0-{} \
-             (--pin-server)",
+             (--shared-cores lets the three share every core)",
             last - 1
         );
     } else {
         println!(
             "  cores: all {cores} shared by the server, the load generator and the fake provider \
-             (--pin-server gives the server one to itself)"
+             (--shared-cores)"
         );
     }
     let fake = tally_fake_provider::FakeProvider::start(tally_fake_provider::Script {

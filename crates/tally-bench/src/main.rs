@@ -89,10 +89,10 @@ enum Bench {
         /// The fake provider's latency before its first byte.
         #[arg(long, default_value_t = 50)]
         latency_ms: u64,
-        /// Give the server the last core to itself, the load generator and the fake
-        /// provider the others (by default all three share every core).
+        /// Let the server, the load generator and the fake provider share every core (by
+        /// default the server has the last core to itself, the other two the rest).
         #[arg(long)]
-        pin_server: bool,
+        shared_cores: bool,
         /// Run the direct calls first and the calls through tally after, as the figures
         /// before 2026-12-03's fifth session were taken (by default they take turns).
         #[arg(long)]
@@ -131,9 +131,9 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 seconds,
                 latency_ms,
-                pin_server,
+                shared_cores,
                 sequential,
-            } => gateway::gateway(rate, seconds, latency_ms, pin_server, sequential).await,
+            } => gateway::gateway(rate, seconds, latency_ms, !shared_cores, sequential).await,
             Bench::All => {
                 load::ingest(20, 8, 100).await?;
                 load::track(1000, 20).await?;
