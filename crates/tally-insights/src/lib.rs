@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use tally_core::cache::TtlCache;
 mod error;
+pub mod sql;
 pub use error::{InsightsError, InsightsResult};
 
 /// Batches larger than this are validated on a blocking thread, keeping the async
