@@ -5,6 +5,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+
+use hashlink::LruCache;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -137,9 +140,24 @@ fn english(names: Option<BTreeMap<String, String>>) -> Option<String> {
 #[error("failed to open GeoIP database: {0}")]
 pub struct GeoIpError(String);
 
+/// User agents remembered with what they parse to. Traffic repeats a few thousand user
+/// agents, and parsing one (woothee's regexes) costs microseconds per event.
+const UA_CACHE_ENTRIES: usize = 4096;
+/// Longer user agents are parsed every time: they are rare, and would make the cache large.
+const UA_CACHE_MAX_LEN: usize = 512;
+
+/// What a user agent tells: the `context` fields it adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UaFields {
+    device_type: &'static str,
+    browser: Option<String>,
+    os: Option<String>,
+}
+
 /// Derives `context` and `enriched_data` fields from what the client sent.
 pub struct Enricher {
     ua: woothee::parser::Parser,
+    ua_cache: Mutex<LruCache<Box<str>, Option<UaFields>>>,
     geo: Option<maxminddb::Reader<Vec<u8>>>,
 }
 
@@ -162,6 +180,7 @@ impl Enricher {
     pub fn new() -> Self {
         Self {
             ua: woothee::parser::Parser::new(),
+            ua_cache: Mutex::new(LruCache::new(UA_CACHE_ENTRIES)),
             geo: None,
         }
     }
@@ -171,8 +190,8 @@ impl Enricher {
         let reader = maxminddb::Reader::open_readfile(path)
             .map_err(|e| GeoIpError(format!("{}: {e}", path.display())))?;
         Ok(Self {
-            ua: woothee::parser::Parser::new(),
             geo: Some(reader),
+            ..Self::new()
         })
     }
 
@@ -226,19 +245,14 @@ impl Enricher {
             .get("user_agent")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        if let Some(ua) = ua.as_deref() {
-            if let Some(parsed) = self.ua.parse(ua) {
-                let device = device_type(parsed.category, parsed.os);
-                ctx.entry("device_type")
-                    .or_insert_with(|| Value::String(device.to_owned()));
-                if parsed.name != woothee::woothee::VALUE_UNKNOWN {
-                    ctx.entry("browser")
-                        .or_insert_with(|| Value::String(parsed.name.to_owned()));
-                }
-                if parsed.os != woothee::woothee::VALUE_UNKNOWN {
-                    ctx.entry("os")
-                        .or_insert_with(|| Value::String(os_family(parsed.os).to_owned()));
-                }
+        if let Some(fields) = ua.as_deref().and_then(|ua| self.user_agent(ua)) {
+            ctx.entry("device_type")
+                .or_insert_with(|| Value::String(fields.device_type.to_owned()));
+            if let Some(browser) = fields.browser {
+                ctx.entry("browser").or_insert(Value::String(browser));
+            }
+            if let Some(os) = fields.os {
+                ctx.entry("os").or_insert(Value::String(os));
             }
         }
 
@@ -262,6 +276,36 @@ impl Enricher {
             );
         }
         enriched
+    }
+}
+
+impl Enricher {
+    /// The fields `ua` parses to, remembered for the next event with the same user agent.
+    fn user_agent(&self, ua: &str) -> Option<UaFields> {
+        if ua.len() > UA_CACHE_MAX_LEN {
+            return self.parse_user_agent(ua);
+        }
+        // A poisoned lock only means another thread panicked mid-insert: the cache is
+        // still a map of parsed answers.
+        let mut cache = self.ua_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(hit) = cache.get(ua) {
+            return hit.clone();
+        }
+        drop(cache);
+        let fields = self.parse_user_agent(ua);
+        let mut cache = self.ua_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.insert(ua.into(), fields.clone());
+        fields
+    }
+
+    fn parse_user_agent(&self, ua: &str) -> Option<UaFields> {
+        let parsed = self.ua.parse(ua)?;
+        let known = |s: &str| s != woothee::woothee::VALUE_UNKNOWN;
+        Some(UaFields {
+            device_type: device_type(parsed.category, parsed.os),
+            browser: known(parsed.name).then(|| parsed.name.to_owned()),
+            os: known(parsed.os).then(|| os_family(parsed.os).to_owned()),
+        })
     }
 }
 
@@ -346,6 +390,37 @@ mod tests {
         enricher.enrich(b"t", &mut m, None);
         assert_eq!(m.context["device_type"], "mobile");
         assert_eq!(m.context["os"], "iPhone");
+    }
+
+    #[test]
+    fn remembered_user_agents_give_what_parsing_gives() {
+        let enricher = Enricher::new();
+        let long = format!("{CHROME_WIN} {}", "x".repeat(UA_CACHE_MAX_LEN));
+        for ua in [
+            CHROME_WIN,
+            IPHONE,
+            "curl/8.5.0",
+            "not a browser at all",
+            long.as_str(),
+        ] {
+            let parsed = enricher.parse_user_agent(ua);
+            // The first call parses and remembers, the second is answered from memory.
+            assert_eq!(enricher.user_agent(ua), parsed, "{ua}");
+            assert_eq!(enricher.user_agent(ua), parsed, "{ua}");
+        }
+        let cache = enricher.ua_cache.lock().unwrap();
+        assert_eq!(cache.len(), 4, "the over-long user agent is not kept");
+        drop(cache);
+        // Past its capacity the cache forgets the least recently used, and answers stay right.
+        for i in 0..UA_CACHE_ENTRIES + 10 {
+            enricher.user_agent(&format!("{IPHONE} build/{i}"));
+        }
+        assert_eq!(enricher.ua_cache.lock().unwrap().len(), UA_CACHE_ENTRIES);
+        let mut e = event(json!({"user_agent": CHROME_WIN}));
+        enricher.enrich(b"t", &mut e, None);
+        assert_eq!(e.context["browser"], "Chrome");
+        assert_eq!(e.context["os"], "Windows");
+        assert_eq!(e.context["device_type"], "desktop");
     }
 
     #[test]
