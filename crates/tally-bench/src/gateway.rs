@@ -103,21 +103,6 @@ fn encode_once(bodies: &[Value]) -> Vec<&'static [u8]> {
         .collect()
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // utime and stime are fields 14 and 15, after the parenthesised command name.
-    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Field 14 is index 11 after the state field (field 3 is index 0).
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn print_overhead(label: &str, through: &Stats, direct: &Stats) {
     println!(
         "  {label:<34} p50={:>+7.3} ms  p95={:>+7.3} ms  p99={:>+7.3} ms",
@@ -282,7 +267,6 @@ pub async fn gateway(
             .header("content-type", "application/json")
             .body(pick(i))
     };
-    let pid = server.pid();
     if sequential {
         println!("  order: the direct calls first, then the calls through tally (--sequential)");
     } else {
@@ -291,7 +275,7 @@ pub async fn gateway(
             SLICE.as_millis()
         );
     }
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = server.cpu_seconds();
     let started = Instant::now();
     let mut parts = open_loop_split(&client, rate, 2 * seconds, 2, |i| {
         if through_turn(i, rate, rate * seconds, sequential) {
@@ -306,7 +290,7 @@ pub async fn gateway(
     let (direct, direct_errors) = parts.next_back().unwrap_or_default();
     // The server's share of the wall time: its half of the calls.
     let wall = started.elapsed().as_secs_f64() / 2.0;
-    let cpu = cpu_seconds(pid) - cpu_before;
+    let cpu = server.cpu_seconds() - cpu_before;
     let (d, t) = (stats(direct), stats(through));
     print_stats("direct to the provider", &d);
     print_stats("through tally", &t);

@@ -81,6 +81,23 @@ impl Server {
         self.child.id()
     }
 
+    /// The CPU time (user + system, seconds) the server has used so far, all its threads.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // utime and stime are fields 14 and 15, after the parenthesised command name.
+        let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // Field 14 is index 11 after the state field (field 3 is index 0); 100 ticks a second.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
     /// (current RSS, peak RSS) in MiB, from /proc.
     pub fn memory_mb(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
